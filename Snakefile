@@ -1,0 +1,21 @@
+# bcr-memory: one DAG from the model to the published site.  Rules live per stage in
+# workflow/rules/; the config is validated (schema + cross-field checks) before any job runs.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/prompts.smk"
+include: "workflow/rules/dense.smk"
+include: "workflow/rules/site.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        SITE_INDEX,

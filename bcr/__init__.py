@@ -1,0 +1,1 @@
+"""bcr-memory: exact long-context KV-cache experiments on Qwen-family models."""

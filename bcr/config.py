@@ -1,0 +1,123 @@
+"""Load and validate pipeline settings.
+
+One validator serves both entry points: Snakemake's ``common.smk`` (before any job is scheduled)
+and the ``bcr`` CLI (when a rule, or a person, calls it).  JSON-schema errors are reported with the
+dotted key and the file they came from; checks a schema cannot express (cross-field rules) live
+next to the track that owns the keys and are listed in :data:`TRACK_CHECKS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_DIR = REPO_ROOT / "workflow" / "schemas"
+MAIN_SCHEMA = "config.schema.yaml"
+
+# "module:function" names of cross-field checks, each ``check(config) -> list[(key, message)]``.
+TRACK_CHECKS: list[str] = []
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the key and the file."""
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _registry() -> Registry:
+    resources = []
+    for f in sorted(SCHEMA_DIR.glob("*.schema.yaml")):
+        resources.append((f.name, Resource.from_contents(_load_yaml(f), default_specification=DRAFT202012)))
+    return Registry().with_resources(resources)
+
+
+def _key(path: Iterable[Any]) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def schema_errors(config: dict) -> list[tuple[str, str]]:
+    """All schema violations as (dotted key, message), sorted by key."""
+    registry = _registry()
+    schema = registry.contents(MAIN_SCHEMA)
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    out = []
+    for err in validator.iter_errors(config):
+        key = _key(err.absolute_path)
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            for name in extra:
+                out.append((_key([*err.absolute_path, name]), "unknown key"))
+            continue
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else err.message
+            out.append((_key([*err.absolute_path, missing]), "required key is missing"))
+            continue
+        out.append((key, err.message))
+    return sorted(set(out))
+
+
+def _track_checks() -> list[Callable[[dict], list[tuple[str, str]]]]:
+    checks = []
+    for spec in TRACK_CHECKS:
+        module, func = spec.split(":")
+        checks.append(getattr(importlib.import_module(module), func))
+    return checks
+
+
+def validate(config: dict, source: str = "<config>") -> dict:
+    """Raise :class:`ConfigError` listing every bad key (schema first, then cross-field checks)."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(config).__name__}")
+    problems = schema_errors(config)
+    if not problems:
+        for check in _track_checks():
+            problems.extend(check(config))
+    if problems:
+        lines = "\n".join(f"  - {key}: {msg}" for key, msg in problems)
+        raise ConfigError(f"invalid config ({source}):\n{lines}")
+    return config
+
+
+def load(paths: str | Path | Iterable[str | Path]) -> dict:
+    """Load one or more YAML files (later ones override earlier, key by key) and validate."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    merged: dict = {}
+    for p in paths:
+        data = _load_yaml(p) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the config must be a mapping")
+        merged = deep_merge(merged, data)
+    return validate(merged, source=", ".join(map(str, paths)))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_hash(config: dict) -> str:
+    """Stable hash of the settings (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

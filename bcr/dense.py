@@ -1,0 +1,104 @@
+"""Dense baseline: greedy generation with the stock transformers cache, with a determinism gate.
+
+Every prompt is generated ``repeats`` times with a fresh cache; if two runs disagree on a single
+token the command fails, because every exactness claim downstream compares against these tokens.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from bcr.generation import cache_nbytes, greedy
+from bcr.models import LoadedModel
+from bcr.prompts import answer_correct
+
+DENSE_COLUMNS = [
+    "prompt_id",
+    "context",
+    "prompt_tokens",
+    "output_ids",
+    "n_generated",
+    "answer_correct",
+    "ttft_s",
+    "tpot_s",
+    "kv_bytes",
+    "peak_mem_bytes",
+    "peak_prefill_bytes",
+    "peak_decode_bytes",
+    "repeats",
+]
+
+
+class DeterminismError(RuntimeError):
+    """Two greedy runs of the same prompt produced different tokens."""
+
+
+def _median(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _max(xs: list[int | None]) -> int | None:
+    xs = [x for x in xs if x is not None]
+    return max(xs) if xs else None
+
+
+def run_dense(
+    loaded: LoadedModel,
+    prompts: pd.DataFrame,
+    generation: dict,
+    device: torch.device,
+    *,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per prompt: tokens, correctness, median TTFT/TPOT over repeats, KV bytes, CUDA peaks."""
+    kw = dict(
+        max_new_tokens=generation["max_new_tokens"],
+        eos_token_ids=loaded.eos_token_ids,
+        stop_at_eos=generation.get("stop_at_eos", True),
+    )
+    rows = []
+    for i, row in enumerate(tqdm(prompts.to_dict("records"), desc="dense", disable=not progress)):
+        ids = torch.tensor([list(row["input_ids"])], device=device)
+        if i == 0:
+            for _ in range(generation["warmup"]):
+                greedy(loaded.model, ids, **kw)
+        runs = []
+        for _ in range(generation["repeats"]):
+            res, cache = greedy(loaded.model, ids, **kw)
+            runs.append((res, cache_nbytes(cache)))
+            del cache
+        first = runs[0][0].tokens
+        for r, _ in runs[1:]:
+            if r.tokens != first:
+                raise DeterminismError(
+                    f"prompt {row['prompt_id']}: greedy outputs differ between repeats "
+                    f"({first} vs {r.tokens}); pin threads/attention implementation before measuring"
+                )
+        peaks_prefill = [r.peak_prefill_bytes for r, _ in runs]
+        peaks_decode = [r.peak_decode_bytes for r, _ in runs]
+        rows.append(
+            {
+                "prompt_id": row["prompt_id"],
+                "context": int(row["context"]),
+                "prompt_tokens": ids.shape[1],
+                "output_ids": first,
+                "n_generated": len(first),
+                "answer_correct": answer_correct(first, row, loaded.tokenizer),
+                "ttft_s": _median([r.ttft_s for r, _ in runs]),
+                "tpot_s": _median([r.tpot_s for r, _ in runs]),
+                "kv_bytes": runs[0][1],
+                "peak_mem_bytes": _max(peaks_prefill + peaks_decode),
+                "peak_prefill_bytes": _max(peaks_prefill),
+                "peak_decode_bytes": _max(peaks_decode),
+                "repeats": len(runs),
+            }
+        )
+    df = pd.DataFrame(rows, columns=DENSE_COLUMNS)
+    for c in ("peak_mem_bytes", "peak_prefill_bytes", "peak_decode_bytes"):
+        df[c] = df[c].astype("Int64")
+    return df

@@ -1,0 +1,103 @@
+"""Greedy decoding with explicit positions, timed honestly.
+
+A manual loop rather than ``generate``: a compressed cache stores fewer tokens than it represents,
+and ``generate`` derives positions from what it thinks was fed (DESIGN.md §6).  Positions here are
+always the logical ones (prompt length + step).  On a plain DynamicCache this loop equals
+``generate(do_sample=False)`` token for token (tests/test_generation.py checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Cache, DynamicCache
+
+from bcr.runtime import Stopwatch, cuda_peak
+
+
+@dataclass
+class GreedyResult:
+    tokens: list[int]
+    first_logits: torch.Tensor  # [V] float32, logits that chose the first token
+    ttft_s: float  # prefill through the first token
+    tpot_s: float | None  # mean seconds per decode step (None if only one token was produced)
+    step_logits: list[torch.Tensor] = field(default_factory=list)  # [V] per step, when kept
+    peak_prefill_bytes: int | None = None
+    peak_decode_bytes: int | None = None
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes held by the cache's key/value tensors (any layer type exposing ``keys``/``values``)."""
+    total = 0
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+@torch.inference_mode()
+def greedy(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    cache: Cache | None = None,
+    eos_token_ids: list[int] | None = None,
+    stop_at_eos: bool = True,
+    keep_logits: bool = False,
+    after_prefill: Callable[[Cache], None] | None = None,
+) -> tuple[GreedyResult, Cache]:
+    """Greedy-decode ``max_new_tokens`` tokens after ``input_ids`` ([1, N]).
+
+    ``after_prefill`` runs between prefill and the first decode step (e.g. a cache compressing
+    itself); it is part of TTFT, since the first token cannot be served before it.
+    """
+    device = input_ids.device
+    clock = Stopwatch(device)
+    cache = cache if cache is not None else DynamicCache(config=model.config)
+    n = input_ids.shape[1]
+    eos = set(eos_token_ids or [])
+    peaks: dict[str, int | None] = {}
+
+    t0 = clock.now()
+    with cuda_peak(device, lambda b: peaks.__setitem__("prefill", b)):
+        pos = torch.arange(n, device=device).unsqueeze(0)
+        out = model(
+            input_ids=input_ids, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
+        logits = out.logits[0, -1].float()
+        if after_prefill is not None:
+            after_prefill(cache)
+        token = int(logits.argmax())
+    t1 = clock.now()
+    first_logits = logits.clone()
+    step_logits = [first_logits] if keep_logits else []
+    tokens = [token]
+    with cuda_peak(device, lambda b: peaks.__setitem__("decode", b)):
+        while len(tokens) < max_new_tokens and not (stop_at_eos and token in eos):
+            step_ids = torch.tensor([[token]], device=device)
+            pos = torch.tensor([[n + len(tokens) - 1]], device=device)
+            out = model(input_ids=step_ids, position_ids=pos, past_key_values=cache, use_cache=True)
+            logits = out.logits[0, -1].float()
+            token = int(logits.argmax())
+            tokens.append(token)
+            if keep_logits:
+                step_logits.append(logits.clone())
+    t2 = clock.now()
+    steps = len(tokens) - 1
+    return (
+        GreedyResult(
+            tokens=tokens,
+            first_logits=first_logits,
+            ttft_s=t1 - t0,
+            tpot_s=(t2 - t1) / steps if steps else None,
+            step_logits=step_logits,
+            peak_prefill_bytes=peaks.get("prefill"),
+            peak_decode_bytes=peaks.get("decode"),
+        ),
+        cache,
+    )

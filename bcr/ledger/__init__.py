@@ -1,0 +1,1 @@
+"""Claim ledger, plots and site pages rendered from the Parquet results."""

@@ -1,0 +1,276 @@
+"""Deterministic long-context retrieval prompts: one needle (key -> value) hidden in filler.
+
+The answer lives in a few specific far-away tokens, so greedy outputs depend on a few distant pages:
+the property that exactness under KV compression has to survive.  Two renderings of the same task:
+
+* ``synthetic`` — the tiny default model's integer vocabulary (no tokenizer, fully offline);
+* ``text`` — natural filler sentences through a real tokenizer (the cluster's Qwen chat template).
+
+Needle depths are spread evenly over the prompt set (0.5/n, 1.5/n, ...), so every set covers
+shallow, middle and deep needles; the rest (filler, key, value) comes from a seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# Synthetic vocabulary: a handful of control tokens, then content tokens.
+PAD, BOS, KEY, VAL, QUERY, EOS = 0, 1, 2, 3, 4, 5
+FIRST_CONTENT_TOKEN = 16
+
+PROMPT_COLUMNS = [
+    "prompt_id",
+    "context",
+    "input_ids",
+    "answer_ids",
+    "answer_text",
+    "needle_start",
+    "needle_end",
+    "depth",
+    "renderer",
+]
+
+
+@dataclass(frozen=True)
+class NeedleSpec:
+    """Shape of the synthetic needle: ``KEY k1..kK VAL v1..vV`` hidden, ``QUERY k1..kK VAL`` asked."""
+
+    vocab_size: int = 256
+    key_len: int = 2
+    value_len: int = 6
+
+    @property
+    def needle_len(self) -> int:
+        return 2 + self.key_len + self.value_len
+
+    @property
+    def query_len(self) -> int:
+        return 2 + self.key_len
+
+    @property
+    def answer_len(self) -> int:
+        return self.value_len + 1  # the value, then EOS
+
+
+@dataclass(frozen=True)
+class SyntheticExample:
+    input_ids: np.ndarray  # int64 [context]
+    answer_ids: np.ndarray  # int64 [answer_len]
+    needle_start: int
+    needle_end: int
+
+
+def synthetic_example(
+    rng: np.random.Generator, context: int, spec: NeedleSpec, depth: float | None = None
+) -> SyntheticExample:
+    """One prompt of exactly ``context`` tokens; ``depth`` in [0, 1] places the needle (random if None)."""
+    min_len = 1 + spec.needle_len + spec.query_len
+    if context < min_len:
+        raise ValueError(f"context {context} is shorter than the needle task needs ({min_len})")
+    lo, hi = FIRST_CONTENT_TOKEN, spec.vocab_size
+    ids = rng.integers(lo, hi, size=context, dtype=np.int64)
+    ids[0] = BOS
+    key = rng.integers(lo, hi, size=spec.key_len, dtype=np.int64)
+    value = rng.integers(lo, hi, size=spec.value_len, dtype=np.int64)
+    last_start = context - spec.query_len - spec.needle_len
+    frac = rng.random() if depth is None else depth
+    start = 1 + round(frac * (last_start - 1))
+    needle = np.concatenate([[KEY], key, [VAL], value])
+    ids[start : start + spec.needle_len] = needle
+    ids[context - spec.query_len :] = np.concatenate([[QUERY], key, [VAL]])
+    answer = np.concatenate([value, [EOS]])
+    return SyntheticExample(ids, answer, start, start + spec.needle_len)
+
+
+def synthetic_batch(
+    rng: np.random.Generator, batch: int, context: int, spec: NeedleSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training batch: inputs [B, context + answer_len - 1] and the answer targets [B, answer_len]."""
+    xs, ys = [], []
+    for _ in range(batch):
+        ex = synthetic_example(rng, context, spec)
+        xs.append(np.concatenate([ex.input_ids, ex.answer_ids[:-1]]))
+        ys.append(ex.answer_ids)
+    return np.stack(xs), np.stack(ys)
+
+
+def evenly_spread_depths(n: int) -> list[float]:
+    return [(i + 0.5) / n for i in range(n)]
+
+
+def synthetic_prompt_set(context: int, n: int, seed: int, spec: NeedleSpec) -> pd.DataFrame:
+    """The evaluation set for one context length (seeded by (seed, context), so sets are independent)."""
+    rng = np.random.default_rng([seed, context])
+    rows = []
+    for i, depth in enumerate(evenly_spread_depths(n)):
+        ex = synthetic_example(rng, context, spec, depth=depth)
+        rows.append(
+            {
+                "prompt_id": f"c{context}-p{i:03d}",
+                "context": context,
+                "input_ids": ex.input_ids.tolist(),
+                "answer_ids": ex.answer_ids.tolist(),
+                "answer_text": " ".join(map(str, ex.answer_ids.tolist())),
+                "needle_start": ex.needle_start,
+                "needle_end": ex.needle_end,
+                "depth": depth,
+                "renderer": "synthetic",
+            }
+        )
+    return pd.DataFrame(rows, columns=PROMPT_COLUMNS)
+
+
+# --- natural-text rendering (cluster: real tokenizer, chat template) -------------------------------
+
+_SUBJECTS = [
+    "The committee",
+    "A traveller",
+    "The old lighthouse keeper",
+    "Our neighbour",
+    "The river pilot",
+    "A young engineer",
+    "The librarian",
+    "The harbour master",
+    "A quiet gardener",
+    "The night baker",
+]
+_VERBS = [
+    "noted",
+    "remembered",
+    "described",
+    "wrote about",
+    "argued about",
+    "walked past",
+    "repaired",
+    "photographed",
+    "measured",
+    "sketched",
+]
+_OBJECTS = [
+    "the northern bridge",
+    "a field of barley",
+    "the copper roof",
+    "an empty market square",
+    "the tide tables",
+    "a broken weather vane",
+    "the long stone wall",
+    "a stack of ledgers",
+    "the orchard gate",
+    "the signal tower",
+]
+_TAILS = [
+    "before the rain started.",
+    "on a grey Tuesday morning.",
+    "with unusual care.",
+    "while the bells were ringing.",
+    "for the third time that year.",
+    "without saying a word.",
+    "as the ferry left the pier.",
+    "in the fading afternoon light.",
+    "after the long winter.",
+    "during the annual fair.",
+]
+_VAULTS = [
+    "amber",
+    "basalt",
+    "cedar",
+    "delta",
+    "ember",
+    "falcon",
+    "granite",
+    "harbor",
+    "indigo",
+    "juniper",
+    "kestrel",
+    "lantern",
+    "meadow",
+    "nickel",
+    "onyx",
+    "pepper",
+    "quartz",
+    "raven",
+    "saffron",
+    "tundra",
+]
+
+
+def _filler_sentences(rng: np.random.Generator) -> Iterator[str]:
+    while True:
+        parts = (_SUBJECTS, _VERBS, _OBJECTS, _TAILS)
+        yield " ".join(p[rng.integers(len(p))] for p in parts)
+
+
+def text_prompt_set(tokenizer, context: int, n: int, seed: int, max_new_tokens: int) -> pd.DataFrame:
+    """Needle-in-filler prompts rendered with ``tokenizer``'s chat template.
+
+    The prompt is sized so that prompt + ``max_new_tokens`` fits in ``context`` (the note's 32K run
+    overran the model's length by its generation steps; we budget for them up front).
+    """
+    rng = np.random.default_rng([seed, context])
+    budget = context - max_new_tokens
+    rows = []
+    for i, depth in enumerate(evenly_spread_depths(n)):
+        vault = _VAULTS[rng.integers(len(_VAULTS))]
+        code = str(rng.integers(100000, 999999))
+        needle = f" The pass code of the {vault} vault is {code}. "
+        question = f"What is the pass code of the {vault} vault? Answer with the number only."
+
+        def render(filler_ids: list[int], cut: int, *, needle=needle, question=question) -> list[int]:
+            before = tokenizer.decode(filler_ids[:cut])
+            after = tokenizer.decode(filler_ids[cut:])
+            doc = before + needle + after
+            msgs = [{"role": "user", "content": f"{doc}\n\n{question}"}]
+            return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+
+        fixed = len(render([], 0))
+        sentences = _filler_sentences(rng)
+        filler: list[int] = []
+        while len(filler) < budget - fixed:
+            filler.extend(tokenizer.encode(" " + next(sentences), add_special_tokens=False))
+        filler = filler[: max(0, budget - fixed)]
+        # Trim until the rendered prompt fits (detokenise/retokenise can merge tokens either way).
+        while True:
+            cut = round(depth * len(filler))
+            ids = render(filler, cut)
+            if len(ids) <= budget:
+                break
+            filler = filler[: len(filler) - (len(ids) - budget) - 1]
+        needle_ids = tokenizer.encode(needle.strip(), add_special_tokens=False)
+        start = _find_subsequence(ids, needle_ids[1:-1]) if len(needle_ids) > 2 else -1
+        answer_ids = tokenizer.encode(code, add_special_tokens=False)
+        rows.append(
+            {
+                "prompt_id": f"c{context}-p{i:03d}",
+                "context": context,
+                "input_ids": ids,
+                "answer_ids": answer_ids,
+                "answer_text": code,
+                "needle_start": start,
+                "needle_end": start + len(needle_ids) if start >= 0 else -1,
+                "depth": depth,
+                "renderer": "text",
+            }
+        )
+    return pd.DataFrame(rows, columns=PROMPT_COLUMNS)
+
+
+def _find_subsequence(seq: list[int], sub: list[int]) -> int:
+    n = len(sub)
+    for i in range(len(seq) - n + 1):
+        if seq[i : i + n] == sub:
+            return i
+    return -1
+
+
+def answer_correct(generated: list[int], row: pd.Series | dict, tokenizer=None) -> bool:
+    """Synthetic: the value and EOS come out first, token for token.  Text: the code appears in the reply."""
+    if row["renderer"] == "synthetic":
+        answer = list(row["answer_ids"])
+        return list(generated[: len(answer)]) == answer
+    if tokenizer is None:
+        raise ValueError("a text prompt needs its tokenizer to judge the answer")
+    return str(row["answer_text"]) in tokenizer.decode(generated, skip_special_tokens=True)

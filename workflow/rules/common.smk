@@ -1,0 +1,47 @@
+# Shared helpers: config validation, the effective-config file every rule reads, rerun hashes.
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from bcr import config as bcr_config
+from bcr.codehash import code_hash
+
+REPO = Path(workflow.basedir)
+RUN_CONFIG = "results/run/config.yaml"
+_sources = ", ".join(str(f) for f in workflow.configfiles) or "config"
+
+try:
+    bcr_config.validate(config, source=_sources)
+except bcr_config.ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+CONTEXTS = [int(c) for c in config["prompts"]["contexts"]]
+LOCAL_MODEL = config["model"]["source"] == "local"
+
+
+def section_hash(*keys):
+    """Hash of the named top-level config sections: a rule reruns when one of them changes."""
+    return bcr_config.config_hash({k: config.get(k) for k in keys})
+
+
+def model_checkpoint_files():
+    """The committed tiny checkpoint (absolute, so a --directory elsewhere still finds it)."""
+    if not LOCAL_MODEL:
+        return []
+    path = Path(config["model"]["path"])
+    path = path if path.is_absolute() else REPO / path
+    return [str(path / "model.safetensors"), str(path / "config.json")]
+
+
+rule write_run_config:
+    """The effective config (files + --config overrides), read by every rule's command."""
+    output:
+        RUN_CONFIG,
+    params:
+        cfg=bcr_config.config_hash(config),
+    run:
+        from bcr.io import write_text
+
+        write_text(yaml.safe_dump(dict(config), sort_keys=False), output[0])
