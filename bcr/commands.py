@@ -89,7 +89,13 @@ def cmd_model_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else models.checkpoint_path(mcfg, cfgmod.REPO_ROOT)
     spec = training.needle_spec(config["prompts"], mcfg["architecture"])
     t0 = time.perf_counter()
-    result = training.train(mcfg["architecture"], mcfg["training"], spec, progress=not args.quiet)
+    result = training.train(
+        mcfg["architecture"],
+        mcfg["training"],
+        spec,
+        progress=not args.quiet,
+        log_every=50 if args.quiet else 0,
+    )
     seconds = time.perf_counter() - t0
     accuracy = {
         str(c): training.needle_accuracy(

@@ -35,13 +35,19 @@ def model_checkpoint_files():
     return [str(path / "model.safetensors"), str(path / "config.json")]
 
 
-rule write_run_config:
-    """The effective config (files + --config overrides), read by every rule's command."""
-    output:
-        RUN_CONFIG,
-    params:
-        cfg=bcr_config.config_hash(config),
-    run:
-        from bcr.io import write_text
+def _write_run_config(path: str) -> None:
+    """The effective config (files + --config overrides), read by every rule's command.
 
-        write_text(yaml.safe_dump(dict(config), sort_keys=False), output[0])
+    Written while the workflow is parsed, and only when its content changes: it is a source file
+    for the rules (``ancient`` inputs), never a job output, so writing it cannot make jobs "updated
+    by another job" — each rule reruns only through its own params (config-section and code hashes).
+    """
+    from bcr.io import write_text
+
+    text = yaml.safe_dump(dict(config), sort_keys=False)
+    target = Path(path)
+    if not target.is_file() or target.read_text() != text:
+        write_text(text, target)
+
+
+_write_run_config(RUN_CONFIG)

@@ -1,0 +1,29 @@
+# The two commands of the README.  Both install what they need (idempotently) and then run.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: run test setup lint clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+## run: the whole pipeline on the embedded CPU default (config/config.yaml); the site lands in results/site
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --printshellcmds
+
+## test: lint, snakemake --lint, and the test suite (unit, differential, workflow)
+test: setup
+	@bash scripts/setup_browser.sh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakemake --lint
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/snakemake --lint
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,47 @@
+"""Prompt sets: deterministic, exactly sized, the needle where the columns say it is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bcr import prompts
+
+SPEC = prompts.NeedleSpec(vocab_size=256, key_len=2, value_len=6)
+
+
+def test_prompt_set_is_deterministic_and_sized():
+    a = prompts.synthetic_prompt_set(512, 4, seed=7, spec=SPEC)
+    b = prompts.synthetic_prompt_set(512, 4, seed=7, spec=SPEC)
+    c = prompts.synthetic_prompt_set(512, 4, seed=8, spec=SPEC)
+    assert a.equals(b)
+    assert not a["input_ids"].map(tuple).equals(c["input_ids"].map(tuple))
+    assert all(len(ids) == 512 for ids in a["input_ids"])
+    assert a["depth"].tolist() == [0.125, 0.375, 0.625, 0.875]
+
+
+def test_needle_columns_locate_the_answer():
+    df = prompts.synthetic_prompt_set(1024, 5, seed=1, spec=SPEC)
+    for row in df.to_dict("records"):
+        ids = np.asarray(row["input_ids"])
+        needle = ids[row["needle_start"] : row["needle_end"]]
+        assert needle[0] == prompts.KEY and needle[1 + SPEC.key_len] == prompts.VAL
+        value = needle[2 + SPEC.key_len :].tolist()
+        assert row["answer_ids"] == [*value, prompts.EOS]
+        # the query at the end repeats the needle's key
+        assert ids[-SPEC.query_len :].tolist() == [prompts.QUERY, *needle[1 : 1 + SPEC.key_len], prompts.VAL]
+        # filler never contains control tokens, so the needle is the only KEY marker
+        assert (ids == prompts.KEY).sum() == 1
+
+
+def test_answer_correct_requires_exact_prefix():
+    row = prompts.synthetic_prompt_set(256, 1, seed=0, spec=SPEC).iloc[0]
+    ans = list(row["answer_ids"])
+    assert prompts.answer_correct([*ans, 9, 9], row)
+    assert not prompts.answer_correct([ans[0] + 1, *ans[1:]], row)
+    assert not prompts.answer_correct(ans[:-1], row)
+
+
+def test_context_too_short_is_an_error():
+    with pytest.raises(ValueError, match="shorter than the needle"):
+        prompts.synthetic_example(np.random.default_rng(0), 8, SPEC)
