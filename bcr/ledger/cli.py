@@ -1,4 +1,4 @@
-"""``bcr site ...``: render pages and build the site."""
+"""``bcr site ...``: evaluate the claim ledger, build the site, name the site's mike version."""
 
 from __future__ import annotations
 
@@ -7,22 +7,74 @@ from pathlib import Path
 
 from bcr.commands import add_config_arg, load_config
 
+DEFAULTS = {"claims": "config/claims.yaml", "reference": "config/reference.yaml"}
+
 
 def register(tracks: argparse._SubParsersAction) -> None:
-    site = tracks.add_parser("site", help="render result pages and build the MkDocs site").add_subparsers(
+    site = tracks.add_parser("site", help="claim ledger and the MkDocs results site").add_subparsers(
         dest="command", required=True
     )
-    p = site.add_parser("build", help="render templates into results/site_src and run mkdocs build --strict")
+    p = site.add_parser("ledger", help="evaluate every claim in the claim file on the results")
+    add_config_arg(p)
+    p.add_argument("--claims", default=DEFAULTS["claims"])
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", default="results/ledger.parquet")
+    p.set_defaults(func=cmd_ledger)
+
+    p = site.add_parser("build", help="render pages into results/site_src and run mkdocs build --strict")
     add_config_arg(p)
     p.add_argument("--repo", default=".", help="repository root (holds mkdocs.yml and site/)")
     p.add_argument("--results", default="results")
+    p.add_argument("--ledger", default="results/ledger.parquet")
+    p.add_argument("--claims", default=DEFAULTS["claims"])
+    p.add_argument("--reference", default=DEFAULTS["reference"])
     p.set_defaults(func=cmd_build)
+
+    p = site.add_parser("version", help="print the mike version of a results run (run_name-commit)")
+    add_config_arg(p)
+    p.add_argument("--ledger", default="results/ledger.parquet")
+    p.set_defaults(func=cmd_version)
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from bcr import io
+    from bcr.ledger.claims import evaluate, ledger_with_provenance, load_claims
+    from bcr.ledger.evidence import load_results
+
+    config = load_config(args)
+    spec = load_claims(args.claims)
+    ledger = evaluate(spec, load_results(args.results), config)
+    io.write_parquet(ledger_with_provenance(ledger, config), args.out)
+    width = max(len(c) for c in ledger["claim_id"])
+    for r in ledger.itertuples():
+        print(f"{r.claim_id:<{width}}  {r.verdict:<9}  {r.value_text}")
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    import yaml
+
+    from bcr import io
+    from bcr.ledger.claims import load_claims
+    from bcr.ledger.evidence import load_results
     from bcr.ledger.site import build
 
     config = load_config(args)
-    index = build(Path(args.repo).resolve(), Path(args.results).resolve(), config)
+    index = build(
+        Path(args.repo).resolve(),
+        load_results(Path(args.results).resolve()),
+        config,
+        io.read_parquet(args.ledger, ["claim_id", "verdict"]),
+        load_claims(args.claims),
+        yaml.safe_load(Path(args.reference).read_text()),
+    )
     print(f"site built: {index}")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from bcr import io
+    from bcr.ledger.version import ledger_version
+
+    print(ledger_version(io.read_parquet(args.ledger, ["claim_id", "git_commit"]), load_config(args)))
     return 0

@@ -1,8 +1,9 @@
 """Assemble the MkDocs sources under ``results/`` and build the site strictly.
 
-Hand-written pages come from the repository's ``site/``; generated pages are rendered from Jinja
-templates into ``results/site_src/`` beside them, so a run never writes into the source tree.
-``results/mkdocs.yml`` is the repository's ``mkdocs.yml`` with the two directories pointed there.
+Hand-written pages come from the repository's ``site/``; generated pages and plots are rendered
+into ``results/site_src/`` beside them, so a run never writes into the source tree.
+``results/mkdocs.yml`` is the repository's ``mkdocs.yml`` with its directories pointed there; the
+same file is what ``mike deploy --config-file results/mkdocs.yml`` publishes (outside the DAG).
 """
 
 from __future__ import annotations
@@ -12,31 +13,62 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from bcr import io
-from bcr.ledger.render import render_pages
+from bcr.ledger.claims import ClaimFile
+from bcr.ledger.evidence import Results
+from bcr.ledger.render import render_pages, site_data
 
 
-def assemble_sources(repo: Path, results: Path, config: dict) -> Path:
-    src = results / "site_src"
+class SiteBuildError(RuntimeError):
+    """mkdocs refused the sources (strict mode: a broken link, a missing page, a warning)."""
+
+
+def check_ledger(ledger: pd.DataFrame, spec: ClaimFile) -> None:
+    """The ledger must hold exactly the claims of the claim file, in its order (no stale ledger)."""
+    want = [c.id for c in spec.claims]
+    have = list(ledger["claim_id"])
+    if have != want:
+        raise SiteBuildError(
+            f"the ledger's claims {have} differ from the claim file's {want}: re-run `bcr site ledger`"
+        )
+
+
+def assemble_sources(
+    repo: Path, results: Results, config: dict, ledger: pd.DataFrame, spec: ClaimFile, reference: dict
+) -> Path:
+    """Copy ``site/``, render pages and plots into ``results/site_src``; write ``results/mkdocs.yml``."""
+    check_ledger(ledger, spec)
+    out = results.root
+    src = out / "site_src"
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(repo / "site", src)
-    for name, text in render_pages(results, config).items():
+    data = site_data(results, config, ledger, spec, reference, src)
+    for name, text in render_pages(data).items():
         io.write_text(text, src / name)
     mk = yaml.safe_load((repo / "mkdocs.yml").read_text())
     mk["docs_dir"] = "site_src"
     mk["site_dir"] = "site"
     mk["site_name"] = config.get("site", {}).get("title", mk.get("site_name", "bcr-memory"))
-    io.write_text(yaml.safe_dump(mk, sort_keys=False), results / "mkdocs.yml")
-    return results / "mkdocs.yml"
+    io.write_text(yaml.safe_dump(mk, sort_keys=False, allow_unicode=True), out / "mkdocs.yml")
+    return out / "mkdocs.yml"
 
 
-def build(repo: Path, results: Path, config: dict) -> Path:
-    mkdocs_yml = assemble_sources(repo, results, config)
+def mkdocs_build(mkdocs_yml: Path) -> str:
+    """``mkdocs build --strict --clean``; any warning fails the build (and this function)."""
     cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-f", str(mkdocs_yml)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}")
-    return results / "site" / "index.html"
+        raise SiteBuildError(f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def build(
+    repo: Path, results: Results, config: dict, ledger: pd.DataFrame, spec: ClaimFile, reference: dict
+) -> Path:
+    mkdocs_yml = assemble_sources(repo, results, config, ledger, spec, reference)
+    mkdocs_build(mkdocs_yml)
+    return results.root / "site" / "index.html"

@@ -1,0 +1,171 @@
+"""The claim ledger: load config/claims.yaml, evaluate every claim on the results, write the ledger.
+
+Verdicts are computed on every run from the Parquet files, never typed: the claim file holds the
+statements and the rules, :mod:`bcr.ledger.rules` the logic, and ``results/ledger.parquet`` one row
+per claim with the numbers that decided it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from bcr import provenance
+from bcr.config import ConfigError
+from bcr.ledger import tables
+from bcr.ledger.evidence import Results
+from bcr.ledger.rules import RULES, VERDICTS, EvalContext
+
+SCHEMA = Path(__file__).resolve().parent / "claims.schema.yaml"
+LEDGER_COLUMNS = [
+    "claim_id",
+    "statement",
+    "verdict",
+    "note_verdict",
+    "evidence",
+    "n",
+    "value",
+    "threshold",
+    "reason",
+]
+EXTRA_COLUMNS = ["track", "ci_low", "ci_high", "value_text", "note_says"]
+TRACK_PAGES = {
+    "serving": "serving.md",
+    "correctness": "correctness.md",
+    "tiered": "tiered.md",
+    "page_native": "decomposition.md",
+    "peers": "peers.md",
+    "general": "limitations.md",
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    statement: str
+    track: str
+    evidence: str
+    rule: dict[str, Any]
+    note_verdict: str | None
+    note_says: str
+
+    @property
+    def page(self) -> str:
+        return TRACK_PAGES[self.track]
+
+
+@dataclass(frozen=True)
+class ClaimFile:
+    bootstrap: dict[str, Any]
+    headline: dict[str, Any]
+    claims: list[Claim]
+
+
+def load_claims(path: str | Path) -> ClaimFile:
+    """Parse and validate the claim file; an error names the claim and key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"claim file not found: {path}") from None
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        lines = "\n".join(
+            f"  - {'.'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors
+        )
+        raise ConfigError(f"invalid claim file ({path}):\n{lines}")
+    ids = [c["id"] for c in data["claims"]]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"invalid claim file ({path}): duplicate claim ids {dupes}")
+    claims = [
+        Claim(
+            c["id"],
+            c["statement"],
+            c["track"],
+            c["evidence"],
+            c["rule"],
+            c["note"]["verdict"],
+            c["note"]["says"],
+        )
+        for c in data["claims"]
+    ]
+    return ClaimFile(data["bootstrap"], data["headline"], claims)
+
+
+def promotion_contexts(config: dict) -> list[int]:
+    """The config's promotion contexts: every context after the first (the sweep context)."""
+    return [int(c) for c in config["prompts"]["contexts"][1:]]
+
+
+def eval_context(spec: ClaimFile, results: Results, config: dict) -> EvalContext:
+    dense = results["dense"].df
+    tiered = tables.tiered_rows(results["tiered_promotion"].df, dense)
+    contexts = promotion_contexts(config)
+    # controls (keep everything exact) are never candidates: the claim file's list and the config's
+    controls = ((config.get("tiered") or {}).get("sweep") or {}).get("controls") or []
+    exclude = list(dict.fromkeys([*spec.headline.get("exclude", []), *controls]))
+    statuses = tables.setting_status(tiered, contexts, spec.headline["decode_path"], spec.headline["min_n"])
+    return EvalContext(
+        results=results,
+        config=config,
+        bootstrap=spec.bootstrap,
+        exclude=exclude,
+        tiered=tiered,
+        promotion_contexts=contexts,
+        headline=tables.headline(statuses, exclude),
+    )
+
+
+def evaluate(spec: ClaimFile, results: Results, config: dict) -> pd.DataFrame:
+    """One row per claim, in claim-file order: the verdict and the numbers that decided it."""
+    ctx = eval_context(spec, results, config)
+    rows = []
+    for claim in spec.claims:
+        out = RULES[claim.rule["kind"]](claim.rule, ctx)
+        if out.verdict not in VERDICTS:
+            raise AssertionError(f"{claim.id}: rule returned verdict {out.verdict!r}")
+        rows.append(
+            {
+                "claim_id": claim.id,
+                "statement": claim.statement,
+                "verdict": out.verdict,
+                "note_verdict": claim.note_verdict,
+                "evidence": out.evidence,
+                "n": int(out.n),
+                "value": _float(out.value),
+                "threshold": _float(out.threshold),
+                "reason": out.reason,
+                "track": claim.track,
+                "ci_low": _float(out.ci_low),
+                "ci_high": _float(out.ci_high),
+                "value_text": out.value_text,
+                "note_says": claim.note_says,
+            }
+        )
+    df = pd.DataFrame(rows, columns=LEDGER_COLUMNS + EXTRA_COLUMNS)
+    df["n"] = df["n"].astype("int64")
+    for c in ("value", "threshold", "ci_low", "ci_high"):
+        df[c] = df[c].astype("float64")
+    df.attrs["headline"] = ctx.headline.setting
+    return df
+
+
+def _float(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def ledger_with_provenance(ledger: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The ledger rows with the provenance columns every result file carries (evaluated on the CPU)."""
+    import torch
+
+    return provenance.attach(ledger, provenance.provenance(config, torch.device("cpu")))

@@ -1,0 +1,475 @@
+"""Verdict rules: each turns one claim's evidence table into ``supported`` / ``rejected`` / ``not yet``.
+
+The rule kinds (``kind:`` in config/claims.yaml):
+
+* ``ratio`` — per-prompt ratios of one tiered setting, geometric mean with a seeded bootstrap
+  interval; the whole interval must sit on the claimed side of the threshold.
+* ``quantile_ratio`` — a latency quantile of two serving arms (unpaired, per workload), only where
+  both arms reused the same number of tokens (a fair comparison).
+* ``all_exact`` — every checked prompt exact; ``exists_exact_setting`` — some tiered setting exact
+  on every prompt at every promotion context.
+* ``ops_ratio`` — cache-operation p50s of two arms (the table holds quantiles, not samples).
+* ``coverage`` — the exactness result per (model, workload): generalisation needs several of each.
+* ``peer_exact`` — exact rate of ours against each kvpress press at a matched stored fraction.
+
+A mismatch is conclusive at any sample size (one counterexample refutes "always exact"); every
+other verdict needs the rule's ``min_n``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bcr.ledger import tables
+from bcr.ledger.evidence import Results
+from bcr.ledger.stats import Interval, geomean_interval, quantile_ratio_interval
+
+SUPPORTED, REJECTED, NOT_YET = "supported", "rejected", "not yet"
+VERDICTS = (SUPPORTED, REJECTED, NOT_YET)
+
+METRIC_LABELS = {
+    "compression": "stored-token compression",
+    "ttft_ratio": "TTFT tiered/dense",
+    "tpot_ratio": "TPOT tiered/dense",
+    "peak_mem_ratio": "peak memory tiered/dense",
+    "kv_peak_ratio": "peak KV bytes tiered/dense",
+    "kv_peak_vs_stored": "peak KV ratio / stored fraction",
+    "ttft_s": "TTFT",
+    "e2e_s": "E2E latency",
+}
+
+
+@dataclass
+class Outcome:
+    """A verdict and the numbers that decided it (one ledger row, less the claim's own fields)."""
+
+    verdict: str
+    reason: str
+    evidence: str
+    n: int = 0
+    value: float = math.nan
+    threshold: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    value_text: str = "—"
+
+
+@dataclass
+class EvalContext:
+    """What every rule may read: the results, the run config and the tiered rows' derived state."""
+
+    results: Results
+    config: dict
+    bootstrap: dict
+    exclude: list[str]
+    tiered: pd.DataFrame
+    promotion_contexts: list[int]
+    headline: tables.Headline
+
+
+def decide(iv: Interval, holds_when: str, threshold: float) -> str:
+    """Supported when the whole interval is on the claimed side; rejected when wholly on the other."""
+    if holds_when == "below":
+        if iv.high < threshold:
+            return SUPPORTED
+        return REJECTED if iv.low >= threshold else NOT_YET
+    if iv.low >= threshold:
+        return SUPPORTED
+    return REJECTED if iv.high < threshold else NOT_YET
+
+
+def _side(holds_when: str) -> str:
+    return "<" if holds_when == "below" else "≥"
+
+
+def _combine(parts: list[tuple[str, str, Outcome]]) -> tuple[str, Outcome]:
+    """Several metrics/groups: any rejected → rejected; all supported → supported; else not yet."""
+    for verdict, _, out in parts:
+        if verdict == REJECTED:
+            return REJECTED, out
+    undecided = [p for p in parts if p[0] != SUPPORTED]
+    if not undecided:
+        worst = max(parts, key=lambda p: p[2].ci_high if not math.isnan(p[2].ci_high) else -math.inf)
+        return SUPPORTED, worst[2]
+    return NOT_YET, undecided[0][2]
+
+
+def _largest(ctx: EvalContext, spec: Any) -> int | None:
+    if spec == "largest":
+        return max(ctx.promotion_contexts) if ctx.promotion_contexts else None
+    return int(spec)
+
+
+# --- ratio ------------------------------------------------------------------------------------------
+
+
+def rule_ratio(rule: dict, ctx: EvalContext) -> Outcome:
+    table = ctx.results["tiered_promotion"]
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=rule["threshold"])
+    setting = ctx.headline.setting if rule["setting"] == "headline" else rule["setting"]
+    context = _largest(ctx, rule["context"])
+    path = rule["decode_path"]
+    evidence = f"{table.pattern} · {setting} · {path} · context {context}"
+    base = Outcome(NOT_YET, "", evidence, threshold=rule["threshold"])
+    if setting is None or context is None:
+        base.reason = "no tiered setting or promotion context to evaluate" + (
+            f" ({ctx.headline.reason})" if setting is None else ""
+        )
+        return base
+    t = ctx.tiered
+    rows = t[(t["setting"] == setting) & (t["context"] == context) & (t["decode_path"] == path)]
+    caveat = "" if ctx.headline.exact or rule["setting"] != "headline" else f"; note: {ctx.headline.reason}"
+    if len(rows) == 0:
+        base.reason = f"no `{path}` rows for {setting} at context {context}{caveat}"
+        return base
+    if rule.get("require_exact") and not rows["exact"].all():
+        bad = int((~rows["exact"]).sum())
+        return Outcome(
+            REJECTED,
+            f"{bad}/{len(rows)} prompts not exact on the `{path}` path for {setting}: the claim is about an exact setting",
+            evidence,
+            n=len(rows),
+            value=1.0 - bad / len(rows),
+            threshold=rule["threshold"],
+            value_text=f"exact {len(rows) - bad}/{len(rows)}",
+        )
+    parts = []
+    for metric in rule["metrics"]:
+        vals = pd.to_numeric(rows[metric], errors="coerce").to_numpy(dtype=float)
+        valid = vals[np.isfinite(vals) & (vals > 0)]
+        label = METRIC_LABELS[metric]
+        if len(valid) < rule["min_n"]:
+            why = f"{label} measured on {len(valid)} of {len(rows)} prompts (minimum {rule['min_n']})"
+            if metric == "peak_mem_ratio" and len(valid) == 0:
+                why += "; peak_mem_bytes is null: CUDA peak memory is measured on GPUs only, never estimated"
+            out = Outcome(NOT_YET, why, evidence, n=len(valid), threshold=rule["threshold"])
+            parts.append((NOT_YET, metric, out))
+            continue
+        iv = geomean_interval(valid, **_boot(ctx))
+        verdict = decide(iv, rule["holds_when"], rule["threshold"])
+        level = round(ctx.bootstrap["level"] * 100)
+        reason = (
+            f"{label} {iv.text()} ({level}% bootstrap CI, n={iv.n}); claim holds when "
+            f"{_side(rule['holds_when'])} {rule['threshold']:g}"
+        )
+        if verdict == NOT_YET:
+            reason += ": the interval straddles the threshold"
+        out = Outcome(
+            verdict,
+            reason,
+            evidence,
+            n=iv.n,
+            value=iv.point,
+            threshold=rule["threshold"],
+            ci_low=iv.low,
+            ci_high=iv.high,
+            value_text=f"{label}: {iv.text()}",
+        )
+        parts.append((verdict, metric, out))
+    verdict, deciding = _combine(parts)
+    deciding.verdict = verdict
+    deciding.reason = "; ".join(p[2].reason for p in parts) + caveat
+    deciding.value_text = "; ".join(p[2].value_text for p in parts if p[2].value_text != "—") or "—"
+    return deciding
+
+
+def _boot(ctx: EvalContext) -> dict:
+    b = ctx.bootstrap
+    return {"level": b["level"], "resamples": b["resamples"], "seed": b["seed"]}
+
+
+# --- serving ----------------------------------------------------------------------------------------
+
+
+def rule_quantile_ratio(rule: dict, ctx: EvalContext) -> Outcome:
+    table = ctx.results["serving_requests"]
+    thr = rule["threshold"]
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
+    df, arm, baseline, metric = table.df, rule["arm"], rule["baseline"], rule["metric"]
+    evidence = f"{table.pattern} · {METRIC_LABELS[metric]} p{round(rule['quantile'] * 100)} {arm}/{baseline}"
+    parts = []
+    for (engine, workload), g in df.groupby(["engine", "workload"], sort=True):
+        a, b = g[g["arm"] == arm], g[g["arm"] == baseline]
+        name = f"{engine}/{workload}"
+        if not len(a) or not len(b):
+            parts.append(
+                (NOT_YET, name, Outcome(NOT_YET, f"{name}: arm {arm} or {baseline} missing", evidence))
+            )
+            continue
+        delta = int(a["cached_tokens"].sum() - b["cached_tokens"].sum())
+        if rule.get("require_equal_reuse") and delta != 0:
+            why = (
+                f"{name}: cached tokens differ by {delta:+d}, so the latency comparison is not at equal reuse"
+            )
+            parts.append((NOT_YET, name, Outcome(NOT_YET, why, evidence)))
+            continue
+        iv = quantile_ratio_interval(a[metric], b[metric], q=rule["quantile"], **_boot(ctx))
+        if iv.n < rule["min_n"]:
+            why = f"{name}: {iv.n} requests per arm (minimum {rule['min_n']})"
+            parts.append((NOT_YET, name, Outcome(NOT_YET, why, evidence, n=iv.n)))
+            continue
+        verdict = decide(iv, rule["holds_when"], thr)
+        text = f"{name} {iv.text()}"
+        out = Outcome(verdict, text, evidence, iv.n, iv.point, thr, iv.low, iv.high, text)
+        parts.append((verdict, name, out))
+    if not parts:
+        return Outcome(NOT_YET, "no serving workloads in the table", evidence, threshold=thr)
+    verdict, deciding = _combine(parts)
+    deciding.verdict = verdict
+    deciding.threshold = thr
+    deciding.reason = (
+        "; ".join(p[2].reason for p in parts)
+        + f"; claim holds when {arm}/{baseline} {_side(rule['holds_when'])} {thr:g} on every workload"
+    )
+    deciding.value_text = "; ".join(p[2].value_text for p in parts if p[2].value_text != "—") or "—"
+    deciding.n = min((p[2].n for p in parts), default=0)
+    return deciding
+
+
+def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
+    table = ctx.results["cache_ops"]
+    thr = rule["threshold"]
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
+    arm, baseline = rule["arm"], rule["baseline"]
+    evidence = f"{table.pattern} · page {rule['page_size']} · p50 {arm}/{baseline}"
+    df = table.df[(table.df["page_size"] == rule["page_size"]) & table.df["op"].isin(rule["ops"])]
+    parts = []
+    for (workload, op), g in df.groupby(["workload", "op"], sort=True):
+        by = g.set_index("arm")
+        name = f"{workload}/{op}"
+        if arm not in by.index or baseline not in by.index:
+            parts.append(
+                (NOT_YET, name, Outcome(NOT_YET, f"{name}: arm {arm} or {baseline} missing", evidence))
+            )
+            continue
+        n = int(min(by.loc[arm, "n"], by.loc[baseline, "n"]))
+        ratio = float(by.loc[arm, "us_p50"]) / float(by.loc[baseline, "us_p50"])
+        if n < rule["min_n"]:
+            parts.append(
+                (
+                    NOT_YET,
+                    name,
+                    Outcome(NOT_YET, f"{name}: {n} operations (minimum {rule['min_n']})", evidence, n),
+                )
+            )
+            continue
+        ok = ratio <= thr if rule["holds_when"] == "below" else ratio >= thr
+        verdict = SUPPORTED if ok else REJECTED
+        text = f"{name} {ratio:.3f}x"
+        parts.append((verdict, name, Outcome(verdict, text, evidence, n, ratio, thr, value_text=text)))
+    if not parts:
+        return Outcome(
+            NOT_YET, f"no {'/'.join(rule['ops'])} rows at page {rule['page_size']}", evidence, threshold=thr
+        )
+    verdict, deciding = _combine(parts)
+    if verdict == SUPPORTED:
+        deciding = max((p[2] for p in parts), key=lambda o: o.value)
+    deciding.verdict = verdict
+    deciding.threshold = thr
+    deciding.n = min(p[2].n for p in parts)
+    deciding.reason = (
+        "; ".join(p[2].reason for p in parts)
+        + f"; holds when every p50 ratio {'≤' if rule['holds_when'] == 'below' else '≥'} {thr:g}"
+        + " (the table holds per-operation quantiles, not samples, so no interval)"
+    )
+    ratios = [p[2].value for p in parts if not math.isnan(p[2].value)]
+    deciding.value_text = f"max p50 ratio {max(ratios):.3f}x" if ratios else "—"
+    return deciding
+
+
+# --- exactness --------------------------------------------------------------------------------------
+
+
+def rule_all_exact(rule: dict, ctx: EvalContext) -> Outcome:
+    table = ctx.results["longctx"]
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=1.0)
+    exact = table.df["exact"].astype(bool)
+    n, bad = len(exact), int((~exact).sum())
+    out = Outcome(NOT_YET, "", table.pattern, n, 1.0 - bad / n, 1.0, value_text=f"{n - bad}/{n} exact")
+    if bad:
+        out.verdict, out.reason = REJECTED, f"{bad} of {n} prompts differ"
+    elif n < rule["min_n"]:
+        out.reason = f"{n} prompts checked, all exact (minimum {rule['min_n']})"
+    else:
+        out.verdict, out.reason = SUPPORTED, f"{n} prompts checked, 0 mismatches"
+    return out
+
+
+def _ctx_text(s: tables.SettingStatus) -> str:
+    return ", ".join(f"{c}: {e}/{n}" for c, (e, n) in sorted(s.per_context.items()))
+
+
+def rule_exists_exact_setting(rule: dict, ctx: EvalContext) -> Outcome:
+    table = ctx.results["tiered_promotion"]
+    contexts = ctx.promotion_contexts
+    evidence = f"{table.pattern} · {rule['decode_path']} · contexts {', '.join(map(str, contexts)) or '—'}"
+    if not contexts:
+        return Outcome(
+            NOT_YET, "the config has no promotion context (prompts.contexts[1:])", evidence, threshold=1.0
+        )
+    if not table.present:
+        return _no_promotion(rule, ctx, evidence)
+    statuses = [
+        s
+        for s in tables.setting_status(ctx.tiered, contexts, rule["decode_path"], rule["min_n"])
+        if s.setting not in ctx.exclude
+    ]
+    return _exactness_verdict(statuses, rule, evidence)
+
+
+def _exactness_verdict(statuses: list[tables.SettingStatus], rule: dict, evidence: str) -> Outcome:
+    if not statuses:
+        return Outcome(
+            NOT_YET, f"no `{rule['decode_path']}` rows for a candidate setting", evidence, threshold=1.0
+        )
+    exact = [s for s in statuses if s.status == "exact"]
+    if exact:
+        n = min(min(n for _, n in s.per_context.values()) for s in exact)
+        names = "; ".join(f"{s.setting} ({_ctx_text(s)})" for s in exact)
+        return Outcome(SUPPORTED, f"exact on every prompt: {names}", evidence, n, 1.0, 1.0, value_text=names)
+    total = sum(sum(n for _, n in s.per_context.values()) for s in statuses)
+    if all(s.status == "mismatch" for s in statuses):
+        where = "; ".join(f"{s.setting}: {', '.join(s.divergences[:2])}" for s in statuses)
+        good = sum(sum(e for e, _ in s.per_context.values()) for s in statuses)
+        return Outcome(
+            REJECTED,
+            f"every setting diverges somewhere: {where}",
+            evidence,
+            total,
+            good / total,
+            1.0,
+            value_text=f"{good}/{total} exact over all settings",
+        )
+    pending = [s for s in statuses if s.status == "insufficient"]
+    why = "; ".join(f"{s.setting} exact so far ({_ctx_text(s)})" for s in pending)
+    return Outcome(
+        NOT_YET,
+        f"{why}; needs at least {rule['min_n']} prompts at every promotion context",
+        evidence,
+        total,
+        threshold=1.0,
+    )
+
+
+def _no_promotion(rule: dict, ctx: EvalContext, evidence: str) -> Outcome:
+    """No promotion rows: conclusive only when the sweep shows no candidate was exact (none promoted)."""
+    table, sweep = ctx.results["tiered_promotion"], ctx.results["tiered_sweep"]
+    if sweep.present:
+        rows = tables.tiered_rows(sweep.df)
+        rows = rows[(rows["decode_path"] == rule["decode_path"]) & ~rows["setting"].isin(ctx.exclude)]
+        per = rows.groupby("setting")["exact"].agg(["all", "size"])
+        if len(per) and not per["all"].any():
+            return Outcome(
+                REJECTED,
+                f"no setting was exact on every prompt of the sweep ({len(per)} settings), so none was promoted",
+                f"{sweep.pattern} · {rule['decode_path']}",
+                int(per["size"].sum()),
+                0.0,
+                1.0,
+            )
+    return Outcome(NOT_YET, table.reason, evidence, threshold=1.0)
+
+
+# --- coverage, peers --------------------------------------------------------------------------------
+
+
+def rule_coverage(rule: dict, ctx: EvalContext) -> Outcome:
+    table = ctx.results["tiered_promotion"]
+    thr = float(rule["min_models"])
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
+    t = ctx.tiered.copy()
+    # rows without a workload/model column ran the config's one prompt set on the config's model
+    for col, default in (
+        ("workload", f"{ctx.config['prompts']['renderer']} needle retrieval"),
+        ("model", str(ctx.config["model"].get("hub_id") or ctx.config["model"]["name"])),
+    ):
+        t[col] = t[col].astype("object").fillna(default).astype(str) if col in t.columns else default
+    models, workloads = sorted(t["model"].unique()), sorted(t["workload"].unique())
+    evidence = f"{table.pattern} · {rule['decode_path']} · per (model, workload)"
+    counts = (
+        f"{len(models)} model(s) ({', '.join(models)}), {len(workloads)} workload(s) ({', '.join(workloads)})"
+    )
+    out = Outcome(NOT_YET, "", evidence, len(models), float(len(models)), thr, value_text=counts)
+    if len(models) < rule["min_models"] or len(workloads) < rule["min_workloads"]:
+        out.reason = (
+            f"{counts}; needs at least {rule['min_models']} models and {rule['min_workloads']} workloads"
+        )
+        return out
+    verdicts = []
+    for (model, workload), g in t.groupby(["model", "workload"]):
+        statuses = [
+            s
+            for s in tables.setting_status(g, ctx.promotion_contexts, rule["decode_path"], rule["min_n"])
+            if s.setting not in ctx.exclude
+        ]
+        verdicts.append((model, workload, _exactness_verdict(statuses, rule, evidence).verdict))
+    failed = [f"{m}/{w}" for m, w, v in verdicts if v == REJECTED]
+    if failed:
+        out.verdict, out.reason = REJECTED, f"{counts}; no exact setting for {', '.join(failed)}"
+    elif all(v == SUPPORTED for *_, v in verdicts):
+        out.verdict, out.reason = SUPPORTED, f"{counts}; an exact setting for every pair"
+    else:
+        out.reason = f"{counts}; some pairs lack enough prompts"
+    return out
+
+
+def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
+    table = ctx.results["peers"]
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=0.0)
+    df = table.df
+    context = int(df["context"].max()) if rule["context"] == "largest" else int(rule["context"])
+    t = tables.peers_table(df[df["context"] == context], rule["bin_width"])
+    evidence = f"{table.pattern} · context {context} · stored-fraction bins of {rule['bin_width']:g}"
+    parts = []
+    for fbin, g in t.groupby("fraction_bin"):
+        ours = g[g["press"] == rule["ours"]]
+        peers = g[g["press"] != rule["ours"]]
+        if not len(ours) or not len(peers):
+            continue
+        o = ours.iloc[0]
+        for p in peers.itertuples():
+            name = f"{p.press} @ {fbin:.2f}"
+            n = int(min(o["n"], p.n))
+            diff = float(o["exact_rate"] - p.exact_rate)
+            text = f"{name}: ours {o['exact_rate']:.2f} vs {p.exact_rate:.2f}"
+            if n < rule["min_n"]:
+                parts.append(
+                    (NOT_YET, name, Outcome(NOT_YET, f"{text} (n={n}, minimum {rule['min_n']})", evidence, n))
+                )
+                continue
+            verdict = SUPPORTED if diff >= 0 else REJECTED
+            parts.append((verdict, name, Outcome(verdict, text, evidence, n, diff, 0.0, value_text=text)))
+    if not parts:
+        return Outcome(
+            NOT_YET, f"no stored-fraction bin holds both {rule['ours']} and a peer", evidence, threshold=0.0
+        )
+    verdict, deciding = _combine(parts)
+    if verdict == SUPPORTED:
+        deciding = min((p[2] for p in parts), key=lambda o: o.value)
+    deciding.verdict = verdict
+    deciding.n = min(p[2].n for p in parts)
+    deciding.reason = "; ".join(p[2].reason for p in parts) + "; holds when ours ≥ every peer in every bin"
+    return deciding
+
+
+RULES: dict[str, Callable[[dict, EvalContext], Outcome]] = {
+    "ratio": rule_ratio,
+    "quantile_ratio": rule_quantile_ratio,
+    "all_exact": rule_all_exact,
+    "exists_exact_setting": rule_exists_exact_setting,
+    "ops_ratio": rule_ops_ratio,
+    "coverage": rule_coverage,
+    "peer_exact": rule_peer_exact,
+}

@@ -1,0 +1,336 @@
+"""Derived tables: per-prompt result rows reduced to what the ledger decides on and the pages show.
+
+Claims and pages call the same functions, so a number in the ledger and the same number on a
+track page cannot disagree.  Per-prompt tables are the source of truth; a track's own summary
+Parquet, if any, is not read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bcr.ledger.stats import geomean
+
+DENSE_PATH = "dense"
+GIB = 2**30
+
+
+# --- tiered ----------------------------------------------------------------------------------------
+
+
+def _dense_baseline(df: pd.DataFrame, dense: pd.DataFrame | None, col: str) -> tuple[pd.Series, str]:
+    """Per tiered row, the dense value of ``col`` for the same prompt, and where it came from.
+
+    Preference: a ``{col}_dense`` column on the row; the ``decode_path == dense`` row of the same
+    (setting, context, prompt) in the same table (measured in the same process); the dense
+    baseline run of the same prompt (``results/dense``; ``kv_bytes`` stands for ``kv_bytes_peak``).
+    """
+    if f"{col}_dense" in df.columns:
+        return pd.to_numeric(df[f"{col}_dense"], errors="coerce").astype(float), "same row"
+    keys = ["setting", "context", "prompt_id"]
+    rows = df[df["decode_path"] == DENSE_PATH]
+    if len(rows):
+        base = rows.drop_duplicates(keys).set_index(keys)[col]
+        idx = pd.MultiIndex.from_frame(df[keys])
+        return pd.Series(base.reindex(idx).to_numpy(), index=df.index, dtype=float), "same run"
+    if dense is not None and len(dense):
+        src = "kv_bytes" if col == "kv_bytes_peak" else col
+        base = dense.drop_duplicates(["context", "prompt_id"]).set_index(["context", "prompt_id"])[src]
+        idx = pd.MultiIndex.from_frame(df[["context", "prompt_id"]])
+        return pd.Series(base.reindex(idx).to_numpy(), index=df.index, dtype=float), "dense baseline run"
+    return pd.Series(math.nan, index=df.index, dtype=float), "none"
+
+
+def tiered_rows(df: pd.DataFrame | None, dense: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Tiered rows (every decode path but ``dense``) with the derived per-prompt ratios.
+
+    ``peak_mem_ratio`` = tiered / dense CUDA peak; ``kv_peak_ratio`` = tiered / dense peak KV bytes;
+    ``kv_peak_vs_stored`` = ``kv_peak_ratio / stored_fraction`` (1.0 when the peak KV footprint
+    shrinks exactly as the stored representation does).
+    """
+    if df is None or len(df) == 0:
+        return pd.DataFrame()
+    out = df.copy()
+    out["context"] = out["context"].astype(int)
+    out["exact"] = out["exact"].astype(bool)
+    sources = {}
+    for col in ("peak_mem_bytes", "kv_bytes_peak"):
+        out[f"{col}_dense"], sources[col] = _dense_baseline(out, dense, col)
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    out = out[out["decode_path"] != DENSE_PATH].reset_index(drop=True)
+    out["peak_mem_ratio"] = out["peak_mem_bytes"] / out["peak_mem_bytes_dense"]
+    out["kv_peak_ratio"] = out["kv_bytes_peak"] / out["kv_bytes_peak_dense"]
+    out["kv_peak_vs_stored"] = out["kv_peak_ratio"] / out["stored_fraction"].astype(float)
+    out.attrs["dense_source"] = sources
+    return out
+
+
+@dataclass
+class SettingStatus:
+    """Exactness of one setting over the promotion contexts."""
+
+    setting: str
+    status: str  # "exact" | "mismatch" | "insufficient"
+    per_context: dict[int, tuple[int, int]]  # context -> (exact prompts, prompts)
+    compression: float  # geometric mean at the largest context with rows
+    divergences: list[str] = field(default_factory=list)
+
+
+def setting_status(
+    rows: pd.DataFrame, contexts: list[int], decode_path: str, min_n: int
+) -> list[SettingStatus]:
+    """Per setting: exact on every prompt at every context with at least ``min_n`` prompts?"""
+    if len(rows) == 0:
+        return []
+    sel = rows[(rows["decode_path"] == decode_path) & rows["context"].isin(contexts)]
+    out = []
+    for setting, g in sel.groupby("setting", sort=True):
+        per = {int(c): (int(h["exact"].sum()), len(h)) for c, h in g.groupby("context")}
+        bad = g[~g["exact"]]
+        divergences = [
+            f"{r.prompt_id} @ {r.context} (first divergence at token {_int(r.first_divergence)})"
+            for r in bad.itertuples()
+        ]
+        if len(bad):
+            status = "mismatch"
+        elif all(c in per and per[c][1] >= min_n for c in contexts):
+            status = "exact"
+        else:
+            status = "insufficient"
+        largest = max(per)
+        comp = geomean(g[g["context"] == largest]["compression"])
+        out.append(SettingStatus(str(setting), status, per, comp, divergences))
+    return out
+
+
+def _int(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else str(int(v))
+
+
+@dataclass
+class Headline:
+    """The setting the tiered claims are about (the note's front_ret25 role)."""
+
+    setting: str | None
+    exact: bool
+    reason: str
+
+
+def headline(statuses: list[SettingStatus], exclude: list[str]) -> Headline:
+    """The exact setting with the highest compression; else the closest to exact (stated as such)."""
+    cands = [s for s in statuses if s.setting not in exclude]
+    if not cands:
+        return Headline(None, False, "no tiered setting has promotion rows")
+    exact = [s for s in cands if s.status == "exact"]
+    if exact:
+        best = max(exact, key=lambda s: (s.compression, s.setting))
+        return Headline(best.setting, True, f"{best.setting}: exact at every promotion context")
+
+    def frac(s: SettingStatus) -> float:
+        good = sum(e for e, _ in s.per_context.values())
+        total = sum(n for _, n in s.per_context.values())
+        return good / total if total else 0.0
+
+    best = max(cands, key=lambda s: (frac(s), s.compression, s.setting))
+    return Headline(best.setting, False, f"{best.setting}: no setting is exact at every promotion context")
+
+
+def promoted_settings(promoted: Any) -> list[str] | None:
+    """The settings ``promoted.json`` names (a list, or a mapping holding one), else ``None``."""
+    if isinstance(promoted, list):
+        return [str(s) for s in promoted]
+    if isinstance(promoted, dict):
+        for key in ("promoted", "settings"):
+            val = promoted.get(key)
+            if isinstance(val, list):
+                return [str(s) if not isinstance(s, dict) else str(s.get("setting")) for s in val]
+    return None
+
+
+def sweep_table(rows: pd.DataFrame, reference: dict, promoted: list[str] | None) -> pd.DataFrame:
+    """The note's 8K table: per setting and decode path, exact n/N, compression, where it diverged."""
+    if len(rows) == 0:
+        return pd.DataFrame()
+    note = {r["setting"]: r["exact"] for r in reference.get("sweep", {}).get("rows", [])}
+    recs = []
+    for (setting, path), g in rows.groupby(["setting", "decode_path"], sort=True):
+        bad = g[~g["exact"]]
+        recs.append(
+            {
+                "setting": setting,
+                "decode_path": path,
+                "context": int(g["context"].iloc[0]),
+                "n": len(g),
+                "n_exact": int(g["exact"].sum()),
+                "exact": bool(g["exact"].all()),
+                "compression": geomean(g["compression"]),
+                "stored_fraction": float(g["stored_fraction"].mean()),
+                "first_divergence": _int(bad["first_divergence"].min()) if len(bad) else "—",
+                "lost": _first_text(bad, "lost"),
+                "max_logit_diff": float(g["max_logit_diff"].max()),
+                "promoted": (setting in promoted) if promoted is not None else None,
+                "note_exact": note.get(setting),
+            }
+        )
+    return pd.DataFrame(recs)
+
+
+def _first_text(rows: pd.DataFrame, col: str) -> str | None:
+    """The first non-empty ``col`` (the tiered track's account of which page was lost), if recorded."""
+    if col not in rows.columns:
+        return None
+    vals = [str(v) for v in rows[col] if not _missing(v) and str(v)]
+    return vals[0] if vals else None
+
+
+def _missing(v: Any) -> bool:
+    try:
+        return v is None or bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def promotion_table(rows: pd.DataFrame, reference: dict, note_context: dict[int, int]) -> pd.DataFrame:
+    """The note's promotion table, ours per (setting, context, decode path) with the note's beside it."""
+    if len(rows) == 0:
+        return pd.DataFrame()
+    note = {(r["setting"], int(r["context"])): r for r in reference.get("promotion", {}).get("rows", [])}
+    recs = []
+    for (setting, context, path), g in rows.groupby(["setting", "context", "decode_path"], sort=True):
+        peak_ratio = geomean(g["peak_mem_ratio"])
+        ref = note.get((setting, note_context.get(int(context), int(context))), {})
+        recs.append(
+            {
+                "setting": setting,
+                "context": int(context),
+                "decode_path": path,
+                "n": len(g),
+                "n_exact": int(g["exact"].sum()),
+                "compression": geomean(g["compression"]),
+                "stored_fraction": float(g["stored_fraction"].mean()),
+                "ttft_ratio": geomean(g["ttft_ratio"]),
+                "tpot_ratio": geomean(g["tpot_ratio"]),
+                "kv_peak_ratio": geomean(g["kv_peak_ratio"]),
+                "peak_dense_gib": _max_gib(g["peak_mem_bytes_dense"]),
+                "peak_tiered_gib": _max_gib(g["peak_mem_bytes"]),
+                "dvram_pct": (1.0 - peak_ratio) * 100 if not math.isnan(peak_ratio) else math.nan,
+                "note_context": ref.get("context"),
+                "note_exact": f"{ref['exact']}/{ref['n']}" if ref else None,
+                "note_compression": ref.get("compression"),
+                "note_ttft_ratio": ref.get("ttft_ratio"),
+                "note_tpot_ratio": ref.get("tpot_ratio"),
+                "note_dvram_pct": ref.get("dvram_pct"),
+            }
+        )
+    return pd.DataFrame(recs)
+
+
+def _max_gib(s: pd.Series) -> float:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(s.max()) / GIB if len(s) else math.nan
+
+
+# --- serving ---------------------------------------------------------------------------------------
+
+
+def serving_table(df: pd.DataFrame | None, reference: dict, arm: str, baseline: str) -> pd.DataFrame:
+    """Result 1: per (engine, workload), reuse delta and TTFT/E2E quantile ratios ``arm / baseline``."""
+    if df is None or len(df) == 0:
+        return pd.DataFrame()
+    note = {r["workload"]: r for r in reference.get("serving", {}).get("rows", [])}
+    recs = []
+    for (engine, workload), g in df.groupby(["engine", "workload"], sort=True):
+        a, b = g[g["arm"] == arm], g[g["arm"] == baseline]
+        if not len(a) or not len(b):
+            continue
+        ref = note.get(workload, {})
+        recs.append(
+            {
+                "engine": engine,
+                "workload": workload,
+                "n_arm": len(a),
+                "n_baseline": len(b),
+                "cached_delta": int(a["cached_tokens"].sum() - b["cached_tokens"].sum()),
+                "ttft_p50_ratio": _q(a["ttft_s"], 0.5) / _q(b["ttft_s"], 0.5),
+                "ttft_p99_ratio": _q(a["ttft_s"], 0.99) / _q(b["ttft_s"], 0.99),
+                "e2e_p50_ratio": _q(a["e2e_s"], 0.5) / _q(b["e2e_s"], 0.5),
+                "note_cached_delta": ref.get("cached_delta"),
+                "note_ttft_p50_ratio": ref.get("ttft_p50_ratio"),
+                "note_ttft_p99_ratio": ref.get("ttft_p99_ratio"),
+                "note_e2e_p50_ratio": ref.get("e2e_p50_ratio"),
+            }
+        )
+    return pd.DataFrame(recs)
+
+
+def _q(s: pd.Series, q: float) -> float:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(np.quantile(s, q)) if len(s) else math.nan
+
+
+def cache_ops_table(df: pd.DataFrame | None, ours: str, baseline: str) -> tuple[pd.DataFrame, list[str]]:
+    """µs p50 (p99) per arm for each (workload, page size, op), and ``ours / baseline`` at p50."""
+    if df is None or len(df) == 0:
+        return pd.DataFrame(), []
+    arms = sorted(df["arm"].unique(), key=lambda a: (a != ours, a))
+    recs = []
+    for (workload, page, op), g in df.groupby(["workload", "page_size", "op"], sort=True):
+        by_arm = g.set_index("arm")
+        rec: dict[str, Any] = {"workload": workload, "page_size": int(page), "op": op}
+        for a in arms:
+            rec[a] = (
+                (float(by_arm.loc[a, "us_p50"]), float(by_arm.loc[a, "us_p99"]), int(by_arm.loc[a, "n"]))
+                if a in by_arm.index
+                else None
+            )
+        rec["ratio"] = (
+            rec[ours][0] / rec[baseline][0]
+            if rec.get(ours) and rec.get(baseline) and rec[baseline][0]
+            else math.nan
+        )
+        recs.append(rec)
+    return pd.DataFrame(recs), arms
+
+
+# --- long-context correctness, decomposition, peers -------------------------------------------------
+
+
+def longctx_summary(df: pd.DataFrame | None) -> dict[str, Any] | None:
+    if df is None or len(df) == 0:
+        return None
+    out: dict[str, Any] = {"checked": len(df), "mismatches": int((~df["exact"].astype(bool)).sum())}
+    for arm in ("radix", "bcr"):
+        col = f"cached_tokens_{arm}"
+        out[f"cached_{arm}"] = int(df[col].sum()) if col in df.columns else None
+    return out
+
+
+def decomposition_table(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Mean seconds per (setting, context, decode path, phase) over prompts/repeats."""
+    if df is None or len(df) == 0:
+        return pd.DataFrame()
+    g = df.groupby(["setting", "context", "decode_path", "phase"], sort=True)["seconds"].mean()
+    return g.reset_index()
+
+
+def peers_table(df: pd.DataFrame | None, bin_width: float) -> pd.DataFrame:
+    """Exact rate per (context, stored-fraction bin, press); presses compared only within a bin."""
+    if df is None or len(df) == 0:
+        return pd.DataFrame()
+    out = df.copy()
+    out["fraction_bin"] = (out["stored_fraction"].astype(float) / bin_width).round().astype(int) * bin_width
+    agg = {
+        "n": ("exact", "size"),
+        "n_exact": ("exact", "sum"),
+        "stored_fraction": ("stored_fraction", "mean"),
+    }
+    if "answer_correct" in out.columns:
+        agg["accuracy"] = ("answer_correct", "mean")
+    t = out.groupby(["context", "fraction_bin", "press"], sort=True).agg(**agg).reset_index()
+    t["exact_rate"] = t["n_exact"] / t["n"]
+    return t

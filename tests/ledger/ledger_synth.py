@@ -1,0 +1,292 @@
+"""Synthetic result files in the contracts' shapes, for ledger and site tests.
+
+Each writer produces exactly the columns a track writes (plus provenance), with seeded noise, so a
+test can flip one piece of evidence (a ratio, one prompt's exactness, the sample size) and watch
+the verdict follow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcr import io
+from bcr.ledger.claims import ClaimFile, evaluate, ledger_with_provenance
+from bcr.ledger.evidence import TIERED_COLUMNS, load_results
+from bcr.ledger.site import build
+from bcr.provenance import PROVENANCE_COLUMNS
+
+REPO = Path(__file__).resolve().parents[2]
+CONTEXTS = [2048, 4096, 8192]
+PROV = {
+    "run_id": "cpu-tiny-0123abcd-feedbeef",
+    "config_hash": "feedbeefcafef00d",
+    "git_commit": "0123abcd4567ef890123abcd4567ef8901234567",
+    "model": "tiny-needle",
+    "device": "cpu:x86_64x2threads",
+    "torch": "2.14.1",
+    "transformers": "5.19.0",
+    "sglang": "0.5.23",
+}
+
+
+def with_prov(df: pd.DataFrame, **over: str) -> pd.DataFrame:
+    out = df.copy()
+    for k in PROVENANCE_COLUMNS:
+        out[k] = pd.Series([over.get(k, PROV[k])] * len(out), index=out.index, dtype="string")
+    return out
+
+
+def tiered_frame(
+    setting: str,
+    context: int,
+    *,
+    n: int = 8,
+    paths: tuple[str, ...] = ("dense", "densify"),
+    exact: bool | list[bool] = True,
+    compression: float = 2.3,
+    ttft: float = 2.0,
+    tpot: float = 2.0,
+    peak_ratio: float | None = None,
+    kv_ratio: float = 1.4,
+    noise: float = 0.02,
+    seed: int = 0,
+    model: str = "tiny-needle",
+) -> pd.DataFrame:
+    """One setting at one context: a dense row and one row per tiered decode path for each prompt."""
+    rng = np.random.default_rng(seed + context)
+    flags = [exact] * n if isinstance(exact, bool) else list(exact)
+    assert len(flags) == n
+    rows = []
+    for i in range(n):
+        pid = f"p{context}-{i:03d}"
+        kv_dense = 4096.0 * context
+        peak_dense = 1.5e9 + 1e5 * context
+        for path in paths:
+            jitter = lambda: float(np.exp(rng.normal(0.0, noise)))  # noqa: E731
+            tiered = path != "dense"
+            ok = flags[i] if tiered else True
+            comp = compression * jitter() if tiered else 1.0
+            rows.append(
+                {
+                    "setting": setting,
+                    "context": context,
+                    "prompt_id": pid,
+                    "decode_path": path,
+                    "exact": ok,
+                    "first_divergence": None if ok else 3,
+                    "max_logit_diff": 0.0 if ok else 1.7,
+                    "answer_correct": ok,
+                    "logical_tokens": context * 4,
+                    "stored_tokens": int(context * 4 / comp),
+                    "compression": comp,
+                    "stored_fraction": 1.0 / comp,
+                    "ttft_s": 0.1 * (ttft * jitter() if tiered else 1.0),
+                    "tpot_s": 0.002 * (tpot * jitter() if tiered else 1.0),
+                    "ttft_ratio": ttft * jitter() if tiered else 1.0,
+                    "tpot_ratio": tpot * jitter() if tiered else 1.0,
+                    "kv_bytes_stored": int(kv_dense / comp),
+                    "kv_bytes_peak": int(kv_dense * (kv_ratio * jitter() if tiered else 1.0)),
+                    "peak_mem_bytes": None
+                    if peak_ratio is None
+                    else int(peak_dense * (peak_ratio * jitter() if tiered else 1.0)),
+                }
+            )
+    df = pd.DataFrame(rows, columns=TIERED_COLUMNS)
+    df["peak_mem_bytes"] = df["peak_mem_bytes"].astype("Int64")
+    df["first_divergence"] = df["first_divergence"].astype("Int64")
+    return with_prov(df, model=model)
+
+
+def write_model(root: Path) -> None:
+    card = {
+        "name": "tiny-needle",
+        "source": "local",
+        "hub_id": None,
+        "dtype": "float32",
+        "attn_implementation": "sdpa",
+        "parameters": 1_100_000,
+        "layers": 4,
+        "kv_heads": 2,
+        "head_dim": 32,
+        "max_position_embeddings": 16384,
+        "accuracy": [
+            {"context": c, "n": 32, "accuracy": 1.0, "metric": "teacher_forced_needle"} for c in CONTEXTS
+        ],
+        "provenance": PROV,
+    }
+    io.write_json(card, root / "model" / "card.json")
+    acc = pd.DataFrame(card["accuracy"])
+    io.write_parquet(with_prov(acc), root / "model" / "accuracy.parquet")
+
+
+def write_dense(root: Path, n: int = 8) -> None:
+    for c in CONTEXTS:
+        df = pd.DataFrame(
+            {
+                "prompt_id": [f"p{c}-{i:03d}" for i in range(n)],
+                "context": c,
+                "prompt_tokens": c,
+                "output_ids": [[10, 11, 12, 5]] * n,
+                "n_generated": 4,
+                "answer_correct": True,
+                "ttft_s": 0.05 * c / 2048,
+                "tpot_s": 0.002,
+                "kv_bytes": 4096 * c,
+                "peak_mem_bytes": pd.array([None] * n, dtype="Int64"),
+                "peak_prefill_bytes": pd.array([None] * n, dtype="Int64"),
+                "peak_decode_bytes": pd.array([None] * n, dtype="Int64"),
+                "repeats": 3,
+            }
+        )
+        io.write_parquet(with_prov(df), root / "dense" / f"{c}.parquet")
+
+
+SWEEP = {
+    "middle": dict(exact=False, compression=2.0),
+    "middle_ret35": dict(exact=False, compression=1.9),
+    "middle_phantom8": dict(exact=True, compression=1.6),
+    "front_ret25": dict(exact=True, compression=2.3),
+    "keep_all": dict(exact=True, compression=1.0, ttft=1.05, tpot=1.02, kv_ratio=1.0),
+}
+
+
+def write_tiered(
+    root: Path,
+    *,
+    promotion: dict[str, dict] | None = None,
+    sweep: dict[str, dict] | None = None,
+    contexts: list[int] = CONTEXTS,
+) -> None:
+    """Sweep at ``contexts[0]``; ``promotion`` maps setting -> tiered_frame kwargs at the other contexts."""
+    sweep = SWEEP if sweep is None else sweep
+    for setting, kw in sweep.items():
+        kw = dict(kw)
+        ex = kw.pop("exact")
+        flags = ex if isinstance(ex, list) else [True] * 7 + [ex]
+        io.write_parquet(
+            tiered_frame(setting, contexts[0], exact=flags, **kw),
+            root / "tiered" / "sweep" / f"{setting}.parquet",
+        )
+    promoted = [s for s, kw in sweep.items() if kw["exact"] is True]
+    io.write_json({"context": contexts[0], "promoted": promoted}, root / "tiered" / "promoted.json")
+    if promotion is None:
+        promotion = {s: {k: v for k, v in sweep[s].items() if k != "exact"} for s in promoted}
+    for setting, kw in promotion.items():
+        for c in contexts[1:]:
+            frame = tiered_frame(setting, c, **kw)
+            io.write_parquet(frame, root / "tiered" / "promotion" / str(c) / f"{setting}.parquet")
+
+
+def write_cache_ops(root: Path, *, bcr_factor: float = 0.8, n: int = 500) -> None:
+    base = {"match": 27.0, "insert": 37.0, "evict": 12.0}
+    arms = {"bcr": bcr_factor, "radix": 0.9, "unified_python": 1.6, "unified_rust": 1.0}
+    rows = []
+    for workload in ("system_repeat", "rag_fanout", "longctx"):
+        for page in (1, 16):
+            for op, us in base.items():
+                for arm, f in arms.items():
+                    rows.append(
+                        {
+                            "arm": arm,
+                            "workload": workload,
+                            "page_size": page,
+                            "op": op,
+                            "n": n,
+                            "us_p50": us * f,
+                            "us_p99": us * f * 3.0,
+                        }
+                    )
+    io.write_parquet(with_prov(pd.DataFrame(rows)), root / "serving" / "cache_ops.parquet")
+
+
+def write_serving(
+    root: Path, *, ratio: float = 1.09, n: int = 200, reuse_delta: int = 0, seed: int = 0
+) -> None:
+    rng = np.random.default_rng(seed)
+    for workload in ("system_repeat", "rag_fanout"):
+        for arm, f in (("radix", 1.0), ("bcr", ratio)):
+            ttft = np.exp(rng.normal(np.log(0.05), 0.1, n)) * f
+            cached = np.full(n, 1000) + (reuse_delta if arm == "bcr" else 0) * (np.arange(n) == 0)
+            df = pd.DataFrame(
+                {"request_id": np.arange(n), "ttft_s": ttft, "e2e_s": ttft + 0.5, "cached_tokens": cached}
+            )
+            io.write_parquet(with_prov(df), root / "serving" / "sglang" / workload / f"{arm}.parquet")
+
+
+def write_longctx(root: Path, *, n: int = 30, mismatches: int = 0) -> None:
+    exact = [i >= mismatches for i in range(n)]
+    df = pd.DataFrame(
+        {
+            "prompt_id": [f"l{i}" for i in range(n)],
+            "exact": exact,
+            "cached_tokens_radix": 11000,
+            "cached_tokens_bcr": 11000,
+        }
+    )
+    io.write_parquet(with_prov(df), root / "correctness" / "longctx.parquet")
+
+
+def write_decomposition(root: Path) -> None:
+    rows = []
+    for path, rebuild in (("densify", 0.004), ("paged", 0.0)):
+        for phase, s in (
+            ("forward", 0.002),
+            ("summary", 0.001),
+            ("view_rebuild", rebuild),
+            ("decode_attention", 0.001),
+        ):
+            rows.append(
+                {"setting": "front_ret25", "context": 8192, "decode_path": path, "phase": phase, "seconds": s}
+            )
+    io.write_parquet(with_prov(pd.DataFrame(rows)), root / "tiered" / "decomposition.parquet")
+
+
+def write_peers(root: Path, *, ours_rate: float = 1.0, peer_rate: float = 0.5, n: int = 8) -> None:
+    rows = []
+    for press, rate in (("tiered", ours_rate), ("snapkv", peer_rate), ("streaming_llm", peer_rate / 2)):
+        k = round(rate * n)
+        for i in range(n):
+            rows.append(
+                {
+                    "press": press,
+                    "context": 8192,
+                    "prompt_id": f"p{i}",
+                    "stored_fraction": 0.44,
+                    "exact": i < k,
+                    "answer_correct": i < k,
+                }
+            )
+    io.write_parquet(with_prov(pd.DataFrame(rows)), root / "peers" / "kvpress.parquet")
+
+
+def write_default(root: Path) -> Path:
+    """What the default pipeline produces: model, dense, tiered sweep + promotion, cache ops."""
+    write_model(root)
+    write_dense(root)
+    write_tiered(root)
+    write_cache_ops(root)
+    return root
+
+
+def write_full(root: Path) -> Path:
+    """Every evidence file, including those of future issues."""
+    write_default(root)
+    write_serving(root)
+    write_longctx(root)
+    write_decomposition(root)
+    write_peers(root)
+    return root
+
+
+def dump(obj: object) -> str:
+    return json.dumps(obj, indent=1, default=str)
+
+
+def build_site(root: Path, spec: ClaimFile, config: dict, reference: dict, repo: Path = REPO) -> Path:
+    results = load_results(root)
+    ledger = ledger_with_provenance(evaluate(spec, results, config), config)
+    return build(repo, results, config, ledger, spec, reference)

@@ -1,0 +1,252 @@
+"""Verdicts follow their evidence: flip the evidence, the verdict flips (synthetic Parquet, real claim file)."""
+
+from __future__ import annotations
+
+import ledger_synth as synth
+import pandas as pd
+import pytest
+
+from bcr import io
+from bcr.io import ResultSchemaError
+from bcr.ledger.claims import LEDGER_COLUMNS, evaluate
+from bcr.ledger.evidence import load_results
+
+
+def _promotion(root, **kw):
+    """Sweep defaults, and one promoted setting ``front_ret25`` with the given tiered_frame kwargs."""
+    synth.write_tiered(root, promotion={"front_ret25": kw})
+
+
+# --- ratios against a threshold -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ttft", "tpot", "expected"), [(2.2, 2.2, "rejected"), (0.8, 0.9, "supported"), (0.8, 1.5, "rejected")]
+)
+def test_latency_verdict_follows_the_ratio(results_dir, verdicts, ttft, tpot, expected):
+    _promotion(results_dir, ttft=ttft, tpot=tpot)
+    row = verdicts(results_dir)["tiered_improves_latency"]
+    assert row["verdict"] == expected
+    assert row["n"] == 8
+    assert "TTFT" in row["reason"] and "TPOT" in row["reason"]
+
+
+def test_a_ratio_straddling_the_threshold_is_not_yet(results_dir, verdicts):
+    _promotion(results_dir, ttft=1.0, tpot=1.0, noise=0.3)
+    row = verdicts(results_dir)["tiered_improves_latency"]
+    assert row["verdict"] == "not yet"
+    assert row["ci_low"] < 1.0 < row["ci_high"]
+    assert "straddles" in row["reason"]
+
+
+@pytest.mark.parametrize(("compression", "expected"), [(2.3, "supported"), (1.6, "rejected")])
+def test_compression_verdict_follows_the_ratio(results_dir, verdicts, compression, expected):
+    _promotion(results_dir, compression=compression)
+    row = verdicts(results_dir)["tiered_compression_large"]
+    assert row["verdict"] == expected
+    assert row["value"] == pytest.approx(compression, rel=0.03)
+    assert row["threshold"] == 2.0
+
+
+def test_compression_of_a_setting_that_is_not_exact_is_rejected(results_dir, verdicts):
+    synth.write_tiered(
+        results_dir,
+        sweep={"front_ret25": dict(exact=True, compression=2.5)},
+        promotion={"front_ret25": dict(compression=2.5, exact=[True] * 7 + [False])},
+    )
+    row = verdicts(results_dir)["tiered_compression_large"]
+    assert row["verdict"] == "rejected"
+    assert "not exact" in row["reason"]
+
+
+def test_peak_memory_is_not_yet_on_cpu_and_decided_on_cuda(results_dir, verdicts):
+    _promotion(results_dir, peak_ratio=None)
+    row = verdicts(results_dir)["tiered_vram_reduction_large"]
+    assert row["verdict"] == "not yet"
+    assert "never estimated" in row["reason"]
+
+    _promotion(results_dir, peak_ratio=0.985)  # the note's ~1.5% reduction
+    assert verdicts(results_dir)["tiered_vram_reduction_large"]["verdict"] == "rejected"
+    _promotion(results_dir, peak_ratio=0.5)
+    assert verdicts(results_dir)["tiered_vram_reduction_large"]["verdict"] == "supported"
+
+
+def test_sample_below_the_minimum_is_not_yet(results_dir, verdicts):
+    _promotion(results_dir, n=5, ttft=2.2, tpot=2.2, compression=2.3)
+    got = verdicts(results_dir)
+    for claim in ("tiered_improves_latency", "tiered_compression_large", "tiered_exact"):
+        assert got[claim]["verdict"] == "not yet", claim
+        assert "minimum 8" in got[claim]["reason"] or "at least 8" in got[claim]["reason"], claim
+
+
+# --- exactness ----------------------------------------------------------------------------------
+
+
+def test_tiered_exact_flips_when_a_mismatch_appears(results_dir, verdicts):
+    sweep = {"front_ret25": dict(exact=True, compression=2.3)}
+    synth.write_tiered(results_dir, sweep=sweep, promotion={"front_ret25": dict(compression=2.3)})
+    assert verdicts(results_dir)["tiered_exact"]["verdict"] == "supported"
+
+    flags = [True] * 8
+    flags[5] = False
+    synth.write_tiered(
+        results_dir, sweep=sweep, promotion={"front_ret25": dict(compression=2.3, exact=flags)}
+    )
+    row = verdicts(results_dir)["tiered_exact"]
+    assert row["verdict"] == "rejected"
+    assert "p4096-005" in row["reason"]  # says where it diverged
+
+
+def test_a_control_that_keeps_everything_does_not_make_tiered_exact_true(results_dir, verdicts):
+    sweep = {"front_ret25": dict(exact=True), "keep_all": dict(exact=True, compression=1.0)}
+    bad = [True] * 7 + [False]
+    synth.write_tiered(
+        results_dir,
+        sweep=sweep,
+        promotion={"front_ret25": dict(exact=bad), "keep_all": dict(compression=1.0)},
+    )
+    got = verdicts(results_dir)
+    assert got["tiered_exact"]["verdict"] == "rejected"
+    assert "keep_all" not in got["tiered_exact"]["reason"]
+
+
+def test_headline_is_the_exact_setting_with_the_highest_compression(results_dir, verdicts):
+    synth.write_tiered(
+        results_dir,
+        sweep={"a_low": dict(exact=True, compression=1.5), "b_high": dict(exact=True, compression=2.6)},
+        promotion={"a_low": dict(compression=1.5), "b_high": dict(compression=2.6)},
+    )
+    row = verdicts(results_dir)["tiered_compression_large"]
+    assert "b_high" in row["evidence"]
+    assert row["value"] == pytest.approx(2.6, rel=0.03)
+
+
+def test_nothing_promoted_because_nothing_was_exact_is_rejected(results_dir, verdicts):
+    synth.write_tiered(
+        results_dir, sweep={"middle": dict(exact=False), "front_ret25": dict(exact=False)}, promotion={}
+    )
+    row = verdicts(results_dir)["tiered_exact"]
+    assert row["verdict"] == "rejected"
+    assert "none was promoted" in row["reason"]
+
+
+@pytest.mark.parametrize(
+    ("n", "mismatches", "expected"), [(30, 0, "supported"), (30, 1, "rejected"), (12, 0, "not yet")]
+)
+def test_longctx_correctness(results_dir, verdicts, n, mismatches, expected):
+    synth.write_longctx(results_dir, n=n, mismatches=mismatches)
+    row = verdicts(results_dir)["bcr_longctx_exact"]
+    assert row["verdict"] == expected
+    assert row["n"] == n
+
+
+# --- serving, cache operations, peers, coverage -------------------------------------------------
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [(1.09, "rejected"), (0.85, "supported")])
+def test_serving_verdict_follows_the_ttft_ratio(results_dir, verdicts, ratio, expected):
+    synth.write_serving(results_dir, ratio=ratio)
+    row = verdicts(results_dir)["bcr_faster_than_radix"]
+    assert row["verdict"] == expected
+    assert row["n"] == 200
+
+
+def test_serving_at_unequal_reuse_is_not_compared(results_dir, verdicts):
+    synth.write_serving(results_dir, ratio=0.5, reuse_delta=64)
+    row = verdicts(results_dir)["bcr_faster_than_radix"]
+    assert row["verdict"] == "not yet"
+    assert "equal reuse" in row["reason"]
+
+
+def test_serving_with_too_few_requests_is_not_yet(results_dir, verdicts):
+    synth.write_serving(results_dir, ratio=1.3, n=20)
+    assert verdicts(results_dir)["bcr_faster_than_radix"]["verdict"] == "not yet"
+
+
+@pytest.mark.parametrize(
+    ("factor", "n", "expected"), [(0.8, 500, "supported"), (1.2, 500, "rejected"), (0.8, 50, "not yet")]
+)
+def test_cache_ops_verdict(results_dir, verdicts, factor, n, expected):
+    synth.write_cache_ops(results_dir, bcr_factor=factor, n=n)
+    row = verdicts(results_dir)["bcr_cache_ops_cheap"]
+    assert row["verdict"] == expected
+    if expected != "not yet":
+        assert row["value"] == pytest.approx(factor)
+
+
+@pytest.mark.parametrize(("ours", "peer", "expected"), [(1.0, 0.5, "supported"), (0.25, 0.75, "rejected")])
+def test_peers_verdict(results_dir, verdicts, ours, peer, expected):
+    synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer)
+    assert verdicts(results_dir)["peers_equal_fraction"]["verdict"] == expected
+
+
+def test_generalisation_needs_two_models_and_two_workloads(results_dir, verdicts):
+    _promotion(results_dir)
+    row = verdicts(results_dir)["generalises"]
+    assert row["verdict"] == "not yet"
+    assert "1 model(s)" in row["reason"]
+
+    def second_model(exact):
+        for c in synth.CONTEXTS[1:]:
+            df = synth.tiered_frame("front_ret25", c, model="other-model", exact=exact)
+            df["workload"] = "text needle"
+            io.write_parquet(df, results_dir / "tiered" / "promotion" / str(c) / "other.parquet")
+
+    second_model(True)
+    row = verdicts(results_dir)["generalises"]
+    assert row["verdict"] == "supported"
+    assert row["value"] == 2.0
+    second_model([False] * 8)
+    assert verdicts(results_dir)["generalises"]["verdict"] == "rejected"
+
+
+# --- page-native --------------------------------------------------------------------------------
+
+
+def test_page_native_claims(results_dir, verdicts):
+    paths = ("dense", "densify", "paged")
+    _promotion(results_dir, paths=paths, compression=2.3, kv_ratio=0.45, ttft=1.02, tpot=1.01)
+    got = verdicts(results_dir)
+    assert got["paged_memory"]["verdict"] == "supported"  # 0.45 / (1/2.3) ≈ 1.03 ≤ 1.25
+    assert got["paged_latency"]["verdict"] == "supported"
+
+    _promotion(results_dir, paths=paths, compression=2.3, kv_ratio=1.4, ttft=1.6, tpot=1.6)
+    got = verdicts(results_dir)
+    assert got["paged_memory"]["verdict"] == "rejected"
+    assert got["paged_latency"]["verdict"] == "rejected"
+
+
+def test_page_native_without_paged_rows_is_not_yet(results_dir, verdicts):
+    _promotion(results_dir)
+    row = verdicts(results_dir)["paged_latency"]
+    assert row["verdict"] == "not yet"
+    assert "paged" in row["reason"]
+
+
+# --- missing and broken evidence ----------------------------------------------------------------
+
+
+def test_every_claim_is_not_yet_without_results(results_dir, verdicts, spec):
+    results_dir.mkdir()
+    got = verdicts(results_dir)
+    assert list(got) == [c.id for c in spec.claims]
+    for claim_id, row in got.items():
+        assert row["verdict"] == "not yet", claim_id
+        assert "not produced by this run" in row["reason"] or "no tiered" in row["reason"], claim_id
+
+
+def test_a_file_that_breaks_its_contract_fails_loudly(results_dir, spec, cpu_config):
+    synth.write_cache_ops(results_dir)
+    df = pd.read_parquet(results_dir / "serving" / "cache_ops.parquet").drop(columns=["us_p50"])
+    io.write_parquet(df, results_dir / "serving" / "cache_ops.parquet")
+    with pytest.raises(ResultSchemaError, match="us_p50"):
+        evaluate(spec, load_results(results_dir), cpu_config)
+
+
+def test_ledger_has_the_contract_columns_and_is_deterministic(results_dir, spec, cpu_config):
+    synth.write_full(results_dir)
+    a = evaluate(spec, load_results(results_dir), cpu_config)
+    b = evaluate(spec, load_results(results_dir), cpu_config)
+    assert list(a.columns[: len(LEDGER_COLUMNS)]) == LEDGER_COLUMNS
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a["verdict"]) <= {"supported", "rejected", "not yet"}

@@ -1,0 +1,96 @@
+"""The site builds with `mkdocs build --strict` from any subset of results, and strictness is real."""
+
+from __future__ import annotations
+
+import shutil
+
+import ledger_synth as synth
+import pytest
+import yaml
+from ledger_synth import REPO, build_site
+
+from bcr.ledger.claims import evaluate
+from bcr.ledger.evidence import load_results
+from bcr.ledger.render import PAGES
+from bcr.ledger.site import SiteBuildError, assemble_sources
+from bcr.ledger.version import site_version
+
+
+def _nav_pages(nav) -> list[str]:
+    out = []
+    for item in nav:
+        for value in item.values():
+            out.extend(_nav_pages(value) if isinstance(value, list) else [value])
+    return out
+
+
+def test_full_site_builds_every_page_and_plot(full_site):
+    site = full_site / "site"
+    for page in PAGES:
+        html = site / ("index.html" if page == "index.md" else f"{page[:-3]}/index.html")
+        assert html.is_file(), page
+    for plot in (
+        "compression_vs_exactness",
+        "latency_ratios",
+        "cache_ops",
+        "ttft_distributions",
+        "decomposition",
+    ):
+        assert (site / "plots" / f"{plot}.svg").is_file(), plot
+    assert (full_site / "mkdocs.yml").is_file()
+    tiered = (site / "tiered" / "index.html").read_text()
+    assert "compression_vs_exactness.svg" in tiered
+
+
+@pytest.mark.parametrize("subset", ["default", "empty"])
+def test_strict_build_passes_on_a_subset_of_results(tmp_path, spec, cpu_config, reference, subset):
+    root = tmp_path / "results"
+    root.mkdir()
+    if subset == "default":
+        synth.write_default(root)
+    index = build_site(root, spec, cpu_config, reference)
+    text = index.read_text()
+    assert 'id="ledger-table"' in text
+    assert text.count("data-claim=") == len(spec.claims)
+
+
+def test_strict_build_fails_on_a_broken_link(tmp_path, spec, cpu_config, reference):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(REPO / "site", repo / "site")
+    shutil.copy(REPO / "mkdocs.yml", repo / "mkdocs.yml")
+    methods = repo / "site" / "methods.md"
+    methods.write_text(methods.read_text() + "\nSee [a page that does not exist](nowhere.md).\n")
+    root = tmp_path / "results"
+    root.mkdir()
+    with pytest.raises(SiteBuildError, match=r"nowhere\.md"):
+        build_site(root, spec, cpu_config, reference, repo=repo)
+
+
+def test_a_stale_ledger_is_refused(tmp_path, spec, cpu_config, reference):
+    root = synth.write_default(tmp_path / "results")
+    results = load_results(root)
+    ledger = evaluate(spec, results, cpu_config).iloc[1:]
+    with pytest.raises(SiteBuildError, match="re-run `bcr site ledger`"):
+        assemble_sources(REPO, results, cpu_config, ledger, spec, reference)
+
+
+def test_nav_lists_every_rendered_and_hand_written_page():
+    mk = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    hand = {p.name for p in (REPO / "site").glob("*.md")}
+    assert sorted(_nav_pages(mk["nav"])) == sorted(set(PAGES) | hand)
+    assert not set(PAGES) & hand  # a hand-written page would be overwritten by a rendered one
+    assert mk["extra"]["version"]["provider"] == "mike"
+    assert mk["strict"] is True
+
+
+@pytest.mark.parametrize(
+    ("commit", "expected"),
+    [
+        ("0123abcd4567ef890123abcd4567ef8901234567", "cpu-tiny-0123abcd"),
+        ("0123abcd4567ef890123abcd4567ef8901234567+dirty", "cpu-tiny-0123abcd-dirty"),
+        ("unknown", "cpu-tiny-unknown"),
+    ],
+)
+def test_site_version(commit, expected):
+    assert site_version("cpu-tiny", commit) == expected

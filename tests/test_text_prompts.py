@@ -1,0 +1,57 @@
+"""The cluster's natural-text prompts, exercised offline with a small BPE tokenizer trained here."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from bcr import prompts
+
+CHAT = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    words = [prompts._SUBJECTS, prompts._VERBS, prompts._OBJECTS, prompts._TAILS, prompts._VAULTS]
+    corpus = [" ".join(w) for w in words] + ["The pass code of the vault is 0123456789. What is it? Answer."]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>")
+    fast.chat_template = CHAT
+    return fast
+
+
+def test_text_prompts_fit_budget_and_hold_the_needle(tokenizer):
+    df = prompts.text_prompt_set(tokenizer, 1024, 3, seed=1, max_new_tokens=16)
+    again = prompts.text_prompt_set(tokenizer, 1024, 3, seed=1, max_new_tokens=16)
+    assert df.equals(again)
+    for row in df.to_dict("records"):
+        n = len(row["input_ids"])
+        assert 1024 - 16 - 40 <= n <= 1024 - 16  # sized to leave room for generation
+        assert row["needle_start"] >= 0
+        text = tokenizer.decode(row["input_ids"])
+        assert f"vault is {row['answer_text']}." in text
+        assert text.endswith("<|im_start|>assistant\n")
+    starts = df["needle_start"].tolist()
+    assert starts == sorted(starts)  # depths 1/6, 1/2, 5/6
+
+
+def test_text_answer_judged_on_decoded_reply(tokenizer):
+    row = prompts.text_prompt_set(tokenizer, 512, 1, seed=2, max_new_tokens=8).iloc[0]
+    good = tokenizer.encode(f"The code is {row['answer_text']}.", add_special_tokens=False)
+    bad = tokenizer.encode("The code is 000000.", add_special_tokens=False)
+    assert prompts.answer_correct(good, row, tokenizer)
+    assert not prompts.answer_correct(bad, row, tokenizer)
+    with pytest.raises(ValueError, match="tokenizer"):
+        prompts.answer_correct(good, row)
