@@ -10,6 +10,8 @@ from bcr.codehash import code_hash
 
 REPO = Path(workflow.basedir)
 RUN_CONFIG = "results/run/config.yaml"
+# Every rule's software (used with --sdm conda on the cluster; the CPU default runs in .venv).
+BCR_ENV = "../envs/bcr.yaml"
 _sources = ", ".join(str(f) for f in workflow.configfiles) or "config"
 
 try:

@@ -2,6 +2,8 @@
 
 
 rule dense_baseline:
+    conda:
+        BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
         prompts="results/prompts/{context}.parquet",

@@ -5,6 +5,8 @@
 if LOCAL_MODEL:
 
     rule train_tiny_model:
+        conda:
+            BCR_ENV
         input:
             cfg=ancient(RUN_CONFIG),
         output:
@@ -25,6 +27,8 @@ if LOCAL_MODEL:
 
 rule model_card:
     """Parameters, checksums, training report; needle accuracy at every pipeline context."""
+    conda:
+        BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
         ckpt=model_checkpoint_files(),

@@ -2,6 +2,8 @@
 
 
 rule build_prompts:
+    conda:
+        BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
     output:

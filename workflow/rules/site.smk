@@ -17,6 +17,8 @@ SITE_SOURCES = sorted(str(p) for p in (REPO / "site").rglob("*") if p.is_file())
 
 rule evaluate_claims:
     """One verdict per claim of config/claims.yaml, computed from the result files."""
+    conda:
+        BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
         claims=CLAIMS_FILE,
@@ -39,6 +41,8 @@ rule evaluate_claims:
 
 rule build_site:
     """Pages and plots into results/site_src, then mkdocs build --strict into results/site."""
+    conda:
+        BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
         ledger=LEDGER,

@@ -1,0 +1,159 @@
+"""Start a real SGLang server for one cache arm (``python -m sglang.launch_server ...``).
+
+Arms and how the server gets them:
+
+* ``bcr`` -- ``--radix-cache-backend bcr`` (registered by our ``sglang.srt.plugins`` entry point);
+* ``radix`` -- ``--radix-cache-backend legacy_radix`` (SGLang's Python ``RadixCache``, same plug-in);
+* ``unified_rust`` / ``unified_python`` -- no backend flag (SGLang's default ``UnifiedRadixCache``)
+  with ``SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND`` = ``rust`` / ``python``
+  (``sglang/srt/environ.py:741``, read by ``tree_core_registry.py:124-131``).
+
+Every arm shares page size, memory budget, scheduling policy and seed, so only the cache differs.
+The serving track runs this on GPUs; here only the command is built and checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+TREE_CORE_ENV = "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND"
+ARM_BACKENDS: dict[str, tuple[str | None, str | None]] = {
+    # arm: (--radix-cache-backend value, tree core for the default UnifiedRadixCache)
+    "bcr": ("bcr", None),
+    "radix": ("legacy_radix", None),
+    "unified_rust": (None, "rust"),
+    "unified_python": (None, "python"),
+}
+
+
+@dataclasses.dataclass
+class ServerSpec:
+    """What one server run needs; everything but ``arm`` is shared by the compared arms."""
+
+    model: str
+    arm: str
+    host: str = "127.0.0.1"
+    port: int = 30000
+    page_size: int = 16
+    mem_fraction_static: float | None = None
+    max_total_tokens: int | None = None
+    schedule_policy: str | None = None
+    chunked_prefill_size: int | None = None
+    random_seed: int = 0
+    tp_size: int = 1
+    revision: str | None = None
+    extra_args: list[str] = dataclasses.field(default_factory=list)
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        if self.arm not in ARM_BACKENDS:
+            raise ValueError(f"unknown arm {self.arm!r}; choose from {sorted(ARM_BACKENDS)}")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def args(self) -> list[str]:
+        """Arguments after ``-m sglang.launch_server``."""
+        out = [
+            "--model-path", self.model,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--page-size", str(self.page_size),
+            "--random-seed", str(self.random_seed),
+            "--tp-size", str(self.tp_size),
+        ]  # fmt: skip
+        optional = {
+            "--revision": self.revision,
+            "--mem-fraction-static": self.mem_fraction_static,
+            "--max-total-tokens": self.max_total_tokens,
+            "--schedule-policy": self.schedule_policy,
+            "--chunked-prefill-size": self.chunked_prefill_size,
+        }
+        for flag, value in optional.items():
+            if value is not None:
+                out += [flag, str(value)]
+        backend, _ = ARM_BACKENDS[self.arm]
+        if backend is not None:
+            out += ["--radix-cache-backend", backend]
+        return out + list(self.extra_args)
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "sglang.launch_server", *self.args()]
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for the server: the tree core pinned for unified arms, unset otherwise."""
+        env = dict(os.environ if base is None else base)
+        _, core = ARM_BACKENDS[self.arm]
+        if core is None:
+            env.pop(TREE_CORE_ENV, None)
+        else:
+            env[TREE_CORE_ENV] = core
+        plugins = env.get("SGLANG_PLUGINS")
+        if plugins and self.arm in ("bcr", "radix") and "bcr" not in plugins.split(","):
+            raise ValueError(
+                "SGLANG_PLUGINS whitelists plug-ins and leaves out 'bcr': the backend would be missing"
+            )
+        return env
+
+
+def spec_from_config(serving: dict, model: str, arm: str, **overrides: Any) -> ServerSpec:
+    """A spec from the ``serving.server`` settings (shared by all arms) plus per-run overrides."""
+    server = dict(serving.get("server", {}))
+    server.update(overrides)
+    return ServerSpec(model=model, arm=arm, **server)
+
+
+def launch(spec: ServerSpec, log_path: str | Path) -> subprocess.Popen:
+    """Start the server in its own process group, stdout and stderr to ``log_path``."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 -- the child keeps writing after we return
+    try:
+        return subprocess.Popen(
+            spec.command(), env=spec.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        log.close()
+
+
+def wait_ready(
+    spec: ServerSpec, proc: subprocess.Popen, timeout_s: float = 900.0, poll_s: float = 2.0
+) -> None:
+    """Block until ``/health_generate`` answers 200; fail fast if the server process died."""
+    deadline = time.monotonic() + timeout_s
+    url = spec.base_url + "/health_generate"
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise RuntimeError(f"sglang server ({spec.arm}) exited with code {code} before becoming ready")
+        try:
+            with urllib.request.urlopen(url, timeout=poll_s) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(poll_s)
+    raise TimeoutError(f"sglang server ({spec.arm}) not ready after {timeout_s:.0f}s at {url}")
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
+    """Terminate the server's process group (it spawns scheduler and detokenizer children)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,291 @@
+"""The block-hash-chain index on its own (no SGLang): keys, exact-prefix lookup, pins, LRU eviction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bcr.prefix.chain import ROOT, SCALAR_TOKENS, Block, ChainHasher, ChainIndex
+
+PAGE_SIZES = [1, 4, 16]
+
+
+def as_bytes(tokens) -> bytes:
+    return np.asarray(tokens, dtype=np.int64).tobytes()
+
+
+class ConstantHasher(ChainHasher):
+    """Every block of every sequence gets key 0: the worst collision there is."""
+
+    def block_spec(self, page_size):
+        unpack, _, _ = super().block_spec(page_size)
+        return unpack, [0] * page_size, 0
+
+    def chain(self, tokens, page_size, prev):
+        return np.zeros(len(tokens) // page_size, dtype=np.uint64)
+
+    def last_key(self, tokens, offset, n_tokens, prev):
+        return 0
+
+
+class Model:
+    """Reference: the set of cached block paths (tuples of token tuples) with per-block stamps."""
+
+    def __init__(self, ps: int):
+        self.ps = ps
+        self.paths: set[tuple] = set()
+
+    def blocks(self, tokens, nb):
+        return tuple(tuple(tokens[i * self.ps : (i + 1) * self.ps]) for i in range(nb))
+
+    def longest(self, tokens, nb):
+        b = self.blocks(tokens, nb)
+        k = 0
+        while k < nb and b[: k + 1] in self.paths:
+            k += 1
+        return k
+
+    def insert(self, tokens, nb):
+        b = self.blocks(tokens, nb)
+        for i in range(1, nb + 1):
+            self.paths.add(b[:i])
+
+
+def insert(index: ChainIndex, tokens, ns: int = 7, start: Block = ROOT):
+    ps = index.page_size
+    nb = len(tokens) // ps
+    return index.insert(as_bytes(tokens[: nb * ps]), nb, ns, lambda lo, hi: np.arange(lo, hi), start)
+
+
+def longest(index: ChainIndex, tokens, ns: int = 7):
+    ps = index.page_size
+    nb = len(tokens) // ps
+    return index.longest(as_bytes(tokens[: nb * ps]), nb, ns)
+
+
+def path_tokens(index: ChainIndex, block: Block) -> list[int]:
+    out: list[int] = []
+    for run, n in index.path(block):
+        out.extend(np.frombuffer(run.tokens, dtype=np.int64)[: n * index.page_size].tolist())
+    return out
+
+
+# --- keys --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ps", PAGE_SIZES)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_vectorised_keys_equal_scalar_chain_and_extend_incrementally(ps, data):
+    h = ChainHasher(seed=3)
+    nb = data.draw(st.integers(1, 12))
+    cut = data.draw(st.integers(0, nb))
+    toks = data.draw(st.lists(st.integers(0, 2**40), min_size=nb * ps, max_size=nb * ps))
+    raw = as_bytes(toks)
+    u = np.frombuffer(raw, dtype=np.uint64)
+    whole = h.chain(u, ps, 99).tolist()
+    prev, scalar = 99, []
+    for b in range(nb):
+        prev = h.next_key(prev, raw, b * ps * 8, ps)
+        scalar.append(prev)
+    assert whole == scalar
+    for b in range(nb):  # the key after any number of whole blocks, scalar or by dot product
+        assert h.last_key(raw, 0, (b + 1) * ps, 99) == whole[b]
+    long = raw * (SCALAR_TOKENS // (nb * ps) + 2)
+    assert h.last_key(long, 0, len(long) // 8, 99) == int(
+        h.chain(np.frombuffer(long, dtype=np.uint64), ps, 99)[-1]
+    )
+    head = h.chain(u[: cut * ps], ps, 99).tolist()
+    tail = h.chain(u[cut * ps :], ps, head[-1] if head else 99).tolist()
+    assert head + tail == whole  # extending a request's keys never needs its earlier tokens
+
+
+def test_keys_depend_on_every_token_position_and_namespace():
+    h = ChainHasher(seed=1)
+    base = list(range(32))
+    ref = h.chain(np.asarray(base, dtype=np.uint64), 16, 5)
+    for i in range(32):
+        changed = list(base)
+        changed[i] += 1
+        keys = h.chain(np.asarray(changed, dtype=np.uint64), 16, 5)
+        assert keys[1] != ref[1]  # the second key names the whole 32-token prefix
+        assert (keys[0] != ref[0]) == (i < 16)
+    assert h.namespace("lora-a", None) != h.namespace("lora-b", None)
+    assert h.namespace(None, "salt") != h.namespace(None, None)
+    assert h.namespace("x", "y") == h.namespace("x", "y")
+    assert ChainHasher(seed=1).q == h.q and ChainHasher(seed=2).q != h.q
+
+
+# --- lookup against a reference -----------------------------------------------------------------------
+
+seqs = st.lists(st.integers(0, 3), min_size=0, max_size=40)
+
+
+@pytest.mark.parametrize("ps", PAGE_SIZES)
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), seqs), min_size=1, max_size=25))
+def test_longest_matches_reference_and_paths_are_exact(ps, ops):
+    index, model = ChainIndex(ps, ChainHasher(seed=0)), Model(ps)
+    for is_insert, toks in ops:
+        nb = len(toks) // ps
+        if is_insert:
+            k, last = insert(index, toks)
+            assert k == model.longest(toks, nb)
+            model.insert(toks, nb)
+            assert last.depth == nb
+        k, block = longest(index, toks)
+        assert k == model.longest(toks, nb) == block.depth
+        assert path_tokens(index, block) == list(toks[: k * ps])
+    index.sanity_check(locks={})
+
+
+@pytest.mark.parametrize("ps", PAGE_SIZES)
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(seqs, min_size=1, max_size=12), probe=st.integers(0, 10**6))
+def test_derived_block_keys_equal_the_chain_from_the_root(ps, ops, probe):
+    """Keys kept on runs (first block stored, the rest derived on demand) are the chain hash."""
+    h = ChainHasher(seed=4)
+    index = ChainIndex(ps, h)
+    for toks in ops:
+        insert(index, [t * 977 + probe for t in toks])  # large token values as well
+    for run in list(index.runs):
+        for idx in (run.size - 1, *range(run.size)):  # the last key first: its own fast path
+            block = Block(run, idx)
+            toks = path_tokens(index, block) if idx < run.live else None
+            if toks is None:
+                continue
+            expect = h.chain(np.asarray(toks, dtype=np.uint64), ps, 7)[-1]
+            assert index.key_at(run, idx) == int(expect)
+
+
+def test_last_key_matches_chain_for_long_runs():
+    h = ChainHasher(seed=9)
+    for n in (1, 5, SCALAR_TOKENS, SCALAR_TOKENS + 1, 5000):
+        raw = np.arange(3, 3 + n, dtype=np.int64) * 123457
+        b = raw.tobytes()
+        assert h.last_key(b, 0, n, 11) == int(h.chain(raw.view(np.uint64), 1, 11)[-1])
+
+
+def test_walk_resumes_from_a_held_block():
+    index = ChainIndex(4, ChainHasher(seed=0))
+    toks = list(range(40))
+    _, mid = insert(index, toks[:20])
+    k, last = insert(index, toks, start=mid)
+    assert (k, last.depth) == (5, 10)
+    assert longest(index, toks) == (10, last)
+    assert path_tokens(index, last) == toks
+
+
+def test_namespaces_never_share_blocks():
+    index = ChainIndex(4, ChainHasher(seed=0))
+    toks = list(range(16))
+    insert(index, toks, ns=1)
+    assert longest(index, toks, ns=2) == (0, ROOT)
+    assert longest(index, toks, ns=1)[0] == 4
+
+
+@pytest.mark.parametrize("ps", [1, 4])
+@settings(max_examples=30, deadline=None)
+@given(ops=st.lists(seqs, min_size=1, max_size=20))
+def test_forced_collisions_only_cause_misses(ps, ops):
+    index = ChainIndex(ps, ConstantHasher(seed=0))
+    cached_any = False
+    for toks in ops:
+        nb = len(toks) // ps
+        k, last = insert(index, toks)
+        assert path_tokens(index, last) == list(toks[: last.depth * ps])
+        cached_any |= last.depth > 0
+        for probe in ops:
+            pk, block = longest(index, probe)
+            assert path_tokens(index, block) == list(probe[: pk * ps])  # every hit is an exact prefix
+        assert k <= nb
+    index.sanity_check(locks={})
+    # With every key equal, at most one root run is reachable: everything else is a miss.
+    assert len({r for r in index.runs if r.parent is None}) <= 1 or not cached_any
+
+
+# --- pins and eviction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ps", [1, 4])
+@settings(max_examples=40, deadline=None)
+@given(
+    script=st.lists(
+        st.tuples(st.sampled_from(["insert", "lock", "unlock", "evict", "touch"]), seqs, st.integers(1, 12)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_pins_protect_paths_and_eviction_is_leaf_first_lru(ps, script):
+    index = ChainIndex(ps, ChainHasher(seed=0))
+    locks: dict[Block, int] = {}
+    for op, toks, n in script:
+        if op == "insert":
+            insert(index, toks)
+        elif op == "lock":
+            _, block = longest(index, toks)
+            if block.run is not None:
+                index.lock(block)
+                locks[block] = locks.get(block, 0) + 1
+        elif op == "unlock" and locks:
+            block = sorted(locks, key=lambda b: (b.depth, id(b.run)))[n % len(locks)]
+            index.unlock(block)
+            locks[block] -= 1
+            if not locks[block]:
+                del locks[block]
+        elif op == "touch":
+            index.touch(longest(index, toks)[1])
+        elif op == "evict":
+            leaves = _evictable_leaves(index)
+            before = index.evictable
+            freed = index.evict(n)
+            evicted = [(run, i) for run, lo, hi in freed for i in range(lo, hi)]
+            assert len(evicted) == min(n, before)  # every unpinned block is reachable leaf-first
+            if evicted and leaves:
+                # the first block evicted is an unpinned leaf with the oldest stamp
+                first_run, first_idx = freed[0][0], freed[0][2] - 1
+                assert (first_run, first_idx) in leaves
+                assert leaves[(first_run, first_idx)] == min(leaves.values())
+        index.sanity_check(locks=locks)
+        for block in locks:  # locked blocks and their whole paths survive
+            assert block.idx < block.run.live
+            for run, used in index.path(block):
+                assert used <= run.live and run in index.runs
+    for block, count in list(locks.items()):
+        for _ in range(count):
+            index.unlock(block)
+    assert index.protected == 0
+    index.evict(10**9)
+    assert index.evictable == 0 and not index.runs and not index.map
+
+
+def _evictable_leaves(index: ChainIndex) -> dict[tuple, int]:
+    """Unpinned leaf blocks -> their effective stamp (max over what was evicted below them)."""
+    out = {}
+    for run in index.runs:
+        if run.tail_evictable():
+            out[(run, run.live - 1)] = run.times[run.live - 1]
+    return out
+
+
+def test_unlock_without_lock_and_lock_of_evicted_block_fail_loudly():
+    index = ChainIndex(2, ChainHasher(seed=0))
+    _, block = insert(index, [1, 2, 3, 4])
+    with pytest.raises(RuntimeError, match="holds no lock"):
+        index.unlock(block)
+    index.evict(10)
+    with pytest.raises(ValueError, match="cannot lock"):
+        index.lock(block)
+
+
+def test_lock_walks_only_until_protection_exists():
+    index = ChainIndex(1, ChainHasher(seed=0))
+    _, a = insert(index, list(range(100)))
+    _, b = insert(index, [*range(100), 7, 8])
+    assert index.lock(a) == 100
+    assert index.lock(b) == 2  # only the two blocks past a's protected path
+    assert index.unlock(a) == 0  # b still pins the path
+    assert index.unlock(b) == 102
+    assert index.protected == 0 and index.evictable == 102
