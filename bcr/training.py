@@ -22,7 +22,6 @@ from bcr.models import build_tiny_model
 
 @dataclass
 class StageLog:
-    task: str
     length: int
     steps: int
     seconds: float
@@ -58,28 +57,11 @@ def _needle_step(model, rng, stage, spec, bf16):
     return loss, hit
 
 
-def _induction_step(model, rng, stage, spec, bf16):
-    x = torch.from_numpy(prompts.induction_batch(rng, stage["batch"], stage["length"], spec))
-    half = (stage["length"] - 1) // 2
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(input_ids=x).logits[:, half + 1 : -1]  # predicting repeat tokens 2..half
-    target = x[:, half + 2 :]
-    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1))
-    hit = float((logits.argmax(-1) == target).float().mean())  # per-token copy accuracy
-    return loss, hit
-
-
-STEPS = {"needle": _needle_step, "induction": _induction_step}
-
-
 def train(
     arch: dict, training: dict, spec: prompts.NeedleSpec, *, progress: bool = True, log_every: int = 0
 ) -> TrainingResult:
     """Run the curriculum; each stage stops early once its running accuracy reaches its target.
 
-    Stages of ``task: induction`` (repeated random halves, a dense copy signal) come first: on the
-    needle task alone the model sat at chance for 1000+ steps, while induction heads formed in ~75
-    steps and the needle task is a special case of them (continue what followed the key earlier).
     ``training.precision`` chooses fp32 or bf16 autocast: bf16 is fast only where the CPU has native
     bf16 matmuls (it was 12x slower than fp32 on the 2-core AVX2 machines this pipeline targets).
     """
@@ -93,21 +75,18 @@ def train(
     bf16 = training.get("precision", "float32") == "bfloat16"
     for stage in training["stages"]:
         t0 = time.perf_counter()
-        task = stage.get("task", "needle")
         target = stage.get("target_accuracy", 1.0)
         base_lr = stage.get("lr", training["lr"])
         steps = stage["max_steps"]
         warm = max(1, steps // 20)
         hits: list[float] = []
-        bar = tqdm(
-            range(steps), desc=f"train {task} len={stage['length']}", disable=not progress, mininterval=5
-        )
+        bar = tqdm(range(steps), desc=f"train len={stage['length']}", disable=not progress, mininterval=5)
         step = 0
         loss_val = math.nan
         for step in bar:
             for g in opt.param_groups:  # linear warm-up, cosine decay within each stage
                 g["lr"] = base_lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss, hit = STEPS[task](model, rng, stage, spec, bf16)
+            loss, hit = _needle_step(model, rng, stage, spec, bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -118,14 +97,13 @@ def train(
             bar.set_postfix(loss=f"{loss_val:.3f}", acc=f"{recent:.2f}", refresh=False)
             if log_every and step % log_every == 0:
                 print(
-                    f"{task} len={stage['length']} step={step} loss={loss_val:.3f} acc={recent:.2f}",
+                    f"len={stage['length']} step={step} loss={loss_val:.3f} acc={recent:.2f}",
                     flush=True,
                 )
             if len(hits) >= 20 and recent >= target:
                 break
         result.stages.append(
             StageLog(
-                task,
                 stage["length"],
                 step + 1,
                 time.perf_counter() - t0,

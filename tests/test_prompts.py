@@ -30,8 +30,12 @@ def test_needle_columns_locate_the_answer():
         assert row["answer_ids"] == [*value, prompts.EOS]
         # the query at the end repeats the needle's key
         assert ids[-SPEC.query_len :].tolist() == [prompts.QUERY, *needle[1 : 1 + SPEC.key_len], prompts.VAL]
-        # filler never contains control tokens, so the needle is the only KEY marker
+        # filler never contains control or value tokens: the needle is the only KEY marker and the
+        # value can only be found where the needle put it
         assert (ids == prompts.KEY).sum() == 1
+        assert all(v >= SPEC.value_start for v in value)
+        outside = np.delete(ids, np.arange(row["needle_start"], row["needle_end"]))
+        assert (outside < SPEC.value_start).all()
 
 
 def test_answer_correct_requires_exact_prefix():

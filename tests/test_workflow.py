@@ -25,6 +25,7 @@ IGNORE = shutil.ignore_patterns(".venv", ".git", "results", "logs", ".snakemake"
 TINY_OVERRIDE = {
     "prompts": {"contexts": [256, 512, 1024], "n_prompts": 2},
     "generation": {"repeats": 2, "warmup": 1},
+    "serving": {"cache_ops": {"page_sizes": [16], "repeats": 1, "warmup": 0}},
 }
 
 
