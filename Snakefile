@@ -12,10 +12,19 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/dense.smk"
+include: "workflow/rules/tiered.smk"
+include: "workflow/rules/serving.smk"
 include: "workflow/rules/site.smk"
+
+
+localrules:
+    all,
 
 
 rule all:
     default_target: True
     input:
         SITE_INDEX,
+        TIERED_SWEEP_SUMMARY,
+        TIERED_PROMOTION_SUMMARY,
+        SERVING_CACHE_OPS,

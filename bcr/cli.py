@@ -16,6 +16,8 @@ from bcr.config import ConfigError
 COMMAND_MODULES = [
     "bcr.commands",
     "bcr.ledger.cli",
+    "bcr.tiered.cli",
+    "bcr.prefix.cli",
 ]
 
 

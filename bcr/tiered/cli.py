@@ -1,0 +1,157 @@
+"""``bcr tiered run | promote | summarize``: what the tiered Snakemake rules call."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+
+from bcr import config as cfgmod
+from bcr import io, provenance
+from bcr.commands import add_config_arg, load_config
+
+
+def register(tracks: argparse._SubParsersAction) -> None:
+    tiered = tracks.add_parser(
+        "tiered", help="tiered KV compression: sweep, promotion, summaries"
+    ).add_subparsers(dest="command", required=True)
+    p = tiered.add_parser("run", help="one setting on one context's prompts: dense vs tiered, interleaved")
+    add_config_arg(p)
+    p.add_argument("--setting", required=True, help="a name under tiered.settings")
+    p.add_argument("--context", type=int, required=True)
+    p.add_argument("--prompts", required=True, help="prompt set Parquet (results/prompts/{context}.parquet)")
+    p.add_argument("--dense", help="dense baseline Parquet: its tokens must equal the in-process dense run")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = tiered.add_parser("promote", help="the sweep checkpoint: promoted.json and the sweep summary")
+    add_config_arg(p)
+    p.add_argument("--sweep", nargs="+", required=True, help="sweep Parquet files, one per setting")
+    p.add_argument("--out", required=True, help="promoted.json")
+    p.add_argument("--summary", required=True, help="sweep summary Parquet")
+    p.set_defaults(func=cmd_promote)
+
+    p = tiered.add_parser("summarize", help="the promotion summary table")
+    add_config_arg(p)
+    p.add_argument(
+        "--inputs", nargs="*", default=[], help="promotion Parquet files (none when nothing promoted)"
+    )
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_summarize)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bcr import models
+    from bcr.prompts import PROMPT_COLUMNS
+    from bcr.runtime import setup_runtime
+    from bcr.tiered.harness import measure_setting
+    from bcr.tiered.settings import resolve
+
+    config = load_config(args)
+    tcfg = config["tiered"]
+    if args.setting not in tcfg["settings"]:
+        raise cfgmod.ConfigError(
+            f"--setting {args.setting!r} is not a tiered setting (known: {', '.join(sorted(tcfg['settings']))})"
+        )
+    if args.context not in config["prompts"]["contexts"]:
+        raise cfgmod.ConfigError(f"--context {args.context} is not one of prompts.contexts")
+    setting = resolve(config, args.setting)
+    device = setup_runtime(config["runtime"])
+    prompts = io.read_parquet(args.prompts, PROMPT_COLUMNS)
+    if (prompts["context"] != args.context).any():
+        raise ValueError(f"{args.prompts}: prompts are not all of context {args.context}")
+    if tcfg.get("n_prompts") is not None:
+        prompts = prompts.head(int(tcfg["n_prompts"]))
+    reference = None
+    if args.dense:
+        dense = io.read_parquet(args.dense, ["prompt_id", "output_ids"])
+        reference = {r["prompt_id"]: list(r["output_ids"]) for r in dense.to_dict("records")}
+    loaded = models.load_model(config["model"], device, root=cfgmod.REPO_ROOT)
+
+    def progress(row: dict) -> None:
+        if not args.quiet:
+            print(
+                f"{row['prompt_id']} {row['decode_path']}: exact={row['exact']} C={row['compression']:.3f} "
+                f"ttft x{row['ttft_ratio']:.2f} tpot x{row['tpot_ratio']:.2f}",
+                flush=True,
+            )
+
+    t0 = time.perf_counter()
+    df = measure_setting(
+        loaded,
+        prompts,
+        setting,
+        list(tcfg["decode_paths"]),
+        config["generation"],
+        device,
+        dense_reference=reference,
+        progress=progress,
+    )
+    io.write_parquet(provenance.attach(df, provenance.provenance(config, device)), args.out)
+    t = df[df["decode_path"] != "dense"]
+    print(
+        f"tiered {args.setting} @ {args.context}: exact {int(t['exact'].sum())}/{len(t)}, "
+        f"compression {t['compression'].median():.3f}, ttft x{t['ttft_ratio'].median():.2f}, "
+        f"tpot x{t['tpot_ratio'].median():.2f} ({time.perf_counter() - t0:.1f}s)"
+    )
+    return 0
+
+
+def _read_rows(paths: list[str]) -> pd.DataFrame:
+    from bcr.tiered.harness import METRIC_COLUMNS
+
+    frames = [io.read_parquet(p, [*METRIC_COLUMNS, "lost", "device"]) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+
+
+def _summary_provenance(config: dict, rows: pd.DataFrame) -> dict:
+    """Provenance of a table computed from measured rows: the device is the one the rows were measured on
+    (the summarising job itself may run on a CPU node of the cluster)."""
+    import torch
+
+    prov = provenance.provenance(config, torch.device("cpu"))
+    devices = sorted(set(rows["device"])) if "device" in rows else []
+    prov["device"] = ",".join(devices) if devices else prov["device"]
+    return prov
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from bcr.tiered import settings as ts
+    from bcr.tiered.sweep import promote, sweep_summary
+
+    config = load_config(args)
+    rows = _read_rows(args.sweep)
+    context = ts.sweep_context(config)
+    if set(rows["context"].astype(int)) != {context}:
+        raise ValueError(f"sweep files are not all at the sweep context {context}")
+    decision = promote(
+        rows, ts.sweep_settings(config), ts.control_settings(config), ts.promotion_override(config)
+    )
+    decision["promotion_contexts"] = ts.promotion_contexts(config)
+    summary = sweep_summary(rows, ts.control_settings(config), decision["promoted"])
+    prov = _summary_provenance(config, rows)
+    io.write_parquet(provenance.attach(summary, prov), args.summary)
+    decision["run_id"] = prov["run_id"]
+    io.write_json(decision, args.out)
+    print(
+        f"promoted at {context}: {decision['promoted']} (runs: {decision['run']}, source {decision['source']})"
+    )
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from bcr.tiered.sweep import promotion_summary
+
+    config = load_config(args)
+    rows = _read_rows(args.inputs)
+    summary = promotion_summary(rows)
+    prov = _summary_provenance(config, rows)
+    io.write_parquet(provenance.attach(summary, prov), args.out)
+    print(
+        summary.to_string(index=False)
+        if not summary.empty
+        else "no promoted settings: empty promotion summary"
+    )
+    return 0

@@ -1,0 +1,146 @@
+"""The page manifest of a compressed layer: which pages stay exact, which became phantoms, and why.
+
+Selection, per compressed layer (DESIGN.md §2):
+
+1. the sink page(s) and the recent window (the newest, possibly partial, pages) are exact;
+2. pages are added by importance until at least ``retain`` x N logical tokens are exact;
+3. ``surprise_pages`` more pages are exact: the candidates whose phantom summary errs most;
+4. every other page is a phantom page (``phantoms_per_page`` summary tokens).
+
+The manifest is kept so that a non-exact result can name the page that was lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bcr.tiered.settings import TieredSetting
+
+
+def n_pages(n_tokens: int, page_size: int) -> int:
+    return -(-n_tokens // page_size)
+
+
+def page_span(page: int, page_size: int, n_tokens: int) -> tuple[int, int]:
+    return page * page_size, min(n_tokens, (page + 1) * page_size)
+
+
+def pages_of_span(start: int, end: int, page_size: int) -> list[int]:
+    """Pages overlapping the token span [start, end)."""
+    if end <= start:
+        return []
+    return list(range(start // page_size, (end - 1) // page_size + 1))
+
+
+@dataclass
+class LayerManifest:
+    """Page decisions of one compressed layer (page indices are logical: page p = tokens [p*ps, (p+1)*ps))."""
+
+    layer: int
+    n_tokens: int
+    page_size: int
+    phantoms_per_page: int
+    sink: list[int]
+    recent: list[int]
+    important: list[int]
+    surprise: list[int] = field(default_factory=list)
+    phantom: list[int] = field(default_factory=list)
+    importance: list[float] = field(default_factory=list)  # per page, attention share (sums to 1)
+    phantom_error: dict[int, float] = field(default_factory=dict)  # per candidate page
+
+    @property
+    def n_pages(self) -> int:
+        return n_pages(self.n_tokens, self.page_size)
+
+    @property
+    def exact(self) -> list[int]:
+        return sorted(set(self.sink) | set(self.recent) | set(self.important) | set(self.surprise))
+
+    def status(self, page: int) -> str:
+        if page in self.phantom:
+            return "phantom"
+        if page in self.surprise:
+            return "surprise"
+        return "exact"
+
+    @property
+    def exact_tokens(self) -> int:
+        return sum(
+            page_span(p, self.page_size, self.n_tokens)[1] - page_span(p, self.page_size, self.n_tokens)[0]
+            for p in self.exact
+        )
+
+    @property
+    def stored_tokens(self) -> int:
+        """Tokens this layer stores for the prompt: exact tokens plus k summaries per phantom page."""
+        return self.exact_tokens + self.phantoms_per_page * len(self.phantom)
+
+    def to_json(self) -> dict:
+        """Compact record for result rows (importance/error only for the pages that matter to a reader)."""
+        top_phantom = max(self.phantom, key=lambda p: self.importance[p], default=None)
+        return {
+            "layer": self.layer,
+            "n_pages": self.n_pages,
+            "sink": self.sink,
+            "recent": self.recent,
+            "important": sorted(self.important),
+            "surprise": sorted(self.surprise),
+            "phantom": self.phantom,
+            "top_phantom_page": top_phantom,
+            "top_phantom_share": None if top_phantom is None else round(self.importance[top_phantom], 6),
+        }
+
+
+def select_exact(
+    layer: int,
+    n_tokens: int,
+    setting: TieredSetting,
+    importance: list[float],
+    forced_phantom: Iterable[int] = (),
+) -> LayerManifest:
+    """Steps 1-2: sink, recent window, then pages by importance (ties: lower page first) up to ``retain``.
+
+    ``forced_phantom`` pages are never chosen (a test and diagnosis hook: "what if this page were lost").
+    """
+    ps = setting.page_size
+    total = n_pages(n_tokens, ps)
+    forced = set(forced_phantom)
+    sink = list(range(min(setting.sink_pages, total)))
+    recent = list(range(max(0, total - setting.recent_pages), total))
+    clash = forced & (set(sink) | set(recent))
+    if clash:
+        raise ValueError(
+            f"layer {layer}: pages {sorted(clash)} are sink/recent pages and cannot be forced phantom"
+        )
+    m = LayerManifest(layer, n_tokens, ps, setting.phantoms_per_page, sink, recent, [], importance=importance)
+    target = setting.retain * n_tokens
+    exact = set(sink) | set(recent)
+    tokens = m.exact_tokens
+    order = sorted(range(total), key=lambda p: (-importance[p], p))
+    for p in order:
+        if tokens >= target:
+            break
+        if p in exact or p in forced:
+            continue
+        m.important.append(p)
+        exact.add(p)
+        a, b = page_span(p, ps, n_tokens)
+        tokens += b - a
+    return m
+
+
+def candidates(m: LayerManifest) -> list[int]:
+    """Pages not yet exact (all full pages: the partial last page is always in the recent window)."""
+    exact = set(m.exact)
+    return [p for p in range(m.n_pages) if p not in exact]
+
+
+def finish(m: LayerManifest, cand: list[int], errors: list[float], surprise_pages: int, forced=()) -> None:
+    """Steps 3-4: the worst-summarised candidates become surprise pages, the rest phantoms."""
+    forced = set(forced)
+    m.phantom_error = {p: float(e) for p, e in zip(cand, errors, strict=True)}
+    eligible = sorted((p for p in cand if p not in forced), key=lambda p: (-m.phantom_error[p], p))
+    m.surprise = sorted(eligible[:surprise_pages])
+    chosen = set(m.surprise)
+    m.phantom = [p for p in cand if p not in chosen]

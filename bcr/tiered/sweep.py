@@ -1,0 +1,166 @@
+"""The sweep's promotion decision and the summary tables shaped like the note's.
+
+* :func:`promote` reads the sweep rows of every setting (at the sweep context) and decides what the
+  promotion contexts run: the settings exact on every prompt, or the config's explicit override.
+  Controls (``keep_all``) are checked, not promoted: a control keeps every page exact, so it must equal
+  dense on every prompt — if it does not, the harness is broken and the checkpoint fails.  Promoting it
+  would spend promotion time re-measuring dense against itself, and it would count a setting that
+  compresses nothing as a "promoted setting".
+* :func:`sweep_summary` — note table 1: setting -> exact? (with n/N, compression, and what was lost);
+* :func:`promotion_summary` — note table 2: setting, context, exactness n/N, compression, stored fraction,
+  TTFT/TPOT ratios, peak dense/tiered and the peak reduction (CUDA memory; the KV-byte account beside it).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+SWEEP_SUMMARY_COLUMNS = [
+    "setting",
+    "context",
+    "decode_path",
+    "n_prompts",
+    "n_exact",
+    "exact",
+    "exactness",
+    "compression",
+    "stored_fraction",
+    "control",
+    "promoted",
+    "first_failure",
+]
+PROMOTION_SUMMARY_COLUMNS = [
+    "setting",
+    "context",
+    "decode_path",
+    "n_prompts",
+    "n_exact",
+    "exact",
+    "exactness",
+    "compression",
+    "stored_fraction",
+    "ttft_ratio",
+    "tpot_ratio",
+    "dense_peak_mem_bytes",
+    "tiered_peak_mem_bytes",
+    "delta_vram_pct",
+    "dense_kv_bytes_peak",
+    "tiered_kv_bytes_peak",
+    "delta_kv_peak_pct",
+    "first_failure",
+]
+
+
+class ControlFailedError(RuntimeError):
+    """A control setting (nothing compressed) did not reproduce dense outputs: the harness is broken."""
+
+
+def _failure(g: pd.DataFrame) -> str | None:
+    bad = g[~g["exact"].astype(bool)]
+    if bad.empty:
+        return None
+    r = bad.iloc[0]
+    return f"{r['prompt_id']}: diverged at token {r['first_divergence']}; {r['lost']}"
+
+
+def _group_stats(g: pd.DataFrame) -> dict:
+    n = len(g)
+    k = int(g["exact"].astype(bool).sum())
+    return {
+        "n_prompts": n,
+        "n_exact": k,
+        "exact": bool(k == n and n > 0),
+        "exactness": f"{k}/{n}",
+        "compression": float(g["compression"].median()),
+        "stored_fraction": float(g["stored_fraction"].median()),
+        "first_failure": _failure(g),
+    }
+
+
+def sweep_summary(rows: pd.DataFrame, controls: list[str], promoted: list[str]) -> pd.DataFrame:
+    """One row per (setting, tiered decode path): exact on every prompt?"""
+    out = []
+    tiered = rows[rows["decode_path"] != "dense"]
+    for (setting, context, path), g in tiered.groupby(["setting", "context", "decode_path"], sort=False):
+        out.append(
+            {
+                "setting": setting,
+                "context": int(context),
+                "decode_path": path,
+                **_group_stats(g),
+                "control": setting in controls,
+                "promoted": setting in promoted,
+            }
+        )
+    return pd.DataFrame(out, columns=SWEEP_SUMMARY_COLUMNS)
+
+
+def promote(rows: pd.DataFrame, settings: list[str], controls: list[str], override: list[str] | None) -> dict:
+    """The promotion decision (written as ``promoted.json``; the promotion rules read ``run``).
+
+    A setting is promoted when every tiered decode path was exact on every sweep prompt.
+    """
+    missing = sorted(set(settings) - set(rows["setting"]))
+    if missing:
+        raise ValueError(f"sweep rows lack settings {missing}")
+    tiered = rows[rows["decode_path"] != "dense"]
+    exact = {s: bool(g["exact"].astype(bool).all()) and len(g) > 0 for s, g in tiered.groupby("setting")}
+    failed_controls = [c for c in controls if not exact.get(c, False)]
+    if failed_controls:
+        detail = "; ".join(f"{c}: {_failure(tiered[tiered['setting'] == c])}" for c in failed_controls)
+        raise ControlFailedError(
+            f"control setting(s) {failed_controls} keep every page exact yet differ from dense ({detail}); "
+            "the tiered harness is broken, so no promotion decision is made"
+        )
+    promoted = [s for s in settings if s not in controls and exact.get(s, False)]
+    contexts = sorted({int(c) for c in rows["context"]})
+    if len(contexts) != 1:
+        raise ValueError(f"sweep rows span several contexts {contexts}; the sweep runs at one")
+    return {
+        "sweep_context": contexts[0],
+        "promoted": promoted,
+        "not_promoted": [s for s in settings if s not in controls and not exact.get(s, False)],
+        "controls": {c: exact[c] for c in controls},
+        "override": override,
+        "run": list(override) if override is not None else promoted,
+        "source": "override" if override is not None else "sweep",
+    }
+
+
+def promotion_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, context, tiered decode path) with the note's promotion columns."""
+    out = []
+    if rows.empty:
+        return pd.DataFrame(out, columns=PROMOTION_SUMMARY_COLUMNS)
+    for (setting, context), g in rows.groupby(["setting", "context"], sort=True):
+        dense = g[g["decode_path"] == "dense"]
+        for path, t in g[g["decode_path"] != "dense"].groupby("decode_path", sort=False):
+            dense_peak = dense["peak_mem_bytes"].max() if dense["peak_mem_bytes"].notna().any() else None
+            tiered_peak = t["peak_mem_bytes"].max() if t["peak_mem_bytes"].notna().any() else None
+            dense_kv = int(dense["kv_bytes_peak"].max())
+            tiered_kv = int(t["kv_bytes_peak"].max())
+            stats = _group_stats(t)
+            out.append(
+                {
+                    "setting": setting,
+                    "context": int(context),
+                    "decode_path": path,
+                    **{k: v for k, v in stats.items() if k != "first_failure"},
+                    "ttft_ratio": float(t["ttft_ratio"].median()),
+                    "tpot_ratio": float(t["tpot_ratio"].median()),
+                    "dense_peak_mem_bytes": None if dense_peak is None else int(dense_peak),
+                    "tiered_peak_mem_bytes": None if tiered_peak is None else int(tiered_peak),
+                    "delta_vram_pct": None
+                    if dense_peak is None or tiered_peak is None
+                    else 100.0 * (dense_peak - tiered_peak) / dense_peak,
+                    "dense_kv_bytes_peak": dense_kv,
+                    "tiered_kv_bytes_peak": tiered_kv,
+                    "delta_kv_peak_pct": 100.0 * (dense_kv - tiered_kv) / dense_kv,
+                    "first_failure": stats["first_failure"],
+                }
+            )
+    df = pd.DataFrame(out, columns=PROMOTION_SUMMARY_COLUMNS)
+    for c in ("dense_peak_mem_bytes", "tiered_peak_mem_bytes"):
+        df[c] = df[c].astype("Int64")
+    df["delta_vram_pct"] = df["delta_vram_pct"].astype("Float64")
+    return df

@@ -1,0 +1,67 @@
+"""On the trained needle model: losing the answer's page is detected; keeping every page is exact.
+
+Uses the committed tiny checkpoint (models/tiny-needle), because only a model that really retrieves
+the needle makes the answer depend on one far-away page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bcr import config as cfgmod
+from bcr.models import load_model
+from bcr.prompts import synthetic_prompt_set
+from bcr.tiered.harness import measure_setting
+from bcr.tiered.manifest import pages_of_span
+from bcr.tiered.settings import resolve
+from bcr.training import needle_spec
+
+CONTEXT = 512
+
+
+@pytest.fixture(scope="module")
+def needle_setup(repo):
+    config = cfgmod.load(repo / "config" / "config.yaml")
+    torch.set_num_threads(config["runtime"]["threads"])
+    loaded = load_model(config["model"], torch.device("cpu"), root=repo)
+    spec = needle_spec(config["prompts"], config["model"]["architecture"])
+    prompts = synthetic_prompt_set(CONTEXT, 3, config["prompts"]["seed"], spec)
+    generation = dict(config["generation"], warmup=0, repeats=2)
+    return config, loaded, prompts, generation
+
+
+def test_forcing_the_needle_page_into_a_phantom_is_not_exact(needle_setup):
+    config, loaded, prompts, generation = needle_setup
+    keep_all = resolve(config, "keep_all")  # every page exact in every layer ...
+    layers = keep_all.layers(loaded.model.config.num_hidden_layers)
+    forced = {}
+    for p in prompts.to_dict("records"):
+        needle = pages_of_span(p["needle_start"], p["needle_end"], keep_all.page_size)
+        forced[p["prompt_id"]] = {layer: needle for layer in layers}  # ... except the needle's pages
+    lost = dataclasses.replace(keep_all, name="needle_lost")
+    df = measure_setting(
+        loaded, prompts, lost, ["densify"], generation, torch.device("cpu"), forced_phantom=forced
+    )
+    t = df[df["decode_path"] == "densify"]
+    assert len(t) == 3
+    assert not t["exact"].any(), t[["prompt_id", "exact", "first_divergence"]]
+    assert (t["first_divergence"] >= 1).all()  # the first token comes from the (exact) prefill
+    for row in t.to_dict("records"):
+        assert list(row["needle_phantom_layers"]) == layers
+        assert "needle page(s) phantom" in row["lost"]
+    dense = df[df["decode_path"] == "dense"]
+    assert dense["answer_correct"].all(), "the trained model should answer these prompts with a dense cache"
+
+
+def test_keep_all_reproduces_dense_on_needle_prompts(needle_setup):
+    config, loaded, prompts, generation = needle_setup
+    df = measure_setting(
+        loaded, prompts, resolve(config, "keep_all"), ["densify"], generation, torch.device("cpu")
+    )
+    t = df[df["decode_path"] == "densify"]
+    assert t["exact"].all() and (t["max_logit_diff"] == 0.0).all()
+    assert (t["compression"] == 1.0).all()
+    assert t["lost"].isna().all()
