@@ -25,7 +25,11 @@ SCHEMA_DIR = REPO_ROOT / "workflow" / "schemas"
 MAIN_SCHEMA = "config.schema.yaml"
 
 # "module:function" names of cross-field checks, each ``check(config) -> list[(key, message)]``.
-TRACK_CHECKS: list[str] = ["bcr.tiered.settings:check", "bcr.ledger.checks:check", "bcr.serving.workloads:check_config"]
+TRACK_CHECKS: list[str] = [
+    "bcr.tiered.settings:check",
+    "bcr.ledger.checks:check",
+    "bcr.serving.workloads:check_config",
+]
 
 
 class ConfigError(ValueError):

@@ -13,7 +13,12 @@ def test_greedy_equals_generate(random_tiny_model):
     ids = torch.randint(16, 256, (1, 300))
     res, _ = greedy(random_tiny_model, ids, 12, stop_at_eos=False)
     ref = random_tiny_model.generate(
-        ids, max_new_tokens=12, do_sample=False, min_new_tokens=12, pad_token_id=0, attention_mask=torch.ones_like(ids)
+        ids,
+        max_new_tokens=12,
+        do_sample=False,
+        min_new_tokens=12,
+        pad_token_id=0,
+        attention_mask=torch.ones_like(ids),
     )
     assert res.tokens == ref[0, ids.shape[1] :].tolist()
     assert res.ttft_s > 0 and res.tpot_s > 0
@@ -27,11 +32,15 @@ def test_next_token_uses_logical_position(random_tiny_model):
     full = random_tiny_model(input_ids=ids).logits[0, -1]
     cache = DynamicCache(config=random_tiny_model.config)
     random_tiny_model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
-    right = random_tiny_model(input_ids=ids[:, -1:], position_ids=torch.tensor([[63]]), past_key_values=cache).logits
+    right = random_tiny_model(
+        input_ids=ids[:, -1:], position_ids=torch.tensor([[63]]), past_key_values=cache
+    ).logits
     torch.testing.assert_close(right[0, -1], full, rtol=1e-4, atol=1e-4)
     cache2 = DynamicCache(config=random_tiny_model.config)
     random_tiny_model(input_ids=ids[:, :-1], past_key_values=cache2, use_cache=True)
-    wrong = random_tiny_model(input_ids=ids[:, -1:], position_ids=torch.tensor([[70]]), past_key_values=cache2).logits
+    wrong = random_tiny_model(
+        input_ids=ids[:, -1:], position_ids=torch.tensor([[70]]), past_key_values=cache2
+    ).logits
     assert (wrong[0, -1] - full).abs().max() > 1e-3
 
 

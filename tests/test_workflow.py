@@ -19,7 +19,9 @@ from bcr.provenance import PROVENANCE_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-IGNORE = shutil.ignore_patterns(".venv", ".git", "results", "logs", ".snakemake", "__pycache__", ".*_cache", "*.egg-info")
+IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", "results", "logs", ".snakemake", "__pycache__", ".*_cache", "*.egg-info"
+)
 
 # The tiny end-to-end run: three short contexts (sweep + two promotion contexts), two prompts each.
 TINY_OVERRIDE = {
@@ -37,7 +39,9 @@ def snakemake(*args: str, cwd: Path, pythonpath: Path | None = None, check: bool
         [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1500
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -75,7 +79,9 @@ def test_invalid_config_fails_before_any_job(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(bad))
     work = tmp_path / "work"
-    proc = snakemake("--cores", "1", "--configfile", str(cfg), "--directory", str(work), cwd=REPO, check=False)
+    proc = snakemake(
+        "--cores", "1", "--configfile", str(cfg), "--directory", str(work), cwd=REPO, check=False
+    )
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
     assert "prompts.contexts[1]" in err and "model.dtype" in err and str(cfg) in err
