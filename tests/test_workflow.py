@@ -109,11 +109,11 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     # Nothing to do on a second invocation.
     assert planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout) == {}
 
-    # Editing the ledger reruns only the site.
+    # Editing the ledger reruns only the ledger and the site.
     with open(copy / "bcr" / "ledger" / "render.py", "a") as fh:
         fh.write("\n# touched by the workflow test\n")
     plan = planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout)
-    assert set(plan) == {"build_site", "all"}, plan
+    assert set(plan) == {"evaluate_claims", "build_site", "all"}, plan
 
     # Editing the dense baseline reruns it for every context, not the prompts or the model.
     with open(copy / "bcr" / "dense.py", "a") as fh:
