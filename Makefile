@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
+# The venv's console scripts (bcr, mkdocs for mike, snakemake) resolve without activating it.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test setup lint clean
 

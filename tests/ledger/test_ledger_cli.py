@@ -66,10 +66,13 @@ def test_ledger_build_version_and_mike_deploy(tmp_path, capsys):
     _git(work, "init", "-q", ".")
     _git(work, "commit", "-q", "--allow-empty", "-m", "init")
     mike = [str(Path(sys.executable).with_name("mike"))]  # the console script installed beside this python
-    env = {**os.environ, **GIT_ENV}
+    # mike runs `mkdocs` from PATH: put this interpreter's scripts first, whatever the caller's PATH is.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, **GIT_ENV, "PATH": path}
     mk = "results/mkdocs.yml"
-    subprocess.run([*mike, "deploy", "--config-file", mk, "--update-aliases", version, "latest"], cwd=work,
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    deploy = subprocess.run([*mike, "deploy", "--config-file", mk, "--update-aliases", version, "latest"],
+                            cwd=work, env=env, capture_output=True, text=True)  # fmt: skip
+    assert deploy.returncode == 0, f"mike deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
     subprocess.run([*mike, "set-default", "--config-file", mk, "latest"], cwd=work, env=env, check=True,
                    capture_output=True)  # fmt: skip
     versions = json.loads(_git(work, "show", "gh-pages:versions.json"))
