@@ -78,13 +78,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    generation = dict(config["generation"])
+    if tcfg.get("repeats") is not None:
+        generation["repeats"] = int(tcfg["repeats"])
     t0 = time.perf_counter()
     df = measure_setting(
         loaded,
         prompts,
         setting,
         list(tcfg["decode_paths"]),
-        config["generation"],
+        generation,
         device,
         dense_reference=reference,
         progress=progress,

@@ -13,7 +13,7 @@ PROMOTION_PATTERN = "results/tiered/promotion/{context}/{setting}.parquet"
 
 def run_hash(config: dict, setting: str) -> str:
     """A run reruns when its own resolved setting, the decode paths or the shared sections change."""
-    shared = {k: config["tiered"].get(k) for k in ("decode_paths", "n_prompts")}
+    shared = {k: config["tiered"].get(k) for k in ("decode_paths", "n_prompts", "repeats")}
     return cfgmod.config_hash(
         {
             "setting": ts.resolve(config, setting).as_dict(),
