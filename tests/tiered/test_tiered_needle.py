@@ -51,15 +51,6 @@ def require_retrieval(prompts) -> None:
     )
 
 
-# Strict: the committed checkpoint does not retrieve yet (issue 2 stays open for it).  Once a
-# retrained checkpoint answers the needle prompts these tests pass, and strict xfail then fails the
-# suite until this marker is removed.
-NEEDS_RETRIEVING_MODEL = pytest.mark.xfail(
-    strict=True, reason="committed tiny checkpoint does not retrieve the needle yet (needle accuracy 0)"
-)
-
-
-@NEEDS_RETRIEVING_MODEL
 def test_forcing_the_needle_page_into_a_phantom_is_not_exact(needle_setup):
     config, loaded, prompts, generation = needle_setup
     require_retrieval(prompts)
@@ -75,9 +66,9 @@ def test_forcing_the_needle_page_into_a_phantom_is_not_exact(needle_setup):
     )
     t = df[df["decode_path"] == "densify"]
     assert len(t) == len(prompts)
-    # The committed checkpoint retrieves only part of the time, and a phantom (cluster means of the
-    # page's keys/values) can still carry a value token's band, so not every answered prompt must
-    # diverge; most must, and every divergence must be reported as the needle page lost.
+    # A phantom (cluster means of the page's keys/values) can still carry part of a value token's band,
+    # so not every answered prompt must diverge; most must, and every divergence must be reported as
+    # the needle page lost.
     diverged = t[~t["exact"]]
     assert len(diverged) * 2 >= len(t), t[["prompt_id", "exact", "first_divergence"]]
     assert (diverged["first_divergence"] >= 1).all()  # the first token comes from the (exact) prefill
@@ -87,7 +78,6 @@ def test_forcing_the_needle_page_into_a_phantom_is_not_exact(needle_setup):
         assert "needle page(s) phantom" in row["lost"]
 
 
-@NEEDS_RETRIEVING_MODEL
 def test_keep_all_reproduces_dense_on_needle_prompts(needle_setup):
     config, loaded, prompts, generation = needle_setup
     require_retrieval(prompts)
