@@ -130,7 +130,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if set(rows["context"].astype(int)) != {context}:
         raise ValueError(f"sweep files are not all at the sweep context {context}")
     decision = promote(
-        rows, ts.sweep_settings(config), ts.control_settings(config), ts.promotion_override(config)
+        rows,
+        ts.sweep_settings(config),
+        ts.control_settings(config),
+        ts.promotion_override(config),
+        ts.promotion_max_settings(config),
     )
     decision["promotion_contexts"] = ts.promotion_contexts(config)
     summary = sweep_summary(rows, ts.control_settings(config), decision["promoted"])

@@ -109,6 +109,11 @@ def promotion_override(config: dict) -> list[str] | None:
     return None if override is None else list(override)
 
 
+def promotion_max_settings(config: dict) -> int | None:
+    limit = (config["tiered"].get("promotion") or {}).get("max_settings")
+    return None if limit is None else int(limit)
+
+
 def promotion_contexts(config: dict) -> list[int]:
     """Every context after the first (the first is the sweep context)."""
     return [int(c) for c in config["prompts"]["contexts"][1:]]

@@ -95,10 +95,19 @@ def sweep_summary(rows: pd.DataFrame, controls: list[str], promoted: list[str]) 
     return pd.DataFrame(out, columns=SWEEP_SUMMARY_COLUMNS)
 
 
-def promote(rows: pd.DataFrame, settings: list[str], controls: list[str], override: list[str] | None) -> dict:
+def promote(
+    rows: pd.DataFrame,
+    settings: list[str],
+    controls: list[str],
+    override: list[str] | None,
+    max_settings: int | None = None,
+) -> dict:
     """The promotion decision (written as ``promoted.json``; the promotion rules read ``run``).
 
-    A setting is promoted when every tiered decode path was exact on every sweep prompt.
+    A setting is promoted when every tiered decode path was exact on every sweep prompt.  With
+    ``max_settings``, only that many of the exact settings are promoted, highest sweep compression first
+    (ties keep the sweep order): the ones the headline claims are about.  The exact settings held back
+    are listed as ``held_back``, so the record still says what the sweep found.
     """
     missing = sorted(set(settings) - set(rows["setting"]))
     if missing:
@@ -112,13 +121,20 @@ def promote(rows: pd.DataFrame, settings: list[str], controls: list[str], overri
             f"control setting(s) {failed_controls} keep every page exact yet differ from dense ({detail}); "
             "the tiered harness is broken, so no promotion decision is made"
         )
-    promoted = [s for s in settings if s not in controls and exact.get(s, False)]
+    exact_settings = [s for s in settings if s not in controls and exact.get(s, False)]
+    promoted = exact_settings
+    if max_settings is not None:
+        compression = tiered.groupby("setting")["compression"].median()
+        ranked = sorted(exact_settings, key=lambda s: (-float(compression[s]), exact_settings.index(s)))
+        promoted = [s for s in exact_settings if s in ranked[:max_settings]]
     contexts = sorted({int(c) for c in rows["context"]})
     if len(contexts) != 1:
         raise ValueError(f"sweep rows span several contexts {contexts}; the sweep runs at one")
     return {
         "sweep_context": contexts[0],
         "promoted": promoted,
+        "held_back": [s for s in exact_settings if s not in promoted],
+        "max_settings": max_settings,
         "not_promoted": [s for s in settings if s not in controls and not exact.get(s, False)],
         "controls": {c: exact[c] for c in controls},
         "override": override,

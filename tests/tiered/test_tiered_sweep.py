@@ -63,6 +63,31 @@ def test_override_replaces_the_list_but_the_decision_is_still_recorded():
     assert d["promoted"] == ["a"] and d["run"] == ["b"] and d["source"] == "override"
 
 
+def test_max_settings_promotes_the_most_compressing_exact_settings():
+    def with_compression(df, c):
+        df.loc[df["decode_path"] != "dense", "compression"] = c
+        return df
+
+    rows = pd.concat(
+        [
+            with_compression(_rows("a", 2048, [True, True]), 1.5),
+            with_compression(_rows("b", 2048, [True, True]), 1.9),
+            with_compression(_rows("c", 2048, [True, False]), 3.0),  # most compressing, but not exact
+            with_compression(_rows("d", 2048, [True, True]), 1.7),
+            _rows("keep_all", 2048, [True, True]),
+        ]
+    )
+    d = promote(rows, ["a", "b", "c", "d", "keep_all"], ["keep_all"], None, max_settings=2)
+    assert d["promoted"] == ["b", "d"] and d["run"] == ["b", "d"]  # in sweep order
+    assert d["held_back"] == ["a"] and d["not_promoted"] == ["c"] and d["max_settings"] == 2
+    # Exactness still decides first: a cap larger than the exact set promotes every exact setting.
+    uncapped = promote(rows, ["a", "b", "c", "d", "keep_all"], ["keep_all"], None, 10)
+    assert uncapped["promoted"] == ["a", "b", "d"] and uncapped["held_back"] == []
+    assert sweep_summary(rows, ["keep_all"], d["promoted"]).set_index("setting")["promoted"].to_dict() == {
+        "a": False, "b": True, "c": False, "d": True, "keep_all": False,
+    }  # fmt: skip
+
+
 def test_a_failing_control_stops_the_promotion():
     rows = pd.concat([_rows("a", 2048, [True]), _rows("keep_all", 2048, [True, False])])
     with pytest.raises(ControlFailedError, match="keep_all"):
