@@ -119,9 +119,10 @@ def train(
 def needle_accuracy(model, spec: prompts.NeedleSpec, context: int, n: int, seed: int) -> float:
     """Teacher-forced exact-answer accuracy on ``n`` fresh prompts of length ``context``."""
     rng = np.random.default_rng([seed, context, 7])
+    device = next(model.parameters()).device
     correct = 0
     for _ in range(n):
         x, y = prompts.synthetic_batch(rng, 1, context, spec)
-        logits = _answer_logits(model, torch.from_numpy(x), spec.answer_len)
-        correct += int((logits.argmax(-1) == torch.from_numpy(y)).all())
+        logits = _answer_logits(model, torch.from_numpy(x).to(device), spec.answer_len)
+        correct += int((logits.argmax(-1).cpu() == torch.from_numpy(y)).all())
     return correct / n
