@@ -17,28 +17,9 @@ import pyarrow.parquet as pq
 
 from bcr import io
 from bcr.provenance import PROVENANCE_COLUMNS
+from bcr.tiered.sweep import METRIC_COLUMNS
 
-TIERED_COLUMNS = [
-    "setting",
-    "context",
-    "prompt_id",
-    "decode_path",
-    "exact",
-    "first_divergence",
-    "max_logit_diff",
-    "answer_correct",
-    "logical_tokens",
-    "stored_tokens",
-    "compression",
-    "stored_fraction",
-    "ttft_s",
-    "tpot_s",
-    "ttft_ratio",
-    "tpot_ratio",
-    "kv_bytes_stored",
-    "kv_bytes_peak",
-    "peak_mem_bytes",
-]
+TIERED_COLUMNS = METRIC_COLUMNS  # the tiered track's row contract, defined once
 CACHE_OPS_COLUMNS = ["arm", "workload", "page_size", "op", "n", "us_p50", "us_p99"]
 # Contracts this track assumes for files later issues will write (documented in site/methods.md).
 SERVING_COLUMNS = ["ttft_s", "e2e_s", "cached_tokens"]

@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _read_rows(paths: list[str]) -> pd.DataFrame:
-    from bcr.tiered.harness import METRIC_COLUMNS
+    from bcr.tiered.sweep import METRIC_COLUMNS
 
     frames = [io.read_parquet(p, [*METRIC_COLUMNS, "lost", "device"]) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)

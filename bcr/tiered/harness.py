@@ -26,7 +26,6 @@ Definitions (DESIGN.md §2):
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
+from bcr.dense import DeterminismError, max_present, median_present
 from bcr.generation import GreedyResult, cache_nbytes, greedy
 from bcr.models import LoadedModel
 from bcr.prompts import answer_correct
@@ -41,28 +41,8 @@ from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache
 from bcr.tiered.manifest import LayerManifest, pages_of_span
 from bcr.tiered.settings import TieredSetting
+from bcr.tiered.sweep import METRIC_COLUMNS
 
-METRIC_COLUMNS = [
-    "setting",
-    "context",
-    "prompt_id",
-    "decode_path",
-    "exact",
-    "first_divergence",
-    "max_logit_diff",
-    "answer_correct",
-    "logical_tokens",
-    "stored_tokens",
-    "compression",
-    "stored_fraction",
-    "ttft_s",
-    "tpot_s",
-    "ttft_ratio",
-    "tpot_ratio",
-    "kv_bytes_stored",
-    "kv_bytes_peak",
-    "peak_mem_bytes",
-]
 DIAGNOSTIC_COLUMNS = [
     "prompt_tokens",
     "n_generated",
@@ -87,10 +67,6 @@ INT_COLUMNS = [
     "peak_prefill_bytes",
     "peak_decode_bytes",
 ]
-
-
-class DeterminismError(RuntimeError):
-    """Repeats of the same greedy run disagree, or dense disagrees with the dense baseline file."""
 
 
 @dataclass
@@ -163,16 +139,6 @@ def compare(dense: GreedyResult, tiered: GreedyResult) -> tuple[bool, int | None
     return first is None, first, diff
 
 
-def _median(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def _max(xs: list[int | None]) -> int | None:
-    xs = [x for x in xs if x is not None]
-    return max(xs) if xs else None
-
-
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
@@ -214,10 +180,10 @@ def _row(setting: TieredSetting, prompt: dict, path: str, runs: list[TieredRun],
         exact, first, diff = True, None, 0.0
     else:
         exact, first, diff = compare(dense[0].result, r0.result)
-    ttft = _median([r.result.ttft_s for r in runs])
-    tpot = _median([r.result.tpot_s for r in runs])
-    peak_pre = _max([r.result.peak_prefill_bytes for r in runs])
-    peak_dec = _max([r.result.peak_decode_bytes for r in runs])
+    ttft = median_present([r.result.ttft_s for r in runs])
+    tpot = median_present([r.result.tpot_s for r in runs])
+    peak_pre = max_present([r.result.peak_prefill_bytes for r in runs])
+    peak_dec = max_present([r.result.peak_decode_bytes for r in runs])
     needle = pages_of_span(int(prompt["needle_start"]), int(prompt["needle_end"]), setting.page_size)
     if int(prompt["needle_start"]) < 0:
         needle = []
@@ -237,16 +203,16 @@ def _row(setting: TieredSetting, prompt: dict, path: str, runs: list[TieredRun],
         "stored_fraction": r0.stored_tokens / r0.logical_tokens,
         "ttft_s": ttft,
         "tpot_s": tpot,
-        "ttft_ratio": _ratio(ttft, _median([r.result.ttft_s for r in dense])),
-        "tpot_ratio": _ratio(tpot, _median([r.result.tpot_s for r in dense])),
+        "ttft_ratio": _ratio(ttft, median_present([r.result.ttft_s for r in dense])),
+        "tpot_ratio": _ratio(tpot, median_present([r.result.tpot_s for r in dense])),
         "kv_bytes_stored": r0.stored_bytes,
         "kv_bytes_peak": max(r0.peak_bytes_prefill, r0.peak_bytes_decode),
-        "peak_mem_bytes": _max([peak_pre, peak_dec]),
+        "peak_mem_bytes": max_present([peak_pre, peak_dec]),
         "prompt_tokens": len(prompt["input_ids"]),
         "n_generated": len(r0.result.tokens),
         "output_ids": list(r0.result.tokens),
         "band_layers": [m.layer for m in r0.manifests] if path != "dense" else [],
-        "compress_s": _median([r.compress_s for r in runs]),
+        "compress_s": median_present([r.compress_s for r in runs]),
         "kv_bytes_peak_prefill": r0.peak_bytes_prefill,
         "kv_bytes_peak_decode": r0.peak_bytes_decode,
         "peak_prefill_bytes": peak_pre,

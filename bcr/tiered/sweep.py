@@ -15,6 +15,30 @@ from __future__ import annotations
 
 import pandas as pd
 
+# The tiered row contract (DESIGN.md §2, the column names): one row per (setting, context,
+# prompt, decode path), written by the harness and read by these tables and by the ledger.
+METRIC_COLUMNS = [
+    "setting",
+    "context",
+    "prompt_id",
+    "decode_path",
+    "exact",
+    "first_divergence",
+    "max_logit_diff",
+    "answer_correct",
+    "logical_tokens",
+    "stored_tokens",
+    "compression",
+    "stored_fraction",
+    "ttft_s",
+    "tpot_s",
+    "ttft_ratio",
+    "tpot_ratio",
+    "kv_bytes_stored",
+    "kv_bytes_peak",
+    "peak_mem_bytes",
+]
+
 SWEEP_SUMMARY_COLUMNS = [
     "setting",
     "context",

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bcr.tiered.harness import METRIC_COLUMNS
+from bcr.tiered.sweep import METRIC_COLUMNS
 
 pytestmark = pytest.mark.workflow
 

@@ -27,7 +27,7 @@ rule evaluate_claims:
     output:
         LEDGER,
     params:
-        code=code_hash("ledger"),
+        code=code_hash("ledger", "tiered/sweep.py"),
         cfg=bcr_config.config_hash(config),
     log:
         "logs/evaluate_claims.log",
@@ -55,7 +55,7 @@ rule build_site:
     output:
         SITE_INDEX,
     params:
-        code=code_hash("ledger"),
+        code=code_hash("ledger", "tiered/sweep.py"),
         cfg=bcr_config.config_hash(config),
         repo=lambda w, input: str(Path(input.mkdocs).parent),
     log:

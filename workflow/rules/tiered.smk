@@ -13,7 +13,9 @@ TIERED_SETTING_NAMES = "|".join(re.escape(s) for s in sorted(config["tiered"]["s
 TIERED_PROMOTED = "results/tiered/promoted.json"
 TIERED_SWEEP_SUMMARY = "results/tiered/sweep_summary.parquet"
 TIERED_PROMOTION_SUMMARY = "results/tiered/promotion_summary.parquet"
-TIERED_CODE = code_hash("tiered", "generation.py", "models.py", "prompts.py", "runtime.py", "provenance.py")
+TIERED_CODE = code_hash(
+    "tiered", "dense.py", "generation.py", "models.py", "prompts.py", "runtime.py", "provenance.py"
+)
 
 
 rule tiered_sweep:
