@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.resources
 import json
 from collections.abc import Callable, Iterable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_DIR = REPO_ROOT / "workflow" / "schemas"
+# Package data (``bcr/schemas``), so validation works wherever the package is installed.
+SCHEMAS = importlib.resources.files("bcr") / "schemas"
 MAIN_SCHEMA = "config.schema.yaml"
 
 # "module:function" names of cross-field checks, each ``check(config) -> list[(key, message)]``.
@@ -36,7 +39,7 @@ class ConfigError(ValueError):
     """An invalid setting; the message names the key and the file."""
 
 
-def _load_yaml(path: Path) -> Any:
+def _load_yaml(path: Path | Traversable) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -47,7 +50,7 @@ def _load_yaml(path: Path) -> Any:
 
 def _registry() -> Registry:
     resources = []
-    for f in sorted(SCHEMA_DIR.glob("*.schema.yaml")):
+    for f in sorted((f for f in SCHEMAS.iterdir() if f.name.endswith(".schema.yaml")), key=lambda f: f.name):
         resources.append((f.name, Resource.from_contents(_load_yaml(f), default_specification=DRAFT202012)))
     return Registry().with_resources(resources)
 
@@ -100,18 +103,48 @@ def validate(config: dict, source: str = "<config>") -> dict:
     return config
 
 
-def load(paths: str | Path | Iterable[str | Path]) -> dict:
-    """Load one or more YAML files (later ones override earlier, key by key) and validate."""
-    if isinstance(paths, str | Path):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    merged: dict = {}
-    for p in paths:
+def check_layers(layers: Iterable[tuple[str, dict]]) -> None:
+    """A complete config (one that sets ``run_name``) stands alone: only overlays may follow it.
+
+    Layering the study's ``config/a100.yaml`` over the CPU default would let every key the study
+    does not set (the tiny architecture, the needle, the synthetic renderer) leak into the study run;
+    refusing it is what keeps a study value from being changed by a file nobody meant to apply.
+    """
+    layers = list(layers)
+    complete = [name for name, data in layers if isinstance(data, dict) and "run_name" in data]
+    if len(complete) > 1:
+        raise ConfigError(
+            f"{complete[1]} is a complete config (it sets run_name) and cannot be layered over "
+            f"{complete[0]}: it would inherit every key of {complete[0]} it does not set.  Pass one "
+            "complete config; overlays (files without run_name) may follow it."
+        )
+    if complete and layers[0][0] != complete[0]:
+        raise ConfigError(
+            f"{complete[0]} is a complete config (it sets run_name): pass it first, then overlays"
+        )
+
+
+def read_layers(paths: Iterable[str | Path]) -> list[tuple[str, dict]]:
+    """Each file's mapping, by name, checked as a stack of layers (:func:`check_layers`)."""
+    layers = []
+    for p in map(Path, paths):
         data = _load_yaml(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the config must be a mapping")
+        layers.append((str(p), data))
+    check_layers(layers)
+    return layers
+
+
+def load(paths: str | Path | Iterable[str | Path]) -> dict:
+    """Load a complete config and any overlays (later files override earlier, key by key); validate."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    layers = read_layers(paths)
+    merged: dict = {}
+    for _, data in layers:
         merged = deep_merge(merged, data)
-    return validate(merged, source=", ".join(map(str, paths)))
+    return validate(merged, source=", ".join(name for name, _ in layers))
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -10,10 +10,64 @@ import yaml
 from bcr import config as cfgmod
 
 
-def test_shipped_configs_are_valid(repo):
-    for name in ("config.yaml", "a100.yaml"):
-        cfg = cfgmod.load(repo / "config" / name)
-        assert cfg["run_name"]
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _flat_keys(v, f"{prefix}{k}.")
+    return out
+
+
+def test_every_file_in_config_validates_as_it_is_used(repo):
+    """Run configs alone (as the Snakefile or the profile loads them), the claim file by its schema."""
+    from bcr.ledger.claims import load_claims
+
+    used = {
+        "config.yaml": lambda p: cfgmod.load(p)["run_name"],
+        "a100.yaml": lambda p: cfgmod.load(p)["run_name"],
+        "claims.yaml": lambda p: load_claims(p).claims,
+        "reference.yaml": lambda p: yaml.safe_load(p.read_text())["sweep"],
+    }
+    files = sorted(p.name for p in (repo / "config").iterdir() if p.suffix == ".yaml")
+    assert files == sorted(used), "a config file without a validation here: say how it is used"
+    for name, check in used.items():
+        assert check(repo / "config" / name), name
+
+
+def test_study_config_stands_alone(repo):
+    """config/a100.yaml sets everything the study needs; none of the tiny model's keys are in it."""
+    study = yaml.safe_load((repo / "config" / "a100.yaml").read_text())
+    keys = _flat_keys(study)
+    for tiny in ("model.architecture", "model.training", "model.path", "prompts.needle"):
+        assert tiny not in keys
+    assert cfgmod.load(repo / "config" / "a100.yaml")["prompts"]["renderer"] == "text"
+
+
+def test_a_complete_config_cannot_be_layered_over_another(repo):
+    """Layering the default under the study would change study values silently; it is refused."""
+    default, study = repo / "config" / "config.yaml", repo / "config" / "a100.yaml"
+    with pytest.raises(cfgmod.ConfigError) as err:
+        cfgmod.load([default, study])
+    msg = str(err.value)
+    assert str(study) in msg and str(default) in msg and "complete config" in msg
+    with pytest.raises(cfgmod.ConfigError, match="complete config"):
+        cfgmod.load([study, default])
+
+
+def test_an_overlay_must_follow_a_complete_config(tmp_path, repo):
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("prompts:\n  n_prompts: 3\n")
+    with pytest.raises(cfgmod.ConfigError, match="pass it first"):
+        cfgmod.load([overlay, repo / "config" / "a100.yaml"])
+    study = cfgmod.load([repo / "config" / "a100.yaml", overlay])
+    assert study["prompts"]["n_prompts"] == 3 and "architecture" not in study["model"]
+
+
+def test_schemas_are_package_data():
+    """Validation reads the schemas from the installed package, not from a repository checkout."""
+    names = sorted(f.name for f in cfgmod.SCHEMAS.iterdir() if f.name.endswith(".schema.yaml"))
+    assert "config.schema.yaml" in names and "tiered.schema.yaml" in names
 
 
 def _write(tmp_path, cfg):
