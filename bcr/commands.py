@@ -13,21 +13,9 @@ import pandas as pd
 
 from bcr import config as cfgmod
 from bcr import io, provenance
-from bcr.codehash import code_hash
-
-
-def add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        action="append",
-        required=True,
-        metavar="YAML",
-        help="config file (repeat to layer overrides; later files win key by key)",
-    )
-
-
-def load_config(args: argparse.Namespace) -> dict:
-    return cfgmod.load(args.config)
+from bcr.cliutil import add_config_arg, load_config
+from bcr.codehash import command_hash
+from bcr.contracts import ACCURACY_COLUMNS, PROMPT_COLUMNS
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -115,7 +103,8 @@ def cmd_model_train(args: argparse.Namespace) -> int:
             "stages": [vars(s) for s in result.stages],
             "train_seconds": round(seconds, 1),
             "teacher_forced_accuracy": accuracy,
-            "code_hash": code_hash("training.py", "models.py", "prompts.py"),
+            # the same hash the train_tiny_model rule carries: which code produced this checkpoint
+            "code_hash": command_hash("model", "train"),
             "model_sha256": sha256_file(tmp / "model.safetensors"),
             "torch_threads": config["runtime"]["threads"],
         }
@@ -167,8 +156,8 @@ def cmd_model_card(args: argparse.Namespace) -> int:
             acc = training.needle_accuracy(m, spec, c, n, config["runtime"]["seed"] + 1)
             rows.append({"context": c, "n": n, "accuracy": acc, "metric": "teacher_forced_needle"})
     card["accuracy"] = rows
-    df = pd.DataFrame(rows, columns=["context", "n", "accuracy", "metric"])
-    io.write_parquet(provenance.attach(df, provenance.provenance(config, device)), args.accuracy)
+    df = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    provenance.write_rows(df, args.accuracy, config, device)
     io.write_json(card, args.out)
     for r in rows:
         print(f"context {r['context']}: needle accuracy {r['accuracy']:.3f} (n={r['n']})")
@@ -212,7 +201,6 @@ def cmd_prompts_build(args: argparse.Namespace) -> int:
 def cmd_dense_run(args: argparse.Namespace) -> int:
     from bcr import models
     from bcr.dense import run_dense
-    from bcr.prompts import PROMPT_COLUMNS
     from bcr.runtime import setup_runtime
 
     config = load_config(args)
@@ -220,7 +208,7 @@ def cmd_dense_run(args: argparse.Namespace) -> int:
     prompts_df = io.read_parquet(args.prompts, PROMPT_COLUMNS)
     loaded = models.load_model(config["model"], device, root=cfgmod.REPO_ROOT)
     df = run_dense(loaded, prompts_df, config["generation"], device, progress=not args.quiet)
-    io.write_parquet(provenance.attach(df, provenance.provenance(config, device)), args.out)
+    provenance.write_rows(df, args.out, config, device)
     acc = df["answer_correct"].mean()
     print(f"dense: {len(df)} prompts, answer accuracy {acc:.3f}, median TTFT {df['ttft_s'].median():.4f}s")
     return 0

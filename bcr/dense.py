@@ -12,25 +12,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from bcr.contracts import DENSE_COLUMNS
 from bcr.generation import cache_nbytes, greedy
 from bcr.models import LoadedModel
 from bcr.prompts import answer_correct
-
-DENSE_COLUMNS = [
-    "prompt_id",
-    "context",
-    "prompt_tokens",
-    "output_ids",
-    "n_generated",
-    "answer_correct",
-    "ttft_s",
-    "tpot_s",
-    "kv_bytes",
-    "peak_mem_bytes",
-    "peak_prefill_bytes",
-    "peak_decode_bytes",
-    "repeats",
-]
 
 
 class DeterminismError(RuntimeError):

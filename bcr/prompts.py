@@ -18,21 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bcr.contracts import PROMPT_COLUMNS
+
 # Synthetic vocabulary: a handful of control tokens, then content tokens.
 PAD, BOS, KEY, VAL, QUERY, EOS = 0, 1, 2, 3, 4, 5
 FIRST_CONTENT_TOKEN = 16
-
-PROMPT_COLUMNS = [
-    "prompt_id",
-    "context",
-    "input_ids",
-    "answer_ids",
-    "answer_text",
-    "needle_start",
-    "needle_end",
-    "depth",
-    "renderer",
-]
 
 
 @dataclass(frozen=True)

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import platform
+import re
 import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
+from bcr import io
 from bcr.config import config_hash
+from bcr.contracts import PROVENANCE_COLUMNS
+
+if TYPE_CHECKING:
+    import torch
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROVENANCE_COLUMNS = [
-    "run_id",
-    "config_hash",
-    "git_commit",
-    "model",
-    "device",
-    "torch",
-    "transformers",
-    "sglang",
-]
 
 
 @functools.cache
@@ -52,10 +51,33 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def device_label(device: torch.device, threads: int | None = None) -> str:
-    if device.type == "cuda":
+def torch_version() -> str | None:
+    """torch's full version (with its build tag, e.g. ``+cu130``) without importing torch.
+
+    The ledger and site commands record provenance too, and importing torch would load the whole
+    model stack into them; ``torch/version.py`` holds the same string ``torch.__version__`` reports.
+    """
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    spec = importlib.util.find_spec("torch")
+    if spec and spec.submodule_search_locations:
+        version_py = Path(spec.submodule_search_locations[0]) / "version.py"
+        m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", version_py.read_text(), re.M)
+        if m:
+            return m.group(1)
+    return package_version("torch")
+
+
+def device_label(device: torch.device | str, threads: int | None = None) -> str:
+    kind = device if isinstance(device, str) else device.type
+    if kind == "cuda":
+        import torch
+
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    threads = threads or torch.get_num_threads()
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
     return f"cpu:{platform.machine()}x{threads}threads"
 
 
@@ -64,14 +86,14 @@ def run_id(config: dict) -> str:
     return f"{config['run_name']}-{git_commit()[:8]}-{config_hash(config)[:8]}"
 
 
-def provenance(config: dict, device: torch.device) -> dict[str, str | None]:
+def provenance(config: dict, device: torch.device | str) -> dict[str, str | None]:
     return {
         "run_id": run_id(config),
         "config_hash": config_hash(config),
         "git_commit": git_commit(),
         "model": config["model"].get("hub_id") or config["model"]["name"],
         "device": device_label(device, config["runtime"].get("threads")),
-        "torch": torch.__version__,
+        "torch": torch_version(),
         "transformers": package_version("transformers"),
         "sglang": package_version("sglang"),
     }
@@ -83,3 +105,8 @@ def attach(df: pd.DataFrame, prov: dict) -> pd.DataFrame:
     for k in PROVENANCE_COLUMNS:
         out[k] = pd.Series([prov[k]] * len(out), index=out.index, dtype="string")
     return out
+
+
+def write_rows(df: pd.DataFrame, path: str | Path, config: dict, device: torch.device | str) -> Path:
+    """Write result rows atomically with the provenance of the run that measured them."""
+    return io.write_parquet(attach(df, provenance(config, device)), path)

@@ -54,9 +54,18 @@ def planned_rules(dry_run_stdout: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def test_profile_is_found_from_repo_root_and_requests_one_a100(tmp_path):
-    proc = snakemake("--profile", "slurm-a100", "-n", "--directory", str(tmp_path), cwd=REPO)
-    out = proc.stdout
+def repo_copy(tmp_path: Path) -> Path:
+    """The repository as a fresh clone has it (tracked files, no results), to run commands in its root."""
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO, copy, ignore=IGNORE)
+    return copy
+
+
+def test_the_cluster_command_works_as_typed_in_the_repository_root(tmp_path):
+    """`snakemake --profile slurm-a100 -n` in the root of a copy: GPU jobs get one A100 each, and the
+    effective config is the study's alone (no key of the CPU default leaks into it)."""
+    copy = repo_copy(tmp_path)
+    out = snakemake("--profile", "slurm-a100", "-n", cwd=copy, pythonpath=copy).stdout
     jobs = re.split(r"\n\s*\n", out)
     gpu_rules, cpu_rules = set(), set()
     for block in jobs:
@@ -67,9 +76,25 @@ def test_profile_is_found_from_repo_root_and_requests_one_a100(tmp_path):
         has_gres = "gres=gpu:a100:1" in res.group(1)
         assert not (has_gres and re.search(r"\bgpu=|gpu_model=", res.group(1))), block
         (gpu_rules if has_gres else cpu_rules).add(m.group(1))
-    assert "dense_baseline" in gpu_rules and "model_card" in gpu_rules
-    assert "build_prompts" in cpu_rules and "build_site" in cpu_rules
-    assert "results/prompts/32768.parquet" in out
+    assert {"dense_baseline", "model_card", "tiered_sweep"} <= gpu_rules
+    assert {"build_prompts", "build_site", "evaluate_claims", "cache_ops"} <= cpu_rules
+    assert "results/prompts/32768.parquet" in out and "train_tiny_model" not in out
+
+    effective = yaml.safe_load((copy / "results" / "run" / "config.yaml").read_text())
+    study = yaml.safe_load((copy / "config" / "a100.yaml").read_text())
+    assert effective == study
+
+
+def test_layering_two_complete_configs_is_refused(tmp_path):
+    copy = repo_copy(tmp_path)
+    proc = snakemake(
+        "-n", "--cores", "1", "--configfile", "config/config.yaml", "config/a100.yaml",
+        cwd=copy, pythonpath=copy, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "a100.yaml is a complete config" in err and "config.yaml" in err
+    assert not (copy / "results").exists()
 
 
 def test_invalid_config_fails_before_any_job(tmp_path):
@@ -109,15 +134,28 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     # Nothing to do on a second invocation.
     assert planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout) == {}
 
-    # Editing the ledger reruns only the ledger and the site.
-    with open(copy / "bcr" / "ledger" / "render.py", "a") as fh:
-        fh.write("\n# touched by the workflow test\n")
-    plan = planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout)
-    assert set(plan) == {"evaluate_claims", "build_site", "all"}, plan
+    def touch(module: str) -> dict[str, int]:
+        """The dry-run plan after appending a comment to ``bcr/<module>`` (restored afterwards)."""
+        path = copy / "bcr" / module
+        original = path.read_text()
+        path.write_text(original + "\n# touched by the workflow test\n")
+        try:
+            return planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout)
+        finally:
+            path.write_text(original)
+
+    # Page rendering is reached by `bcr site build` only; the claim rules by the ledger too.
+    assert set(touch("ledger/render.py")) == {"build_site", "all"}
+    assert set(touch("ledger/rules.py")) == {"evaluate_claims", "build_site", "all"}
+    # The cache benchmark's modules rerun it (and the site), nothing of the model or tiered tracks.
+    assert set(touch("prefix/chain.py")) == {"cache_ops", "evaluate_claims", "build_site", "all"}
 
     # Editing the dense baseline reruns it for every context, not the prompts or the model.
-    with open(copy / "bcr" / "dense.py", "a") as fh:
-        fh.write("\n# touched by the workflow test\n")
-    plan = planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout)
+    plan = touch("dense.py")
     assert plan.get("dense_baseline") == 3, plan
     assert "build_prompts" not in plan and "train_tiny_model" not in plan and "model_card" not in plan
+    assert "cache_ops" not in plan
+    # The CLI bodies of the model, prompt and dense commands are in their rules' hashes.
+    plan = touch("commands.py")
+    assert plan.get("build_prompts") == 3 and plan.get("dense_baseline") == 3 and "model_card" in plan, plan
+    assert "cache_ops" not in plan

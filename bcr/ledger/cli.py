@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bcr.commands import add_config_arg, load_config
+from bcr.cliutil import add_config_arg, load_config
 
 DEFAULTS = {"claims": "config/claims.yaml", "reference": "config/reference.yaml"}
 

@@ -15,18 +15,22 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from bcr import contracts as C
 from bcr import io
-from bcr.provenance import PROVENANCE_COLUMNS
-from bcr.tiered.sweep import METRIC_COLUMNS
+from bcr.contracts import PROVENANCE_COLUMNS, TIERED_COLUMNS
 
-TIERED_COLUMNS = METRIC_COLUMNS  # the tiered track's row contract, defined once
-CACHE_OPS_COLUMNS = ["arm", "workload", "page_size", "op", "n", "us_p50", "us_p99"]
-# Contracts this track assumes for files later issues will write (documented in site/methods.md).
-SERVING_COLUMNS = ["ttft_s", "e2e_s", "cached_tokens"]
-LONGCTX_COLUMNS = ["prompt_id", "exact"]
-DECOMPOSITION_COLUMNS = ["setting", "context", "decode_path", "phase", "seconds"]
-PEERS_COLUMNS = ["press", "context", "prompt_id", "stored_fraction", "exact"]
-DENSE_COLUMNS = ["prompt_id", "context", "answer_correct", "ttft_s", "tpot_s", "kv_bytes", "peak_mem_bytes"]
+# The columns the ledger and the pages read from each file (a file may hold more).
+LEDGER_DENSE_COLUMNS = [
+    "prompt_id",
+    "context",
+    "answer_correct",
+    "ttft_s",
+    "tpot_s",
+    "kv_bytes",
+    "peak_mem_bytes",
+]
+LEDGER_CACHE_OPS_COLUMNS = ["arm", C.WORKLOAD, "page_size", "op", "n", "us_p50", "us_p99"]
+__all__ = ["TIERED_COLUMNS", "Results", "Table", "load_results", "provenance_rows"]
 
 
 @dataclass
@@ -76,7 +80,9 @@ def _concat(files: list[Path], required: list[str], extra: dict[Path, dict] | No
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=required)
 
 
-def _table(root: Path, name: str, pattern: str, required: list[str], **kw: Any) -> Table:
+def _table(root: Path, name: str, spec: C.ResultFile, required: list[str] | None = None, **kw: Any) -> Table:
+    pattern = spec.glob
+    required = list(spec.columns) if required is None else required
     files = sorted(root.glob(pattern))
     table = Table(name=name, pattern=f"{root.name}/{pattern}", files=files)
     if not files:
@@ -90,10 +96,9 @@ def _table(root: Path, name: str, pattern: str, required: list[str], **kw: Any) 
 
 def _serving(root: Path) -> Table:
     """``serving/{engine}/{workload}/{arm}.parquet``: engine, workload and arm come from the path."""
-    pattern = "serving/*/*/*.parquet"
-    files = sorted(root.glob(pattern))
-    extra = {f: {"engine": f.parent.parent.name, "workload": f.parent.name, "arm": f.stem} for f in files}
-    return _table(root, "serving_requests", pattern, SERVING_COLUMNS, extra=extra)
+    files = sorted(root.glob(C.SERVING_REQUESTS.glob))
+    extra = {f: {"engine": f.parent.parent.name, C.WORKLOAD: f.parent.name, "arm": f.stem} for f in files}
+    return _table(root, "serving_requests", C.SERVING_REQUESTS, extra=extra)
 
 
 def _optional_json(path: Path) -> Any:
@@ -103,20 +108,20 @@ def _optional_json(path: Path) -> Any:
 def load_results(root: str | Path) -> Results:
     root = Path(root)
     tables = [
-        _table(root, "model_accuracy", "model/accuracy.parquet", ["context", "n", "accuracy"]),
-        _table(root, "dense", "dense/*.parquet", DENSE_COLUMNS),
-        _table(root, "tiered_sweep", "tiered/sweep/*.parquet", TIERED_COLUMNS),
-        _table(root, "tiered_promotion", "tiered/promotion/*/*.parquet", TIERED_COLUMNS),
-        _table(root, "tiered_decomposition", "tiered/decomposition.parquet", DECOMPOSITION_COLUMNS),
-        _table(root, "cache_ops", "serving/cache_ops.parquet", CACHE_OPS_COLUMNS),
+        _table(root, "model_accuracy", C.MODEL_ACCURACY, ["context", "n", "accuracy"]),
+        _table(root, "dense", C.DENSE, LEDGER_DENSE_COLUMNS),
+        _table(root, "tiered_sweep", C.TIERED_SWEEP),
+        _table(root, "tiered_promotion", C.TIERED_PROMOTION),
+        _table(root, "tiered_decomposition", C.TIERED_DECOMPOSITION),
+        _table(root, "cache_ops", C.CACHE_OPS, LEDGER_CACHE_OPS_COLUMNS),
         _serving(root),
-        _table(root, "longctx", "correctness/longctx.parquet", LONGCTX_COLUMNS),
-        _table(root, "peers", "peers/kvpress.parquet", PEERS_COLUMNS),
+        _table(root, "longctx", C.LONGCTX),
+        _table(root, "peers", C.PEERS),
     ]
     return Results(
         root=root,
-        card=_optional_json(root / "model" / "card.json"),
-        promoted=_optional_json(root / "tiered" / "promoted.json"),
+        card=_optional_json(root / C.MODEL_CARD.pattern),
+        promoted=_optional_json(root / C.TIERED_PROMOTED.pattern),
         tables={t.name: t for t in tables},
     )
 

@@ -34,24 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bcr.contracts import CACHE_OPS_COLUMNS
 from bcr.prefix import sim
 from bcr.serving.workloads import TraceRequest, build_workloads
-
-COLUMNS = [
-    "arm",
-    "workload",
-    "page_size",
-    "op",
-    "n",
-    "us_p50",
-    "us_p99",
-    "us_mean",
-    "tokens",
-    "cached_tokens",
-    "requests",
-    "replays",
-    "clock",
-]
 
 
 class CachedTokensMismatch(RuntimeError):
@@ -165,7 +150,7 @@ def bench_workload(
                     "clock": timer.clock_name,
                 }
             )
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=CACHE_OPS_COLUMNS)
     log(summary_lines(df, name, page_size))
     return df
 

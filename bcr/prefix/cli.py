@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from bcr.commands import add_config_arg, load_config
+from bcr.cliutil import add_config_arg, load_config
+from bcr.contracts import ARMS
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -22,16 +23,14 @@ def register(tracks: argparse._SubParsersAction) -> None:
 
     p = prefix.add_parser("server-cmd", help="print the sglang.launch_server command (and env) for an arm")
     add_config_arg(p)
-    p.add_argument("--arm", required=True, choices=["bcr", "radix", "unified_python", "unified_rust"])
+    p.add_argument("--arm", required=True, choices=ARMS)
     p.add_argument("--model", help="model path or hub id (default: the config's hub_id or path)")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_server_cmd)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from bcr import io, provenance
+    from bcr import provenance
     from bcr.prefix import bench
     from bcr.runtime import setup_runtime
 
@@ -39,8 +38,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     setup_runtime({**config["runtime"], "device": "cpu"})  # a CPU benchmark wherever it runs
     log = (lambda _msg: None) if args.quiet else print
     df = bench.run(config["serving"], log=log)
-    prov = provenance.provenance(config, torch.device("cpu"))
-    io.write_parquet(provenance.attach(df, prov), args.out)
+    provenance.write_rows(df, args.out, config, "cpu")
     print("bcr / unified_rust at p50 (target: ratio <= 1 for match and insert):")
     print(bench.describe(df))
     return 0

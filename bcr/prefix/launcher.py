@@ -1,12 +1,6 @@
 """Start a real SGLang server for one cache arm (``python -m sglang.launch_server ...``).
 
-Arms and how the server gets them:
-
-* ``bcr`` -- ``--radix-cache-backend bcr`` (registered by our ``sglang.srt.plugins`` entry point);
-* ``radix`` -- ``--radix-cache-backend legacy_radix`` (SGLang's Python ``RadixCache``, same plug-in);
-* ``unified_rust`` / ``unified_python`` -- no backend flag (SGLang's default ``UnifiedRadixCache``)
-  with ``SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND`` = ``rust`` / ``python``
-  (``sglang/srt/environ.py:741``, read by ``tree_core_registry.py:124-131``).
+Each arm's backend flag and tree core come from the arm registry (:mod:`bcr.prefix.arms`).
 
 Every arm shares page size, memory budget, scheduling policy and seed, so only the cache differs.
 The serving track runs this on GPUs; here only the command is built and checked.
@@ -25,14 +19,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bcr.prefix import arms
+
 TREE_CORE_ENV = "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND"
-ARM_BACKENDS: dict[str, tuple[str | None, str | None]] = {
-    # arm: (--radix-cache-backend value, tree core for the default UnifiedRadixCache)
-    "bcr": ("bcr", None),
-    "radix": ("legacy_radix", None),
-    "unified_rust": (None, "rust"),
-    "unified_python": (None, "python"),
-}
 
 
 @dataclasses.dataclass
@@ -55,8 +44,7 @@ class ServerSpec:
     python: str = sys.executable
 
     def __post_init__(self) -> None:
-        if self.arm not in ARM_BACKENDS:
-            raise ValueError(f"unknown arm {self.arm!r}; choose from {sorted(ARM_BACKENDS)}")
+        arms.get(self.arm)  # a clear error for an unknown arm
 
     @property
     def base_url(self) -> str:
@@ -82,7 +70,7 @@ class ServerSpec:
         for flag, value in optional.items():
             if value is not None:
                 out += [flag, str(value)]
-        backend, _ = ARM_BACKENDS[self.arm]
+        backend = arms.get(self.arm).backend
         if backend is not None:
             out += ["--radix-cache-backend", backend]
         return out + list(self.extra_args)
@@ -93,7 +81,7 @@ class ServerSpec:
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """Environment for the server: the tree core pinned for unified arms, unset otherwise."""
         env = dict(os.environ if base is None else base)
-        _, core = ARM_BACKENDS[self.arm]
+        core = arms.get(self.arm).tree_core
         if core is None:
             env.pop(TREE_CORE_ENV, None)
         else:

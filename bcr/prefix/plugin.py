@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-BACKENDS = ("bcr", "legacy_radix")
-
 
 def _check_plain(ctx: Any, name: str) -> None:
     """Both backends key full-attention KV only; refuse what they cannot represent, loudly."""
@@ -54,11 +52,15 @@ def legacy_radix_factory(ctx: Any) -> Any:
     return RadixCache(ctx.params)
 
 
+# One factory per backend the arm registry names (bcr.prefix.arms.PLUGIN_BACKENDS; tested equal).
+FACTORIES = {"bcr": bcr_factory, "legacy_radix": legacy_radix_factory}
+
+
 def register() -> None:
     """Entry point (group ``sglang.srt.plugins``): idempotent, safe in every SGLang process."""
     from sglang.srt.mem_cache.registry import register_radix_cache_backend, registered_radix_cache_backends
 
     have = set(registered_radix_cache_backends())
-    for name, factory in (("bcr", bcr_factory), ("legacy_radix", legacy_radix_factory)):
+    for name, factory in FACTORIES.items():
         if name not in have:
             register_radix_cache_backend(name, factory)

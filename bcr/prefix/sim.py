@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-ARMS = ("bcr", "radix", "unified_python", "unified_rust")
+from bcr.contracts import ARMS
+from bcr.prefix import arms
 
 
 @functools.cache
@@ -101,7 +102,8 @@ def make_cache(
     """One arm on ``pools``.  The unified arms pin their tree core (tree_core_registry.py:124-131)."""
     from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 
-    core = {"unified_python": "python", "unified_rust": "rust"}.get(arm)
+    spec = arms.get(arm)
+    core = spec.tree_core
     params = CacheInitParams(
         disable=False,
         req_to_token_pool=pools.req_to_token_pool,
@@ -109,11 +111,11 @@ def make_cache(
         page_size=pools.page_size,
         tree_core_backend=core,
     )
-    if arm == "bcr":
+    if spec.backend == "bcr":
         from bcr.prefix.cache import BCRCache
 
         return BCRCache(params, hasher=hasher, verify_pages=verify_pages, numpy_pages=numpy_pages)
-    if arm == "radix":
+    if spec.backend == "legacy_radix":
         from sglang.srt.mem_cache.radix_cache import RadixCache
 
         return RadixCache(params)

@@ -1,6 +1,6 @@
 """Deterministic serving workloads as token traces, generated from the ``serving`` config section.
 
-Three shapes of prefix reuse (DESIGN.md §3):
+Three shapes of prefix reuse (DESIGN.md, "Exact-prefix serving"):
 
 * ``system_repeat`` -- a few long system prompts, many distinct questions after them;
 * ``rag_fanout`` -- document sets (a few documents drawn from a shared pool, concatenated), many

@@ -9,7 +9,8 @@ import pandas as pd
 
 from bcr import config as cfgmod
 from bcr import io, provenance
-from bcr.commands import add_config_arg, load_config
+from bcr.cliutil import add_config_arg, load_config
+from bcr.contracts import PROMPT_COLUMNS, TIERED_COLUMNS
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -44,7 +45,6 @@ def register(tracks: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bcr import models
-    from bcr.prompts import PROMPT_COLUMNS
     from bcr.runtime import setup_runtime
     from bcr.tiered.harness import measure_setting
     from bcr.tiered.settings import resolve
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         dense_reference=reference,
         progress=progress,
     )
-    io.write_parquet(provenance.attach(df, provenance.provenance(config, device)), args.out)
+    provenance.write_rows(df, args.out, config, device)
     t = df[df["decode_path"] != "dense"]
     print(
         f"tiered {args.setting} @ {args.context}: exact {int(t['exact'].sum())}/{len(t)}, "
@@ -103,18 +103,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _read_rows(paths: list[str]) -> pd.DataFrame:
-    from bcr.tiered.sweep import METRIC_COLUMNS
-
-    frames = [io.read_parquet(p, [*METRIC_COLUMNS, "lost", "device"]) for p in paths]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+    frames = [io.read_parquet(p, [*TIERED_COLUMNS, "lost", "device"]) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TIERED_COLUMNS)
 
 
 def _summary_provenance(config: dict, rows: pd.DataFrame) -> dict:
     """Provenance of a table computed from measured rows: the device is the one the rows were measured on
     (the summarising job itself may run on a CPU node of the cluster)."""
-    import torch
-
-    prov = provenance.provenance(config, torch.device("cpu"))
+    prov = provenance.provenance(config, "cpu")
     devices = sorted(set(rows["device"])) if "device" in rows else []
     prov["device"] = ",".join(devices) if devices else prov["device"]
     return prov

@@ -6,7 +6,7 @@ and one row per tiered decode path.  Tokens must agree across repeats (determini
 in-process dense tokens must equal the dense baseline file when one is given: otherwise nothing
 downstream could be trusted, so the run fails loudly.
 
-Definitions (DESIGN.md §2):
+Definitions (DESIGN.md, "Tiered compression"):
 
 * ``exact`` — greedy tokens identical to dense over ``max_new_tokens`` (EOS stops both);
 * ``first_divergence`` — index of the first differing token (null when exact);
@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
+from bcr.contracts import TIERED_COLUMNS
 from bcr.dense import DeterminismError, max_present, median_present
 from bcr.generation import GreedyResult, cache_nbytes, greedy
 from bcr.models import LoadedModel
@@ -41,7 +42,6 @@ from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache
 from bcr.tiered.manifest import LayerManifest, pages_of_span
 from bcr.tiered.settings import TieredSetting
-from bcr.tiered.sweep import METRIC_COLUMNS
 
 DIAGNOSTIC_COLUMNS = [
     "prompt_tokens",
@@ -60,7 +60,7 @@ DIAGNOSTIC_COLUMNS = [
     "setting_json",
     "repeats",
 ]
-COLUMNS = METRIC_COLUMNS + DIAGNOSTIC_COLUMNS
+COLUMNS = TIERED_COLUMNS + DIAGNOSTIC_COLUMNS
 INT_COLUMNS = [
     "first_divergence",
     "peak_mem_bytes",

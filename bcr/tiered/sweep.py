@@ -15,64 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-# The tiered row contract (DESIGN.md §2, the column names): one row per (setting, context,
-# prompt, decode path), written by the harness and read by these tables and by the ledger.
-METRIC_COLUMNS = [
-    "setting",
-    "context",
-    "prompt_id",
-    "decode_path",
-    "exact",
-    "first_divergence",
-    "max_logit_diff",
-    "answer_correct",
-    "logical_tokens",
-    "stored_tokens",
-    "compression",
-    "stored_fraction",
-    "ttft_s",
-    "tpot_s",
-    "ttft_ratio",
-    "tpot_ratio",
-    "kv_bytes_stored",
-    "kv_bytes_peak",
-    "peak_mem_bytes",
-]
-
-SWEEP_SUMMARY_COLUMNS = [
-    "setting",
-    "context",
-    "decode_path",
-    "n_prompts",
-    "n_exact",
-    "exact",
-    "exactness",
-    "compression",
-    "stored_fraction",
-    "control",
-    "promoted",
-    "first_failure",
-]
-PROMOTION_SUMMARY_COLUMNS = [
-    "setting",
-    "context",
-    "decode_path",
-    "n_prompts",
-    "n_exact",
-    "exact",
-    "exactness",
-    "compression",
-    "stored_fraction",
-    "ttft_ratio",
-    "tpot_ratio",
-    "dense_peak_mem_bytes",
-    "tiered_peak_mem_bytes",
-    "delta_vram_pct",
-    "dense_kv_bytes_peak",
-    "tiered_kv_bytes_peak",
-    "delta_kv_peak_pct",
-    "first_failure",
-]
+from bcr.contracts import PROMOTION_SUMMARY_COLUMNS, SWEEP_SUMMARY_COLUMNS
 
 
 class ControlFailedError(RuntimeError):

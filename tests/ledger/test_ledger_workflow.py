@@ -1,57 +1,11 @@
-"""The site rules' inputs follow whatever tracks the DAG includes, and the site rules come last."""
+"""The site rules come last: they need every result file the other rules write."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import ledger_synth as synth
-
-from bcr.ledger import workflow
-
-
-class FakeTiered:
-    @staticmethod
-    def promotion_files(promoted, contexts):
-        return [f"results/tiered/promotion/{c}/front_ret25.parquet" for c in contexts]
-
-
-def _checkpoints():
-    promote = SimpleNamespace(
-        get=lambda: SimpleNamespace(output=SimpleNamespace(promoted="results/tiered/promoted.json"))
-    )
-    return SimpleNamespace(tiered_promote=promote)
-
-
-def test_base_inputs_only_without_other_tracks():
-    ns = {"CONTEXTS": [2048, 4096]}
-    assert workflow.site_inputs(ns, None) == [
-        "results/model/card.json",
-        "results/model/accuracy.parquet",
-        "results/dense/2048.parquet",
-        "results/dense/4096.parquet",
-    ]
-
-
-def test_tracks_contribute_lists_and_functions():
-    ns = {
-        "CONTEXTS": [2048],
-        "TIERED_PROMOTED": "results/tiered/promoted.json",
-        "TIERED_SWEEP": ["middle", "front_ret25"],
-        "TIERED_PROMOTION_CONTEXTS": [4096, 8192],
-        "tiered_workflow": FakeTiered,
-        "checkpoints": _checkpoints(),
-        "SERVING_SITE_INPUTS": ["results/serving/cache_ops.parquet"],
-        "PEERS_SITE_INPUTS": lambda w: ["results/peers/kvpress.parquet", "results/dense/2048.parquet"],
-    }
-    files = workflow.site_inputs(ns, None)
-    assert "results/serving/cache_ops.parquet" in files
-    assert "results/peers/kvpress.parquet" in files
-    assert "results/tiered/sweep/front_ret25.parquet" in files
-    assert "results/tiered/promotion/8192/front_ret25.parquet" in files
-    assert "results/tiered/promoted.json" in files
-    assert len(files) == len(set(files))  # the dense file both lists name appears once
 
 
 def _snakemake(tmp_path, *args: str) -> str:

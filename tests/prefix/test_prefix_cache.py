@@ -24,6 +24,7 @@ from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixPara
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
 from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
+from bcr.contracts import ARMS  # noqa: E402
 from bcr.prefix.cache import BCRCache  # noqa: E402
 from bcr.prefix.chain import ChainHasher  # noqa: E402
 
@@ -118,7 +119,7 @@ def test_arms_agree_on_matched_lengths_and_kv_slots(ps, data):
     reqs, concurrency, chunk = data.draw(traces(ps))
     results = {}
     # bcr twice: numpy page ids (its CPU default) and tensor page ids (its path on a GPU allocator)
-    variants = [(a, {}) for a in sim.ARMS if a != "bcr"]
+    variants = [(a, {}) for a in ARMS if a != "bcr"]
     variants += [("bcr", {"verify_pages": True}), ("bcr", {"verify_pages": True, "numpy_pages": False})]
     for arm, kw in variants:
         engine, matched = replay(arm, ps, reqs, concurrency, chunk, roomy(reqs, ps), **kw)
@@ -154,7 +155,7 @@ def test_arms_agree_on_the_allocators_device(device, ps):
     ]
     out = {}
     for dev in dict.fromkeys(["cpu", device]):
-        for arm in sim.ARMS:
+        for arm in ARMS:
             engine, matched = replay(arm, ps, reqs, 2, 2 * ps, roomy(reqs, ps), device=dev)
             out[(dev, arm)] = (matched, engine.hits)
             finish_clean(engine)
@@ -172,7 +173,7 @@ def test_differential_sees_real_reuse_and_chunked_checkpoints():
     reqs = [
         SimpleNamespace(rid=f"r{i}", prompt=shared + [50 + i] * (i + 1), output=[7, 8, 9]) for i in range(5)
     ]
-    for arm in sim.ARMS:
+    for arm in ARMS:
         engine, matched = replay(arm, ps, reqs, concurrency=2, chunk=8, kv_tokens=roomy(reqs, ps))
         # r0's chunk checkpoints (8, 16, 24) are cached when r1 arrives, so r1 hits 24 and then
         # computes block 6 (tokens 24-27) while r0 holds its own copy: whichever finishes second

@@ -11,6 +11,7 @@ import pytest
 
 sim = pytest.importorskip("bcr.prefix.sim")
 
+from bcr.contracts import ARMS  # noqa: E402
 from bcr.prefix import launcher, plugin  # noqa: E402
 from bcr.prefix.cache import BCRCache  # noqa: E402
 
@@ -113,9 +114,7 @@ def test_server_command_selects_the_arm_and_nothing_else_differs(arm, backend, c
     env = spec.env({"SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "stale", "PATH": "/bin"})
     assert env.get("SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND") == core
     assert env["PATH"] == "/bin"
-    others = {
-        a: _parse(launcher.ServerSpec(model=spec.model, arm=a, port=31000)) for a in launcher.ARM_BACKENDS
-    }
+    others = {a: _parse(launcher.ServerSpec(model=spec.model, arm=a, port=31000)) for a in ARMS}
     differing = {k for a in others for k, v in vars(others[a]).items() if v != vars(others["bcr"])[k]}
     assert differing <= {"radix_cache_backend"}
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bcr.tiered.sweep import METRIC_COLUMNS
+from bcr.contracts import TIERED_COLUMNS
 
 pytestmark = pytest.mark.workflow
 
@@ -28,7 +28,7 @@ def _rows(setting: str, context: int, exact: bool) -> pd.DataFrame:
     for i in range(2):
         for path in ("dense", "densify"):
             ok = exact or path == "dense" or i == 0
-            row = {c: None for c in METRIC_COLUMNS}
+            row = {c: None for c in TIERED_COLUMNS}
             row.update(
                 setting=setting,
                 context=context,

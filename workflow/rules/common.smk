@@ -1,26 +1,32 @@
 # Shared helpers: config validation, the effective-config file every rule reads, rerun hashes.
-import sys
+# Result paths come from bcr/contracts.py; rules refer to each other's outputs (rules.X.output).
 from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
 
 from bcr import config as bcr_config
-from bcr.codehash import code_hash
+from bcr import contracts as C
+from bcr.codehash import command_hash
 
 REPO = Path(workflow.basedir)
-RUN_CONFIG = "results/run/config.yaml"
+RUN_CONFIG = C.RUN_CONFIG.path()
 # Every rule's software (used with --sdm conda on the cluster; the CPU default runs in .venv).
 BCR_ENV = "../envs/bcr.yaml"
 _sources = ", ".join(str(f) for f in workflow.configfiles) or "config"
 
 try:
+    # The Snakefile loads the default only when the command line names no config file; a file that
+    # is named must be one complete config, optionally followed by overlays (bcr.config.check_layers).
+    bcr_config.read_layers(workflow.configfiles)
     bcr_config.validate(config, source=_sources)
 except bcr_config.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 CONTEXTS = [int(c) for c in config["prompts"]["contexts"]]
 LOCAL_MODEL = config["model"]["source"] == "local"
+# Timed rules take all the runtime's threads, so two timed jobs never share the cores.
+TIMED_THREADS = int(config["runtime"]["threads"])
 
 
 def section_hash(*keys):

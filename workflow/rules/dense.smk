@@ -6,17 +6,18 @@ rule dense_baseline:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        prompts="results/prompts/{context}.parquet",
+        prompts=rules.build_prompts.output[0],
         ckpt=model_checkpoint_files(),
     output:
-        "results/dense/{context}.parquet",
+        C.DENSE.path(),
     wildcard_constraints:
         context=r"\d+",
     params:
-        code=code_hash("dense.py", "generation.py", "models.py", "runtime.py", "provenance.py"),
+        code=command_hash("dense", "run"),
         cfg=section_hash("runtime", "model", "generation"),
     log:
         "logs/dense_baseline/{context}.log",
+    threads: TIMED_THREADS
     resources:
         runtime=120,
         mem_mb=16000,

@@ -12,12 +12,13 @@ if LOCAL_MODEL:
         output:
             model_checkpoint_files(),
         params:
-            code=code_hash("training.py", "models.py", "prompts.py"),
+            code=command_hash("model", "train"),
             cfg=bcr_config.config_hash(
                 {"model": config["model"], "needle": config["prompts"].get("needle"), "contexts": CONTEXTS}
             ),
         log:
             "logs/train_tiny_model.log",
+        threads: TIMED_THREADS
         resources:
             runtime=60,
             mem_mb=8000,
@@ -33,12 +34,13 @@ rule model_card:
         cfg=ancient(RUN_CONFIG),
         ckpt=model_checkpoint_files(),
     output:
-        card="results/model/card.json",
-        accuracy="results/model/accuracy.parquet",
+        card=C.MODEL_CARD.path(),
+        accuracy=C.MODEL_ACCURACY.path(),
     params:
-        code=code_hash("models.py", "training.py", "provenance.py"),
+        code=command_hash("model", "card"),
         cfg=section_hash("runtime", "model", "prompts"),
     log:
         "logs/model_card.log",
+    threads: TIMED_THREADS
     shell:
         "bcr model card --config {input.cfg} --out {output.card} --accuracy {output.accuracy} > {log} 2>&1"

@@ -7,11 +7,11 @@ rule build_prompts:
     input:
         cfg=ancient(RUN_CONFIG),
     output:
-        "results/prompts/{context}.parquet",
+        C.PROMPTS.path(),
     wildcard_constraints:
         context=r"\d+",
     params:
-        code=code_hash("prompts.py"),
+        code=command_hash("prompts", "build"),
         cfg=bcr_config.config_hash(
             {
                 "prompts": config["prompts"],

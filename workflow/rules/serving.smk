@@ -1,8 +1,5 @@
-# Exact-prefix serving (DESIGN.md §3): the cache-operation benchmark of every arm on the workloads'
-# token traces (CPU, no model).  Server runs on GPUs extend this file (bcr.prefix.launcher).
-
-SERVING_CACHE_OPS = "results/serving/cache_ops.parquet"
-SERVING_SITE_INPUTS = [SERVING_CACHE_OPS]
+# Exact-prefix serving (DESIGN.md, "Exact-prefix serving"): the cache-operation benchmark of every
+# arm on the workloads' token traces (CPU, no model).  Server runs on GPUs extend this file.
 
 
 rule cache_ops:
@@ -12,12 +9,13 @@ rule cache_ops:
     input:
         cfg=ancient(RUN_CONFIG),
     output:
-        SERVING_CACHE_OPS,
+        C.CACHE_OPS.path(),
     params:
-        code=code_hash("prefix", "serving", "runtime.py", "provenance.py"),
+        code=command_hash("prefix", "bench"),
         cfg=section_hash("serving", "runtime", "model"),
     log:
         "logs/serving/cache_ops.log",
+    threads: TIMED_THREADS
     resources:
         runtime=30,
         mem_mb=8000,

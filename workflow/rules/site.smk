@@ -2,16 +2,20 @@
 # `mkdocs build --strict` (the last rule of the DAG).  Publishing a version with mike stays
 # outside the DAG (site/publishing.md).
 #
-# Inputs: every result file of this config's DAG (bcr/ledger/workflow.py).  A track contributes
-# its files by defining TIERED_SITE_INPUTS / SERVING_SITE_INPUTS / CORRECTNESS_SITE_INPUTS /
-# PEERS_SITE_INPUTS (a list of paths or an input function) in its own rule file.
-from bcr.ledger import workflow as site_workflow
-
-SITE_INDEX = "results/site/index.html"
-LEDGER = "results/ledger.parquet"
+# Inputs: every result file the ledger and the pages read, named by the rules that write them, so
+# a track added to the DAG adds its outputs here; files known only after the sweep checkpoint (the
+# per-prompt tiered runs) come from an input function the checkpoint re-evaluates.
+SITE_RESULTS = [
+    *rules.model_card.output,
+    *expand(rules.dense_baseline.output[0], context=CONTEXTS),
+    rules.tiered_promote.output.summary,
+    *rules.tiered_promotion_summary.output,
+    *rules.cache_ops.output,
+]
 CLAIMS_FILE = str(REPO / "config" / "claims.yaml")
 REFERENCE_FILE = str(REPO / "config" / "reference.yaml")
 MKDOCS_FILE = str(REPO / "mkdocs.yml")
+DESIGN_FILE = str(REPO / "DESIGN.md")
 SITE_SOURCES = sorted(str(p) for p in (REPO / "site").rglob("*") if p.is_file())
 
 
@@ -22,21 +26,22 @@ rule evaluate_claims:
     input:
         cfg=ancient(RUN_CONFIG),
         claims=CLAIMS_FILE,
-        results=site_workflow.static_inputs(globals()),
-        promoted=lambda w: site_workflow.dynamic_inputs(globals(), w),
+        results=SITE_RESULTS,
+        tiered=lambda w: tiered_workflow.checkpoint_results(checkpoints.tiered_promote, config),
     output:
-        LEDGER,
+        C.LEDGER.path(),
     params:
-        code=code_hash("ledger", "tiered/sweep.py"),
+        code=command_hash("site", "ledger"),
         cfg=bcr_config.config_hash(config),
+        results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
     log:
         "logs/evaluate_claims.log",
     resources:
         runtime=10,
         mem_mb=4000,
     shell:
-        "bcr site ledger --config {input.cfg} --claims {input.claims} --results results --out {output} "
-        "> {log} 2>&1"
+        "bcr site ledger --config {input.cfg} --claims {input.claims} --results {params.results} "
+        "--out {output} > {log} 2>&1"
 
 
 rule build_site:
@@ -45,24 +50,26 @@ rule build_site:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        ledger=LEDGER,
+        ledger=rules.evaluate_claims.output[0],
         claims=CLAIMS_FILE,
         reference=REFERENCE_FILE,
         mkdocs=MKDOCS_FILE,
+        design=DESIGN_FILE,
         sources=SITE_SOURCES,
-        results=site_workflow.static_inputs(globals()),
-        promoted=lambda w: site_workflow.dynamic_inputs(globals(), w),
+        results=SITE_RESULTS,
+        tiered=lambda w: tiered_workflow.checkpoint_results(checkpoints.tiered_promote, config),
     output:
-        SITE_INDEX,
+        C.SITE_INDEX.path(),
     params:
-        code=code_hash("ledger", "tiered/sweep.py"),
+        code=command_hash("site", "build"),
         cfg=bcr_config.config_hash(config),
         repo=lambda w, input: str(Path(input.mkdocs).parent),
+        results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
     log:
         "logs/build_site.log",
     resources:
         runtime=15,
         mem_mb=4000,
     shell:
-        "bcr site build --config {input.cfg} --repo {params.repo} --results results --ledger {input.ledger} "
-        "--claims {input.claims} --reference {input.reference} > {log} 2>&1"
+        "bcr site build --config {input.cfg} --repo {params.repo} --results {params.results} "
+        "--ledger {input.ledger} --claims {input.claims} --reference {input.reference} > {log} 2>&1"

@@ -1,6 +1,6 @@
-# Tiered compression (DESIGN.md §2): the sweep at the first context is a checkpoint whose promoted.json
-# decides which settings run at the promotion contexts; the list comes from the checkpoint's output
-# (or the config's validated override), never from a hand-written list in this file.
+# Tiered compression (DESIGN.md, "Tiered compression"): the sweep at the first context is a
+# checkpoint whose promoted.json decides which settings run at the promotion contexts; the list comes
+# from the checkpoint's output (or the config's validated override), never from a hand-written list.
 import re
 
 from bcr.tiered import settings as tiered_settings
@@ -10,12 +10,6 @@ TIERED_SWEEP_CONTEXT = tiered_settings.sweep_context(config)
 TIERED_PROMOTION_CONTEXTS = tiered_settings.promotion_contexts(config)
 TIERED_SWEEP = tiered_settings.sweep_settings(config)
 TIERED_SETTING_NAMES = "|".join(re.escape(s) for s in sorted(config["tiered"]["settings"]))
-TIERED_PROMOTED = "results/tiered/promoted.json"
-TIERED_SWEEP_SUMMARY = "results/tiered/sweep_summary.parquet"
-TIERED_PROMOTION_SUMMARY = "results/tiered/promotion_summary.parquet"
-TIERED_CODE = code_hash(
-    "tiered", "dense.py", "generation.py", "models.py", "prompts.py", "runtime.py", "provenance.py"
-)
 
 
 rule tiered_sweep:
@@ -24,21 +18,20 @@ rule tiered_sweep:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        prompts=f"results/prompts/{TIERED_SWEEP_CONTEXT}.parquet",
-        dense=f"results/dense/{TIERED_SWEEP_CONTEXT}.parquet",
+        prompts=expand(rules.build_prompts.output[0], context=TIERED_SWEEP_CONTEXT),
+        dense=expand(rules.dense_baseline.output[0], context=TIERED_SWEEP_CONTEXT),
         ckpt=model_checkpoint_files(),
     output:
-        "results/tiered/sweep/{setting}.parquet",
+        C.TIERED_SWEEP.path(),
     wildcard_constraints:
         setting=TIERED_SETTING_NAMES,
     params:
-        code=TIERED_CODE,
+        code=command_hash("tiered", "run"),
         cfg=lambda w: tiered_workflow.run_hash(config, w.setting),
         context=TIERED_SWEEP_CONTEXT,
     log:
         "logs/tiered_sweep/{setting}.log",
-    # All the runtime's threads: timed runs never share the cores with another job.
-    threads: config["runtime"]["threads"]
+    threads: TIMED_THREADS
     resources:
         runtime=90,
         mem_mb=32000,
@@ -53,12 +46,12 @@ checkpoint tiered_promote:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        sweep=expand("results/tiered/sweep/{setting}.parquet", setting=TIERED_SWEEP),
+        sweep=expand(rules.tiered_sweep.output[0], setting=TIERED_SWEEP),
     output:
-        promoted=TIERED_PROMOTED,
-        summary=TIERED_SWEEP_SUMMARY,
+        promoted=C.TIERED_PROMOTED.path(),
+        summary=C.TIERED_SWEEP_SUMMARY.path(),
     params:
-        code=code_hash("tiered"),
+        code=command_hash("tiered", "promote"),
         cfg=section_hash("tiered", "prompts"),
     log:
         "logs/tiered_promote.log",
@@ -76,20 +69,20 @@ rule tiered_promotion:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        prompts="results/prompts/{context}.parquet",
-        dense="results/dense/{context}.parquet",
+        prompts=rules.build_prompts.output[0],
+        dense=rules.dense_baseline.output[0],
         ckpt=model_checkpoint_files(),
     output:
-        "results/tiered/promotion/{context}/{setting}.parquet",
+        C.TIERED_PROMOTION.path(),
     wildcard_constraints:
         context=r"\d+",
         setting=TIERED_SETTING_NAMES,
     params:
-        code=TIERED_CODE,
+        code=command_hash("tiered", "run"),
         cfg=lambda w: tiered_workflow.run_hash(config, w.setting),
     log:
         "logs/tiered_promotion/{context}/{setting}.log",
-    threads: config["runtime"]["threads"]
+    threads: TIMED_THREADS
     resources:
         runtime=180,
         mem_mb=48000,
@@ -104,15 +97,15 @@ rule tiered_promotion_summary:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        promoted=TIERED_PROMOTED,
+        promoted=rules.tiered_promote.output.promoted,
         # Evaluated only after the checkpoint has run: its promoted.json names the settings.
         runs=lambda w: tiered_workflow.promotion_files(
             checkpoints.tiered_promote.get().output.promoted, TIERED_PROMOTION_CONTEXTS
         ),
     output:
-        TIERED_PROMOTION_SUMMARY,
+        C.TIERED_PROMOTION_SUMMARY.path(),
     params:
-        code=code_hash("tiered"),
+        code=command_hash("tiered", "summarize"),
     log:
         "logs/tiered_promotion_summary.log",
     resources:

@@ -1,0 +1,205 @@
+"""The result contracts and the names every track writes against, defined once.
+
+A result file is named here by its path pattern under ``results/`` and the columns its readers rely
+on; the rules build their outputs from :meth:`ResultFile.path`, the writers build their frames from
+the column lists, and the ledger reads by the same patterns and columns, so none of them imports
+another track to learn a name.  Pure data: importing this module loads nothing but the standard
+library.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RESULTS_ROOT = "results"
+
+# --- shared names ---------------------------------------------------------------------------------
+
+# How the question reaches the cache: read with the context before compression (``question_aware``,
+# the study's protocol) or fed through the already compressed cache (``question_agnostic``, kvpress's
+# protocol and what a cache shared by many questions needs).
+QUERY_MODES = ("question_aware", "question_agnostic")
+QUERY_MODE = "query_mode"
+WORKLOAD = "workload"  # the prompt family (or serving workload) a row belongs to
+EXACT = "exact"  # greedy tokens identical to the dense reference over the whole compared trajectory
+EXACT_ANSWER = "exact_answer"  # identical over the answer span only (the note's claim)
+
+# Serving arms: our cache, SGLang's Python RadixCache, and UnifiedRadixCache on each of its cores.
+ARMS = ("bcr", "radix", "unified_python", "unified_rust")
+# Decode paths: the stock transformers cache (the reference) and the tiered ones (bcr.tiered.paths).
+DENSE_PATH = "dense"
+DECODE_PATHS = ("densify",)
+
+PROVENANCE_COLUMNS = [
+    "run_id",
+    "config_hash",
+    "git_commit",
+    "model",
+    "device",
+    "torch",
+    "transformers",
+    "sglang",
+]
+
+# --- column contracts ----------------------------------------------------------------------------
+
+PROMPT_COLUMNS = [
+    "prompt_id",
+    "context",
+    "input_ids",
+    "answer_ids",
+    "answer_text",
+    "needle_start",
+    "needle_end",
+    "depth",
+    "renderer",
+]
+ACCURACY_COLUMNS = ["context", "n", "accuracy", "metric"]
+DENSE_COLUMNS = [
+    "prompt_id",
+    "context",
+    "prompt_tokens",
+    "output_ids",
+    "n_generated",
+    "answer_correct",
+    "ttft_s",
+    "tpot_s",
+    "kv_bytes",
+    "peak_mem_bytes",
+    "peak_prefill_bytes",
+    "peak_decode_bytes",
+    "repeats",
+]
+# One row per (setting, context, prompt, decode path), written by the tiered harness.
+TIERED_COLUMNS = [
+    "setting",
+    "context",
+    "prompt_id",
+    "decode_path",
+    EXACT,
+    "first_divergence",
+    "max_logit_diff",
+    "answer_correct",
+    "logical_tokens",
+    "stored_tokens",
+    "compression",
+    "stored_fraction",
+    "ttft_s",
+    "tpot_s",
+    "ttft_ratio",
+    "tpot_ratio",
+    "kv_bytes_stored",
+    "kv_bytes_peak",
+    "peak_mem_bytes",
+]
+SWEEP_SUMMARY_COLUMNS = [
+    "setting",
+    "context",
+    "decode_path",
+    "n_prompts",
+    "n_exact",
+    "exact",
+    "exactness",
+    "compression",
+    "stored_fraction",
+    "control",
+    "promoted",
+    "first_failure",
+]
+PROMOTION_SUMMARY_COLUMNS = [
+    "setting",
+    "context",
+    "decode_path",
+    "n_prompts",
+    "n_exact",
+    "exact",
+    "exactness",
+    "compression",
+    "stored_fraction",
+    "ttft_ratio",
+    "tpot_ratio",
+    "dense_peak_mem_bytes",
+    "tiered_peak_mem_bytes",
+    "delta_vram_pct",
+    "dense_kv_bytes_peak",
+    "tiered_kv_bytes_peak",
+    "delta_kv_peak_pct",
+    "first_failure",
+]
+CACHE_OPS_COLUMNS = [
+    "arm",
+    WORKLOAD,
+    "page_size",
+    "op",
+    "n",
+    "us_p50",
+    "us_p99",
+    "us_mean",
+    "tokens",
+    "cached_tokens",
+    "requests",
+    "replays",
+    "clock",
+]
+# Files later tracks write (the ledger already reads them when present).
+SERVING_COLUMNS = ["ttft_s", "e2e_s", "cached_tokens"]
+LONGCTX_COLUMNS = ["prompt_id", EXACT]
+DECOMPOSITION_COLUMNS = ["setting", "context", "decode_path", "phase", "seconds"]
+PEERS_COLUMNS = ["press", "context", "prompt_id", "stored_fraction", EXACT]
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One result file (or a family of them): its pattern under ``results/`` and required columns."""
+
+    pattern: str
+    columns: tuple[str, ...] = ()
+    what: str = ""
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"\{(\w+)\}", self.pattern))
+
+    def path(self, **values: object) -> str:
+        """``results/<pattern>``; wildcards not given stay ``{name}`` (a Snakemake pattern)."""
+        filled = re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), self.pattern)
+        return f"{RESULTS_ROOT}/{filled}"
+
+    @property
+    def glob(self) -> str:
+        """The pattern relative to the results root with every wildcard as ``*``."""
+        return re.sub(r"\{\w+\}", "*", self.pattern)
+
+
+def _file(pattern: str, columns: list[str] | None = None, what: str = "") -> ResultFile:
+    return ResultFile(pattern, tuple(columns or ()), what)
+
+
+RUN_CONFIG = _file("run/config.yaml", what="the effective config of the run")
+MODEL_CARD = _file("model/card.json", what="model card: parameters, checksum, training report")
+MODEL_ACCURACY = _file("model/accuracy.parquet", ACCURACY_COLUMNS, "needle accuracy per context")
+PROMPTS = _file("prompts/{context}.parquet", PROMPT_COLUMNS, "the deterministic prompt set of a context")
+DENSE = _file("dense/{context}.parquet", DENSE_COLUMNS, "dense baseline, one row per prompt")
+TIERED_SWEEP = _file("tiered/sweep/{setting}.parquet", TIERED_COLUMNS, "one setting at the sweep context")
+TIERED_PROMOTED = _file("tiered/promoted.json", what="the sweep checkpoint's decision")
+TIERED_SWEEP_SUMMARY = _file("tiered/sweep_summary.parquet", SWEEP_SUMMARY_COLUMNS, "the note's table 1")
+TIERED_PROMOTION = _file(
+    "tiered/promotion/{context}/{setting}.parquet", TIERED_COLUMNS, "a promoted setting at a larger context"
+)
+TIERED_PROMOTION_SUMMARY = _file(
+    "tiered/promotion_summary.parquet", PROMOTION_SUMMARY_COLUMNS, "the note's table 2"
+)
+TIERED_DECOMPOSITION = _file("tiered/decomposition.parquet", DECOMPOSITION_COLUMNS, "latency phases")
+CACHE_OPS = _file("serving/cache_ops.parquet", CACHE_OPS_COLUMNS, "µs per cache operation and arm")
+SERVING_REQUESTS = _file(
+    "serving/{engine}/{workload}/{arm}.parquet", SERVING_COLUMNS, "one row per served request"
+)
+LONGCTX = _file("correctness/longctx.parquet", LONGCTX_COLUMNS, "bcr vs radix outputs near max context")
+PEERS = _file("peers/kvpress.parquet", PEERS_COLUMNS, "kvpress presses on our prompts")
+LEDGER = _file("ledger.parquet", what="one computed verdict per claim")
+SITE_INDEX = _file("site/index.html", what="the built site")
+
+RESULT_FILES: dict[str, ResultFile] = {
+    name.lower(): f for name, f in dict(globals()).items() if isinstance(f, ResultFile) and name.isupper()
+}
