@@ -1,7 +1,7 @@
 """Greedy decoding with explicit positions, timed honestly.
 
 A manual loop rather than ``generate``: a compressed cache stores fewer tokens than it represents,
-and ``generate`` derives positions from what it thinks was fed (DESIGN.md §6).  Positions here are
+and ``generate`` derives positions from what it thinks was fed (DESIGN.md, "Facts checked against the pinned versions").  Positions here are
 always the logical ones (prompt length + step).  On a plain DynamicCache this loop equals
 ``generate(do_sample=False)`` token for token (tests/test_generation.py checks it).
 """

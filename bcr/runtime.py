@@ -1,7 +1,7 @@
 """Process-wide determinism and timing helpers.
 
 Bit-identical greedy outputs need the same seed, the same thread count and the same attention
-implementation (DESIGN.md §6); every measuring command calls :func:`setup_runtime` first.
+implementation (DESIGN.md, "Facts checked against the pinned versions"); every measuring command calls :func:`setup_runtime` first.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tiered KV compression on transformers' own cache API (DESIGN.md §2).
+"""Tiered KV compression on transformers' own cache API (DESIGN.md, "Tiered compression").
 
 Modules, one job each:
 

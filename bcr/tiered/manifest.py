@@ -1,6 +1,6 @@
 """The page manifest of a compressed layer: which pages stay exact, which became phantoms, and why.
 
-Selection, per compressed layer (DESIGN.md §2):
+Selection, per compressed layer (DESIGN.md, "Tiered compression"):
 
 1. the sink page(s) and the recent window (the newest, possibly partial, pages) are exact;
 2. pages are added by importance until at least ``retain`` x N logical tokens are exact;
