@@ -93,7 +93,8 @@ TIERED_COLUMNS = [
     "kv_bytes_peak",
     "peak_mem_bytes",
 ]
-SWEEP_SUMMARY_COLUMNS = [
+# Both summary tables start with a setting's exactness and compression at one context.
+_SUMMARY_COLUMNS = [
     "setting",
     "context",
     "decode_path",
@@ -103,20 +104,10 @@ SWEEP_SUMMARY_COLUMNS = [
     "exactness",
     "compression",
     "stored_fraction",
-    "control",
-    "promoted",
-    "first_failure",
 ]
+SWEEP_SUMMARY_COLUMNS = [*_SUMMARY_COLUMNS, "control", "promoted", "first_failure"]
 PROMOTION_SUMMARY_COLUMNS = [
-    "setting",
-    "context",
-    "decode_path",
-    "n_prompts",
-    "n_exact",
-    "exact",
-    "exactness",
-    "compression",
-    "stored_fraction",
+    *_SUMMARY_COLUMNS,
     "ttft_ratio",
     "tpot_ratio",
     "dense_peak_mem_bytes",
