@@ -107,6 +107,20 @@ def attach(df: pd.DataFrame, prov: dict) -> pd.DataFrame:
     return out
 
 
-def write_rows(df: pd.DataFrame, path: str | Path, config: dict, device: torch.device | str) -> Path:
-    """Write result rows atomically with the provenance of the run that measured them."""
-    return io.write_parquet(attach(df, provenance(config, device)), path)
+def write_rows(
+    df: pd.DataFrame,
+    path: str | Path,
+    config: dict,
+    device: torch.device | str,
+    measured_on: str | None = None,
+) -> dict[str, str | None]:
+    """Write result rows atomically with the provenance of the run; returns that provenance.
+
+    ``measured_on`` replaces the device column for a table computed from rows measured elsewhere (a
+    summary job may run on a CPU node of the cluster while its rows were measured on a GPU).
+    """
+    prov = provenance(config, device)
+    if measured_on:
+        prov["device"] = measured_on
+    io.write_parquet(attach(df, prov), path)
+    return prov

@@ -107,13 +107,10 @@ def _read_rows(paths: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TIERED_COLUMNS)
 
 
-def _summary_provenance(config: dict, rows: pd.DataFrame) -> dict:
-    """Provenance of a table computed from measured rows: the device is the one the rows were measured on
-    (the summarising job itself may run on a CPU node of the cluster)."""
-    prov = provenance.provenance(config, "cpu")
+def _measured_on(rows: pd.DataFrame) -> str | None:
+    """The devices a summary's rows were measured on (the summarising job may run elsewhere)."""
     devices = sorted(set(rows["device"])) if "device" in rows else []
-    prov["device"] = ",".join(devices) if devices else prov["device"]
-    return prov
+    return ",".join(devices) or None
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -134,8 +131,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     )
     decision["promotion_contexts"] = ts.promotion_contexts(config)
     summary = sweep_summary(rows, ts.control_settings(config), decision["promoted"])
-    prov = _summary_provenance(config, rows)
-    io.write_parquet(provenance.attach(summary, prov), args.summary)
+    prov = provenance.write_rows(summary, args.summary, config, "cpu", measured_on=_measured_on(rows))
     decision["run_id"] = prov["run_id"]
     io.write_json(decision, args.out)
     print(
@@ -150,8 +146,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     config = load_config(args)
     rows = _read_rows(args.inputs)
     summary = promotion_summary(rows)
-    prov = _summary_provenance(config, rows)
-    io.write_parquet(provenance.attach(summary, prov), args.out)
+    provenance.write_rows(summary, args.out, config, "cpu", measured_on=_measured_on(rows))
     print(
         summary.to_string(index=False)
         if not summary.empty
