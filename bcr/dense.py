@@ -1,12 +1,11 @@
 """Dense baseline: greedy generation with the stock transformers cache, with a determinism gate.
 
-Every prompt is generated ``repeats`` times with a fresh cache; if two runs disagree on a single
-token the command fails, because every exactness claim downstream compares against these tokens.
+Every prompt is generated ``repeats`` times with a fresh cache by the shared measuring loop
+(:mod:`bcr.measure`); if two runs disagree on a single token the command fails, because every
+exactness claim downstream compares against these tokens.
 """
 
 from __future__ import annotations
-
-import statistics
 
 import pandas as pd
 import torch
@@ -14,25 +13,9 @@ from tqdm import tqdm
 
 from bcr.contracts import DENSE_COLUMNS
 from bcr.generation import cache_nbytes, greedy
+from bcr.measure import check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
 from bcr.prompts import answer_correct
-
-
-class DeterminismError(RuntimeError):
-    """Repeats of the same greedy run disagree, or a run disagrees with the dense baseline file.
-
-    The gate every exactness claim rests on; the tiered harness raises it too."""
-
-
-def median_present(xs: list[float | None]) -> float | None:
-    """Median of the measured values (None = not measured, e.g. CUDA memory on CPU); None if none."""
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def max_present(xs: list[int | None]) -> int | None:
-    xs = [x for x in xs if x is not None]
-    return max(xs) if xs else None
 
 
 def run_dense(
@@ -52,21 +35,15 @@ def run_dense(
     rows = []
     for i, row in enumerate(tqdm(prompts.to_dict("records"), desc="dense", disable=not progress)):
         ids = torch.tensor([list(row["input_ids"])], device=device)
-        if i == 0:
-            for _ in range(generation["warmup"]):
-                greedy(loaded.model, ids, **kw)
-        runs = []
-        for _ in range(generation["repeats"]):
+
+        def once(ids=ids):
             res, cache = greedy(loaded.model, ids, **kw)
-            runs.append((res, cache_nbytes(cache)))
-            del cache
+            return res, cache_nbytes(cache)
+
+        warmup = generation["warmup"] if i == 0 else 0
+        runs = interleaved({"dense": once}, generation["repeats"], warmup)["dense"]
+        check_repeats([r.tokens for r, _ in runs], "dense", row["prompt_id"])
         first = runs[0][0].tokens
-        for r, _ in runs[1:]:
-            if r.tokens != first:
-                raise DeterminismError(
-                    f"prompt {row['prompt_id']}: greedy outputs differ between repeats "
-                    f"({first} vs {r.tokens}); pin threads/attention implementation before measuring"
-                )
         peaks_prefill = [r.peak_prefill_bytes for r, _ in runs]
         peaks_decode = [r.peak_decode_bytes for r, _ in runs]
         rows.append(

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bcr import prompts
-from bcr.dense import DENSE_COLUMNS, DeterminismError, run_dense
+from bcr.dense import DENSE_COLUMNS, run_dense
+from bcr.measure import DeterminismError
 from bcr.models import LoadedModel
 
 GEN = {"max_new_tokens": 4, "stop_at_eos": False, "warmup": 1, "repeats": 2}

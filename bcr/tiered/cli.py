@@ -10,7 +10,7 @@ import pandas as pd
 from bcr import config as cfgmod
 from bcr import io, provenance
 from bcr.cliutil import add_config_arg, load_config
-from bcr.contracts import PROMPT_COLUMNS, TIERED_COLUMNS
+from bcr.contracts import DENSE_PATH, PROMPT_COLUMNS, TIERED_COLUMNS
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=progress,
     )
     provenance.write_rows(df, args.out, config, device)
-    t = df[df["decode_path"] != "dense"]
+    t = df[df["decode_path"] != DENSE_PATH]
     print(
         f"tiered {args.setting} @ {args.context}: exact {int(t['exact'].sum())}/{len(t)}, "
         f"compression {t['compression'].median():.3f}, ttft x{t['ttft_ratio'].median():.2f}, "

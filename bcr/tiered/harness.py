@@ -1,7 +1,8 @@
 """One setting over a prompt set: dense and tiered greedy runs interleaved in one process.
 
-Per prompt, after a warm-up of every path (first prompt only), each repeat runs dense, then each
-tiered decode path, on fresh caches.  Rows: one ``dense`` row (the stock ``DynamicCache`` reference)
+Per prompt, after a warm-up of every path (first prompt only), each repeat runs dense and each
+tiered decode path once, on fresh caches, the order rotating from repeat to repeat (dense first,
+then a tiered path first: the shared loop of :mod:`bcr.measure`).  Rows: one ``dense`` row (the stock ``DynamicCache`` reference)
 and one row per tiered decode path.  Tokens must agree across repeats (determinism gate) and the
 in-process dense tokens must equal the dense baseline file when one is given: otherwise nothing
 downstream could be trusted, so the run fails loudly.
@@ -33,9 +34,9 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from bcr.contracts import TIERED_COLUMNS
-from bcr.dense import DeterminismError, max_present, median_present
+from bcr.contracts import DENSE_PATH, TIERED_COLUMNS
 from bcr.generation import GreedyResult, cache_nbytes, greedy
+from bcr.measure import DeterminismError, check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
 from bcr.prompts import answer_correct
 from bcr.tiered.attention import tiered_attention
@@ -144,17 +145,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _check_same(runs: list[TieredRun], what: str, prompt_id: str) -> None:
-    first = runs[0].result.tokens
-    for r in runs[1:]:
-        if r.result.tokens != first:
-            raise DeterminismError(
-                f"prompt {prompt_id}: {what} greedy outputs differ between repeats ({first} vs {r.result.tokens}); "
-                "pin threads/attention implementation before measuring"
-            )
-    m0 = [m.to_json() for m in runs[0].manifests]
-    for r in runs[1:]:
-        if [m.to_json() for m in r.manifests] != m0:
-            raise DeterminismError(f"prompt {prompt_id}: {what} page manifests differ between repeats")
+    check_repeats([r.result.tokens for r in runs], what, prompt_id)
+    check_repeats([[m.to_json() for m in r.manifests] for r in runs], what, prompt_id, "page manifests")
 
 
 def lost_pages(manifests: list[LayerManifest], needle: list[int]) -> tuple[list[int], str]:
@@ -176,7 +168,7 @@ def lost_pages(manifests: list[LayerManifest], needle: list[int]) -> tuple[list[
 
 def _row(setting: TieredSetting, prompt: dict, path: str, runs: list[TieredRun], dense: list[TieredRun], tok):
     r0 = runs[0]
-    if path == "dense":
+    if path == DENSE_PATH:
         exact, first, diff = True, None, 0.0
     else:
         exact, first, diff = compare(dense[0].result, r0.result)
@@ -211,16 +203,16 @@ def _row(setting: TieredSetting, prompt: dict, path: str, runs: list[TieredRun],
         "prompt_tokens": len(prompt["input_ids"]),
         "n_generated": len(r0.result.tokens),
         "output_ids": list(r0.result.tokens),
-        "band_layers": [m.layer for m in r0.manifests] if path != "dense" else [],
+        "band_layers": [m.layer for m in r0.manifests] if path != DENSE_PATH else [],
         "compress_s": median_present([r.compress_s for r in runs]),
         "kv_bytes_peak_prefill": r0.peak_bytes_prefill,
         "kv_bytes_peak_decode": r0.peak_bytes_decode,
         "peak_prefill_bytes": peak_pre,
         "peak_decode_bytes": peak_dec,
         "needle_pages": needle,
-        "needle_phantom_layers": needle_layers if path != "dense" else [],
+        "needle_phantom_layers": needle_layers if path != DENSE_PATH else [],
         "lost": None if exact else account,
-        "manifest": json.dumps([m.to_json() for m in r0.manifests]) if path != "dense" else "[]",
+        "manifest": json.dumps([m.to_json() for m in r0.manifests]) if path != DENSE_PATH else "[]",
         "setting_json": json.dumps(setting.as_dict(), sort_keys=True),
         "repeats": len(runs),
     }
@@ -246,17 +238,14 @@ def measure_setting(
     for i, prompt in enumerate(prompts.to_dict("records")):
         ids = torch.tensor([list(prompt["input_ids"])], device=device)
         forced = (forced_phantom or {}).get(prompt["prompt_id"])
-        if i == 0:
-            for _ in range(generation["warmup"]):
-                run_dense(loaded, ids, kw)
-                for path in decode_paths:
-                    run_tiered(loaded, ids, setting, path, kw, forced)
-        dense: list[TieredRun] = []
-        tiered: dict[str, list[TieredRun]] = {p: [] for p in decode_paths}
-        for _ in range(generation["repeats"]):
-            dense.append(run_dense(loaded, ids, kw))
-            for path in decode_paths:
-                tiered[path].append(run_tiered(loaded, ids, setting, path, kw, forced))
+        arms = {DENSE_PATH: lambda ids=ids: run_dense(loaded, ids, kw)}
+        for path in decode_paths:
+            arms[path] = lambda ids=ids, path=path, forced=forced: run_tiered(
+                loaded, ids, setting, path, kw, forced
+            )
+        runs = interleaved(arms, generation["repeats"], generation["warmup"] if i == 0 else 0)
+        dense = runs[DENSE_PATH]
+        tiered = {path: runs[path] for path in decode_paths}
         pid = prompt["prompt_id"]
         _check_same(dense, "dense", pid)
         for path in decode_paths:
@@ -270,7 +259,7 @@ def measure_setting(
                     f"prompt {pid}: in-process dense tokens {dense[0].result.tokens} differ from the dense "
                     f"baseline file {list(ref)}; the runs are not comparable"
                 )
-        rows.append(_row(setting, prompt, "dense", dense, dense, loaded.tokenizer))
+        rows.append(_row(setting, prompt, DENSE_PATH, dense, dense, loaded.tokenizer))
         for path in decode_paths:
             rows.append(_row(setting, prompt, path, tiered[path], dense, loaded.tokenizer))
         if progress is not None:

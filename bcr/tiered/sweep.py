@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bcr.contracts import PROMOTION_SUMMARY_COLUMNS, SWEEP_SUMMARY_COLUMNS
+from bcr.contracts import DENSE_PATH, PROMOTION_SUMMARY_COLUMNS, SWEEP_SUMMARY_COLUMNS
 
 
 class ControlFailedError(RuntimeError):
@@ -47,7 +47,7 @@ def _group_stats(g: pd.DataFrame) -> dict:
 def sweep_summary(rows: pd.DataFrame, controls: list[str], promoted: list[str]) -> pd.DataFrame:
     """One row per (setting, tiered decode path): exact on every prompt?"""
     out = []
-    tiered = rows[rows["decode_path"] != "dense"]
+    tiered = rows[rows["decode_path"] != DENSE_PATH]
     for (setting, context, path), g in tiered.groupby(["setting", "context", "decode_path"], sort=False):
         out.append(
             {
@@ -79,7 +79,7 @@ def promote(
     missing = sorted(set(settings) - set(rows["setting"]))
     if missing:
         raise ValueError(f"sweep rows lack settings {missing}")
-    tiered = rows[rows["decode_path"] != "dense"]
+    tiered = rows[rows["decode_path"] != DENSE_PATH]
     exact = {s: bool(g["exact"].astype(bool).all()) and len(g) > 0 for s, g in tiered.groupby("setting")}
     failed_controls = [c for c in controls if not exact.get(c, False)]
     if failed_controls:
@@ -116,8 +116,8 @@ def promotion_summary(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(out, columns=PROMOTION_SUMMARY_COLUMNS)
     for (setting, context), g in rows.groupby(["setting", "context"], sort=True):
-        dense = g[g["decode_path"] == "dense"]
-        for path, t in g[g["decode_path"] != "dense"].groupby("decode_path", sort=False):
+        dense = g[g["decode_path"] == DENSE_PATH]
+        for path, t in g[g["decode_path"] != DENSE_PATH].groupby("decode_path", sort=False):
             dense_peak = dense["peak_mem_bytes"].max() if dense["peak_mem_bytes"].notna().any() else None
             tiered_peak = t["peak_mem_bytes"].max() if t["peak_mem_bytes"].notna().any() else None
             dense_kv = int(dense["kv_bytes_peak"].max())
