@@ -52,6 +52,7 @@ PROMPT_COLUMNS = [
     "answer_text",
     "needle_start",
     "needle_end",
+    "question_start",  # index of the question's first token: context before it, question from it
     "depth",
     "renderer",
 ]

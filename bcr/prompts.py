@@ -123,6 +123,7 @@ def synthetic_prompt_set(context: int, n: int, seed: int, spec: NeedleSpec) -> p
                 "answer_text": " ".join(map(str, ex.answer_ids.tolist())),
                 "needle_start": ex.needle_start,
                 "needle_end": ex.needle_end,
+                "question_start": context - spec.query_len,
                 "depth": depth,
                 "renderer": "synthetic",
             }
@@ -249,6 +250,7 @@ def text_prompt_set(tokenizer, context: int, n: int, seed: int, max_new_tokens: 
         needle_ids = tokenizer.encode(needle.strip(), add_special_tokens=False)
         start = _find_subsequence(ids, needle_ids[1:-1]) if len(needle_ids) > 2 else -1
         answer_ids = tokenizer.encode(code, add_special_tokens=False)
+        question_start = _question_start(tokenizer, ids, question)
         rows.append(
             {
                 "prompt_id": f"c{context}-p{i:03d}",
@@ -258,11 +260,22 @@ def text_prompt_set(tokenizer, context: int, n: int, seed: int, max_new_tokens: 
                 "answer_text": code,
                 "needle_start": start,
                 "needle_end": start + len(needle_ids) if start >= 0 else -1,
+                "question_start": question_start,
                 "depth": depth,
                 "renderer": "text",
             }
         )
     return pd.DataFrame(rows, columns=PROMPT_COLUMNS)
+
+
+def _question_start(tokenizer, ids: list[int], question: str) -> int:
+    """Where the question's tokens begin in the rendered prompt (its first token may merge with the
+    preceding newlines, so the search uses the tokens after it and steps back one)."""
+    q = tokenizer.encode(question, add_special_tokens=False)
+    at = _find_subsequence(ids, q[1:]) if len(q) > 1 else -1
+    if at <= 0:
+        raise ValueError(f"question {question!r} not found in the rendered prompt")
+    return at - 1
 
 
 def _find_subsequence(seq: list[int], sub: list[int]) -> int:

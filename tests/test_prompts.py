@@ -30,6 +30,10 @@ def test_needle_columns_locate_the_answer():
         assert row["answer_ids"] == [*value, prompts.EOS]
         # the query at the end repeats the needle's key
         assert ids[-SPEC.query_len :].tolist() == [prompts.QUERY, *needle[1 : 1 + SPEC.key_len], prompts.VAL]
+        # the question starts at its QUERY marker: everything before it is context
+        assert (
+            ids[row["question_start"]] == prompts.QUERY and row["question_start"] == len(ids) - SPEC.query_len
+        )
         # filler never contains control or value tokens: the needle is the only KEY marker and the
         # value can only be found where the needle put it
         assert (ids == prompts.KEY).sum() == 1

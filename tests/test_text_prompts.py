@@ -47,6 +47,16 @@ def test_text_prompts_fit_budget_and_hold_the_needle(tokenizer):
     assert starts == sorted(starts)  # depths 1/6, 1/2, 5/6
 
 
+def test_question_start_splits_context_and_question(tokenizer):
+    """Before question_start: the document (needle included); from it: the question and the reply prompt."""
+    for row in prompts.text_prompt_set(tokenizer, 768, 2, seed=3, max_new_tokens=8).to_dict("records"):
+        ids, q = row["input_ids"], row["question_start"]
+        assert row["needle_end"] <= q < len(ids)
+        question = tokenizer.decode(ids[q:])
+        assert question.lstrip("\n").startswith("What is the pass code of the")
+        assert "pass code of the" in tokenizer.decode(ids[:q]) and "What is" not in tokenizer.decode(ids[:q])
+
+
 def test_text_answer_judged_on_decoded_reply(tokenizer):
     row = prompts.text_prompt_set(tokenizer, 512, 1, seed=2, max_new_tokens=8).iloc[0]
     good = tokenizer.encode(f"The code is {row['answer_text']}.", add_special_tokens=False)
