@@ -147,6 +147,25 @@ def load(paths: str | Path | Iterable[str | Path]) -> dict:
     return validate(merged, source=", ".join(name for name, _ in layers))
 
 
+def resolve_base(entries: dict[str, dict], name: str, seen: tuple[str, ...] = ()) -> dict:
+    """Entry ``name`` merged over its ``base`` chain (``middle_ret35: {base: middle, retain: 0.35}``).
+
+    Raises KeyError for an unknown name or base and ValueError for a loop; the track checks turn both
+    into config errors naming the key.
+    """
+    if name in seen:
+        raise ValueError(f"base chain loops: {' -> '.join([*seen, name])}")
+    entry = dict(entries[name])
+    base = entry.pop("base", None)
+    if base is None:
+        return entry
+    if base not in entries:
+        raise KeyError(base)
+    merged = resolve_base(entries, base, (*seen, name))
+    merged.update(entry)
+    return merged
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for k, v in override.items():

@@ -148,6 +148,7 @@ class ResultFile:
     pattern: str
     columns: tuple[str, ...] = ()
     what: str = ""
+    rule: str | None = None  # the workflow rule that writes it; None: no rule does yet
 
     @property
     def wildcards(self) -> tuple[str, ...]:
@@ -164,33 +165,55 @@ class ResultFile:
         return re.sub(r"\{\w+\}", "*", self.pattern)
 
 
-def _file(pattern: str, columns: list[str] | None = None, what: str = "") -> ResultFile:
-    return ResultFile(pattern, tuple(columns or ()), what)
+def _file(
+    pattern: str, columns: list[str] | None = None, what: str = "", rule: str | None = None
+) -> ResultFile:
+    return ResultFile(pattern, tuple(columns or ()), what, rule)
 
 
-RUN_CONFIG = _file("run/config.yaml", what="the effective config of the run")
-MODEL_CARD = _file("model/card.json", what="model card: parameters, checksum, training report")
-MODEL_ACCURACY = _file("model/accuracy.parquet", ACCURACY_COLUMNS, "needle accuracy per context")
-PROMPTS = _file("prompts/{context}.parquet", PROMPT_COLUMNS, "the deterministic prompt set of a context")
-DENSE = _file("dense/{context}.parquet", DENSE_COLUMNS, "dense baseline, one row per prompt")
-TIERED_SWEEP = _file("tiered/sweep/{setting}.parquet", TIERED_COLUMNS, "one setting at the sweep context")
-TIERED_PROMOTED = _file("tiered/promoted.json", what="the sweep checkpoint's decision")
-TIERED_SWEEP_SUMMARY = _file("tiered/sweep_summary.parquet", SWEEP_SUMMARY_COLUMNS, "the note's table 1")
+RUN_CONFIG = _file("run/config.yaml", what="the effective config of the run (written at parse time)")
+MODEL_CARD = _file(
+    "model/card.json", what="model card: parameters, checksum, training report", rule="model_card"
+)
+MODEL_ACCURACY = _file(
+    "model/accuracy.parquet", ACCURACY_COLUMNS, "needle accuracy per context", "model_card"
+)
+PROMPTS = _file(
+    "prompts/{context}.parquet", PROMPT_COLUMNS, "the deterministic prompt set of a context", "build_prompts"
+)
+DENSE = _file(
+    "dense/{context}.parquet", DENSE_COLUMNS, "dense baseline, one row per prompt", "dense_baseline"
+)
+TIERED_SWEEP = _file(
+    "tiered/sweep/{setting}.parquet", TIERED_COLUMNS, "one setting at the sweep context", "tiered_sweep"
+)
+TIERED_PROMOTED = _file("tiered/promoted.json", what="the sweep checkpoint's decision", rule="tiered_promote")
+TIERED_SWEEP_SUMMARY = _file(
+    "tiered/sweep_summary.parquet", SWEEP_SUMMARY_COLUMNS, "the note's table 1", "tiered_promote"
+)
 TIERED_PROMOTION = _file(
-    "tiered/promotion/{context}/{setting}.parquet", TIERED_COLUMNS, "a promoted setting at a larger context"
+    "tiered/promotion/{context}/{setting}.parquet",
+    TIERED_COLUMNS,
+    "a promoted setting at a larger context",
+    "tiered_promotion",
 )
 TIERED_PROMOTION_SUMMARY = _file(
-    "tiered/promotion_summary.parquet", PROMOTION_SUMMARY_COLUMNS, "the note's table 2"
+    "tiered/promotion_summary.parquet",
+    PROMOTION_SUMMARY_COLUMNS,
+    "the note's table 2",
+    "tiered_promotion_summary",
 )
 TIERED_DECOMPOSITION = _file("tiered/decomposition.parquet", DECOMPOSITION_COLUMNS, "latency phases")
-CACHE_OPS = _file("serving/cache_ops.parquet", CACHE_OPS_COLUMNS, "µs per cache operation and arm")
+CACHE_OPS = _file(
+    "serving/cache_ops.parquet", CACHE_OPS_COLUMNS, "µs per cache operation and arm", "cache_ops"
+)
 SERVING_REQUESTS = _file(
     "serving/{engine}/{workload}/{arm}.parquet", SERVING_COLUMNS, "one row per served request"
 )
 LONGCTX = _file("correctness/longctx.parquet", LONGCTX_COLUMNS, "bcr vs radix outputs near max context")
 PEERS = _file("peers/kvpress.parquet", PEERS_COLUMNS, "kvpress presses on our prompts")
-LEDGER = _file("ledger.parquet", what="one computed verdict per claim")
-SITE_INDEX = _file("site/index.html", what="the built site")
+LEDGER = _file("ledger.parquet", what="one computed verdict per claim", rule="evaluate_claims")
+SITE_INDEX = _file("site/index.html", what="the built site", rule="build_site")
 
 RESULT_FILES: dict[str, ResultFile] = {
     name.lower(): f for name, f in dict(globals()).items() if isinstance(f, ResultFile) and name.isupper()

@@ -109,3 +109,22 @@ def test_the_cli_sets_passive_openmp_waits_for_its_own_process(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_each_contract_names_the_rule_whose_output_it_is():
+    """A result file's `rule` is the rule that writes it (its output is built from that contract)."""
+    import re
+    from pathlib import Path
+
+    rules_dir = Path(__file__).resolve().parent.parent / "workflow" / "rules"
+    outputs: dict[str, str] = {}
+    for smk in rules_dir.glob("*.smk"):
+        for m in re.finditer(r"^\s*(?:rule|checkpoint) (\w+):\n(.*?)(?=^\s*(?:rule|checkpoint) \w+:|\Z)",
+                             smk.read_text(), re.S | re.M):  # fmt: skip
+            out = re.search(r"\n\s+output:\n(.*?)\n\s+(?:wildcard_constraints|params|log):", m.group(2), re.S)
+            for name in re.findall(r"C\.([A-Z_]+)\.path\(", out.group(1) if out else ""):
+                outputs[name] = m.group(1)
+    for name, spec in vars(C).items():
+        if isinstance(spec, C.ResultFile) and spec.rule is not None and name != "RUN_CONFIG":
+            assert outputs.get(name) == spec.rule, (name, spec.rule, outputs.get(name))
+    assert {n for n, r in outputs.items() if getattr(C, n).rule != r} == set()

@@ -54,6 +54,8 @@ class Claim:
     rule: dict[str, Any]
     note_verdict: str | None
     note_says: str
+    # limitations that can decide this verdict (bcr.ledger.limitations.CAVEATS): marked beside it
+    caveats: tuple[str, ...] = ()
 
     @property
     def page(self) -> str:
@@ -96,6 +98,7 @@ def load_claims(path: str | Path) -> ClaimFile:
             c["rule"],
             c["note"]["verdict"],
             c["note"]["says"],
+            tuple(c.get("caveats") or ()),
         )
         for c in data["claims"]
     ]
@@ -166,6 +169,4 @@ def _float(v: float | None) -> float:
 
 def ledger_with_provenance(ledger: pd.DataFrame, config: dict) -> pd.DataFrame:
     """The ledger rows with the provenance columns every result file carries (evaluated on the CPU)."""
-    import torch
-
-    return provenance.attach(ledger, provenance.provenance(config, torch.device("cpu")))
+    return provenance.attach(ledger, provenance.provenance(config, "cpu"))

@@ -42,6 +42,7 @@ class Table:
     df: pd.DataFrame | None = None
     files: list[Path] = field(default_factory=list)
     reason: str = ""
+    contract: C.ResultFile | None = None  # what the file is and which rule writes it
 
     @property
     def present(self) -> bool:
@@ -84,7 +85,7 @@ def _table(root: Path, name: str, spec: C.ResultFile, required: list[str] | None
     pattern = spec.glob
     required = list(spec.columns) if required is None else required
     files = sorted(root.glob(pattern))
-    table = Table(name=name, pattern=f"{root.name}/{pattern}", files=files)
+    table = Table(name=name, pattern=f"{root.name}/{pattern}", files=files, contract=spec)
     if not files:
         table.reason = f"`{table.pattern}` not produced by this run"
         return table

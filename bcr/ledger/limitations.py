@@ -6,15 +6,40 @@ than this run measured — the note's own limitations section, recomputed per ru
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
 
+from bcr.config import resolve_base
+from bcr.contracts import DENSE_PATH
+from bcr.ledger import tables
 from bcr.ledger.evidence import Results, provenance_rows
+from bcr.ledger.stats import geomean
+
+# The limitations a claim can point at (``caveats:`` in config/claims.yaml): the item's anchor on the
+# limitations page and the short marker shown beside the verdict.  A caveat shows only when this run
+# has that limitation (a GPU run has no "CPU measurements" item, so no marker).
+CAVEATS = {
+    "model": "stand-in model",
+    "one-model": "one model",
+    "contexts": "stand-in contexts",
+    "cpu": "CPU run",
+    "tiered-budget": "fixed budget of this setting",
+    "exactness": "short generations",
+}
 
 
-def _item(level: str, title: str, text: str) -> dict[str, str]:
-    return {"level": level, "title": title, "text": text}
+def _item(level: str, title: str, text: str, anchor: str | None = None) -> dict[str, str]:
+    slug = anchor or re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    return {
+        "level": level,
+        "title": title,
+        "text": text,
+        "id": f"lim-{slug}",
+        "short": CAVEATS.get(slug, ""),
+        "summary": "",
+    }
 
 
 def _counts(df: pd.DataFrame, by: list[str]) -> str:
@@ -38,6 +63,7 @@ def _model(results: Results, config: dict, reference: dict) -> list[dict]:
                 f"`{name}` ({size}) is a tiny model trained on a synthetic single-needle task; it stands in "
                 f"for the note's {reference.get('model', 'model')}. Exactness on it tests the mechanism "
                 "(greedy outputs that depend on a few distant pages), not the 7B model's behaviour.",
+                "model",
             )
         )
     else:
@@ -47,6 +73,7 @@ def _model(results: Results, config: dict, reference: dict) -> list[dict]:
             "warning",
             "One model",
             "Every result comes from a single model: generalisation across models is untested.",
+            "one-model",
         )
     )
     return out
@@ -71,6 +98,7 @@ def _hardware(results: Results) -> list[dict]:
                 "CPU measurements",
                 "On CPU, CUDA peak memory is not measured (null, never estimated), so peak-VRAM claims stay "
                 "`not yet`; latencies come from a few shared CPU cores and are noisier than the note's GPUs.",
+                "cpu",
             )
         )
     return out
@@ -82,7 +110,15 @@ def _contexts(results: Results, config: dict, reference: dict) -> list[dict]:
     out = []
     if [int(c) for c in ref] != ours:
         pairs = ", ".join(f"{o} for {r}" for o, r in zip(ours, ref, strict=True))
-        out.append(_item("warning", "Context lengths", f"Our contexts stand in for the note's: {pairs}."))
+        out.append(
+            _item(
+                "warning",
+                "Context lengths",
+                f"Our contexts stand in for the note's: {pairs} (same ratios, shorter). Every table shows "
+                "the note's context beside ours.",
+                "contexts",
+            )
+        )
     card = results.card or {}
     max_ctx = config["model"].get("max_context") or card.get("max_position_embeddings")
     new = int(config["generation"]["max_new_tokens"])
@@ -159,13 +195,95 @@ def _mixed(results: Results) -> list[dict]:
     return out
 
 
+def _compressed_layers(results: Results, setting: str) -> int | None:
+    """How many layers the runs of ``setting`` compressed (the tiered rows' ``band_layers``)."""
+    for name in ("tiered_promotion", "tiered_sweep"):
+        df = results[name].df
+        if df is None or "band_layers" not in df:
+            continue
+        rows = df[(df["setting"] == setting) & (df["decode_path"] != DENSE_PATH)]
+        if len(rows):
+            return len(rows["band_layers"].iloc[0])
+    return None
+
+
+def _bound(dense: float, retain: float, floor: float) -> tuple[float, float]:
+    """(the stored-fraction floor of a compressed layer, the resulting cap on C)."""
+    f = retain + (1.0 - retain) * floor
+    return f, 1.0 / (dense + (1.0 - dense) * f)
+
+
+def _tiered_budget(
+    results: Results, config: dict, headline: str | None, study: dict | None, study_name: str
+) -> list[dict]:
+    """What caps C for the headline setting here: its dense layers and its phantom budget, vs the study config."""
+    if not headline or headline not in ((config.get("tiered") or {}).get("settings") or {}):
+        return []
+    s = resolve_base(config["tiered"]["settings"], headline)
+    lo, hi = config["tiered"]["bands"][s["band"]]
+    promo = tables.tiered_rows(results["tiered_promotion"].df, results["dense"].df)
+    rows = promo[promo["setting"] == headline] if len(promo) else promo
+    layers = int((results.card or {}).get("layers") or 0)
+    compressed = _compressed_layers(results, headline)
+    if layers <= 0 or compressed is None:
+        return []
+    d = 1.0 - compressed / layers
+    floor = s["phantoms_per_page"] / s["page_size"]
+    f, cap = _bound(d, s["retain"], floor)
+    text = (
+        f"`{headline}` compresses {compressed} of the model's {layers} layers (band `{s['band']}`, "
+        f"{lo:g}–{hi:g} of the depth) and keeps {d:.0%} of them dense, so with a "
+        f"stored fraction f in the compressed layers C ≤ 1/({d:.2f} + {1 - d:.2f}·f). In a compressed layer "
+        f"it keeps at least {s['retain']:.0%} of the tokens exact (`retain`) and every summarised page stores "
+        f"{s['phantoms_per_page']} phantom tokens of its {s['page_size']} ({floor:.3g}), so f ≥ {f:.3g} before "
+        f"the sink, recent and surprise pages, and C ≤ {cap:.3g}x."
+    )
+    if len(rows):
+        largest = int(rows["context"].max())
+        c = geomean(rows[rows["context"] == largest]["compression"])
+        text += f" Measured here: C = {c:.3g}x at context {largest}."
+    if study and headline in ((study.get("tiered") or {}).get("settings") or {}):
+        t = resolve_base(study["tiered"]["settings"], headline)
+        t_lo, t_hi = study["tiered"]["bands"][t["band"]]
+        sd = 1.0 - (t_hi - t_lo)  # the band's share of depth on a deep model
+        sfloor = t["phantoms_per_page"] / t["page_size"]
+        _, scap = _bound(sd, t["retain"], sfloor)
+        text += (
+            f" The study config (`{study_name}`) stores {t['phantoms_per_page']} of {t['page_size']} tokens per "
+            f"summarised page ({sfloor:.3g}) with about {sd:.0%} of the layers dense: the same bound there "
+            f"is C ≤ {scap:.3g}x."
+        )
+    text += (
+        f" So a compression claim with a threshold above {cap:.3g}x cannot be supported by this setting in "
+        "this config, whatever the method does: the verdict is decided by these fixed budgets of the "
+        "stand-in configuration, not by a failed replication."
+    )
+    item: dict[str, Any] = _item(
+        "warning", "Compression bound of the headline setting", text, "tiered-budget"
+    )
+    item["cap"] = {"setting": headline, "value": cap}
+    item["summary"] = (
+        f"`{headline}` keeps {d:.0%} of the layers dense and stores {s['phantoms_per_page']} of {s['page_size']} "
+        f"tokens per summarised page, which caps C near {cap:.3g}x in this config"
+    )
+    return [item]
+
+
 def limitations(
-    results: Results, config: dict, ledger: pd.DataFrame, reference: dict
+    results: Results,
+    config: dict,
+    ledger: pd.DataFrame,
+    reference: dict,
+    *,
+    headline: str | None = None,
+    study: dict | None = None,
+    study_name: str = "config/a100.yaml",
 ) -> list[dict[str, Any]]:
     items = [
         *_model(results, config, reference),
         *_hardware(results),
         *_contexts(results, config, reference),
+        *_tiered_budget(results, config, headline, study, study_name),
         *_samples(results, ledger, reference),
         *_missing(results),
         *_mixed(results),
@@ -175,6 +293,7 @@ def limitations(
             f"`exact` means greedy tokens identical to dense over the first "
             f"{config['generation']['max_new_tokens']} generated tokens (stopping at EOS); it says nothing "
             "about longer generations.",
+            "exactness",
         ),
     ]
     return items

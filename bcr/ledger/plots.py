@@ -1,167 +1,248 @@
-"""Matplotlib SVG plots with deterministic bytes: the same data always gives the same file.
+"""The site's plots: matplotlib SVG with deterministic bytes, drawn in the one shared style.
 
-Why it matters: the site is versioned, and a plot that changes bytes on every build (a date in the
-metadata, random clip-path ids, a system font picked by fontconfig) would make every version look
-different.  So: the Agg backend, ``svg.hashsalt`` fixed, ``metadata={'Date': None}``, glyphs as
-paths from matplotlib's bundled DejaVu Sans, and every style setting pinned here rather than read
-from a user's matplotlibrc.
+Style, determinism and the drawing helpers (threshold lines, the note's markers, interval bars,
+plain log ticks, legends outside the data) live in :mod:`bcr.ledger.plotstyle`; this module only
+decides what each plot shows.  The same data always gives the same file.
 """
 
 from __future__ import annotations
 
-import io as _io
 import math
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bcr import io
+from bcr.ledger import plotstyle as ps
 
-STYLE = {
-    "svg.hashsalt": "bcr-ledger",
-    "svg.fonttype": "path",
-    "font.family": "DejaVu Sans",
-    "font.size": 9.0,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "figure.dpi": 100,
-    "savefig.dpi": 100,
-    "path.simplify": False,
-    "axes.prop_cycle": matplotlib.cycler(
-        color=["#3f51b5", "#e91e63", "#009688", "#ff9800", "#795548", "#607d8b", "#9c27b0"]
-    ),
-}
-METADATA = {"Date": None, "Creator": "bcr-memory ledger"}
 PHASE_ORDER = ["forward", "summary", "view_rebuild", "decode_attention", "other"]
+NOTE_MARKERS = ["D", "s", "^", "v"]
 
 
-def svg_bytes(fig: plt.Figure) -> bytes:
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="svg", metadata=METADATA, bbox_inches=None)
-    plt.close(fig)
-    return buf.getvalue()
+def _col(df: pd.DataFrame, name: str) -> list[float]:
+    """A numeric column as floats (NaN where absent: a plot without intervals draws no bars)."""
+    if name not in df.columns:
+        return [math.nan] * len(df)
+    return [float(v) if v is not None else math.nan for v in pd.to_numeric(df[name], errors="coerce")]
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    data = svg_bytes(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return path
+def _ctx_label(context: int, note_ctx: dict[int, int] | None) -> str:
+    ref = (note_ctx or {}).get(int(context))
+    return f"{context}" if ref is None or ref == int(context) else f"{context} (the note's {ref})"
 
 
 def compression_vs_exactness(
-    promotion: pd.DataFrame, sweep: pd.DataFrame, reference: dict, path: Path
+    promotion: pd.DataFrame,
+    sweep: pd.DataFrame,
+    reference: dict,
+    path: Path,
+    *,
+    threshold: float | None = 2.0,
+    note_ctx: dict[int, int] | None = None,
+    cap: dict | None = None,
 ) -> Path:
-    """Per (setting, context): stored-token compression against the fraction of prompts exact.
+    """One row per setting: stored-token compression C per context, filled when exact on every prompt.
 
     ``promotion`` and ``sweep`` are the derived tables of one decode path (the caller filters).
-    Ours are filled markers, one colour per context; the note's promotion rows are hollow black
-    markers labelled as the note's reference.
+    Bars are the bootstrap intervals of C over prompts (``compression_low``/``_high``) where given;
+    a hollow marker is a setting that was not exact on every prompt (its n_exact/N beside it).  The
+    note's promotion rows are hollow black markers, one shape per note context, on their setting's
+    row; the claim threshold is a labelled dashed line.  ``cap`` (``{"setting", "value"}``, from the
+    limitations) marks the most C that setting's fixed budgets allow in this config, on its row.
     """
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        frames = [f for f in (sweep, promotion) if len(f)]
-        ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        if len(ours):
-            for context, g in ours.groupby("context", sort=True):
-                frac = g["n_exact"] / g["n"]
-                ax.scatter(g["compression"], frac, s=36, label=f"ours, context {context}", zorder=3)
-            # one label per setting, at its largest context (labels of every context would overlap)
-            last = ours.sort_values("context").groupby("setting").tail(1)
-            for r in last.itertuples():
-                ax.annotate(
-                    r.setting,
-                    (r.compression, r.n_exact / r.n),
-                    textcoords="offset points",
-                    xytext=(4, 5),
-                    fontsize=7,
-                )
-        ref = reference.get("promotion", {}).get("rows", [])
-        if ref:
-            ax.scatter(
-                [r["compression"] for r in ref],
-                [r["exact"] / r["n"] for r in ref],
-                s=48,
-                facecolors="none",
-                edgecolors="black",
-                marker="D",
-                label="note (reference; Qwen2.5-7B, 4 prompts)",
-                zorder=2,
+    frames = [f for f in (sweep, promotion) if len(f)]
+    ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    ref = reference.get("promotion", {}).get("rows", [])
+    settings = sorted(set(ours["setting"]) if len(ours) else set())
+    settings += sorted({r.get("setting", "the note") for r in ref} - set(settings))
+    row = {s: i for i, s in enumerate(settings)}
+    contexts = sorted(set(ours["context"])) if len(ours) else []
+    with ps.style():
+        fig, ax = plt.subplots(figsize=(7.2, 0.42 * max(3, len(settings)) + 1.2))
+        step = 0.5 / max(1, len(contexts))
+        xs_all: list[float] = []
+        for k, context in enumerate(contexts):
+            g = ours[ours["context"] == context]
+            ys = [row[s] + (k - (len(contexts) - 1) / 2) * step for s in g["setting"]]
+            xs = _col(g, "compression")
+            exact = [int(e) == int(n) for e, n in zip(g["n_exact"], g["n"], strict=True)]
+            lows, highs = _col(g, "compression_low"), _col(g, "compression_high")
+            ps.error_points(
+                ax,
+                xs,
+                ys,
+                lows,
+                highs,
+                color=ps.color(k),
+                label=f"ours, {_ctx_label(context, note_ctx)}",
+                filled=exact,
             )
-        ax.set_xlabel("stored-token compression C (x)")
-        ax.set_ylabel("fraction of prompts exact")
-        ax.set_ylim(-0.05, 1.1)
-        ax.set_xlim(left=0.9)
-        ax.legend(loc="lower left", fontsize=7)
-        ax.set_title("Compression vs exactness")
+            for x, y, e, n, ok in zip(xs, ys, g["n_exact"], g["n"], exact, strict=True):
+                if not ok:
+                    ax.annotate(
+                        f"{int(e)}/{int(n)} exact",
+                        (x, y),
+                        xytext=(7, -3),
+                        textcoords="offset points",
+                        fontsize=7,
+                    )
+            xs_all += [*xs, *[v for v in highs if not math.isnan(v)]]
+        note_contexts = sorted({int(r["context"]) for r in ref if "context" in r})
+        for k, nc in enumerate(note_contexts or [None]):
+            rows = [r for r in ref if r.get("context") == nc] if nc is not None else ref
+            xs = [float(r["compression"]) for r in rows]
+            # the note's contexts side by side on their setting's row, as ours are
+            off = (
+                (k - (len(note_contexts) - 1) / 2) * 0.5 / max(1, len(note_contexts))
+                if note_contexts
+                else 0.0
+            )
+            ys = [row[r.get("setting", "the note")] + off for r in rows]
+            label = f"{ps.NOTE_LABEL}, {nc}" if nc is not None else ps.NOTE_LABEL
+            ax.scatter(
+                xs, ys, s=56, marker=NOTE_MARKERS[k % len(NOTE_MARKERS)], facecolors="none",
+                edgecolors=ps.NOTE_COLOR, linewidths=1.2, label=label, zorder=4,
+            )  # fmt: skip
+            xs_all += xs
+        if threshold is not None:
+            ps.threshold_line(ax, threshold, f"claim threshold C = {threshold:g}")
+        if cap and cap.get("setting") in row and math.isfinite(float(cap["value"])):
+            y = row[cap["setting"]]
+            ax.plot(
+                [cap["value"]] * 2, [y - 0.4, y + 0.4], color=ps.REFERENCE_COLOR, linewidth=2.0,
+                label=f"most C {cap['setting']}'s budgets allow here ({cap['value']:.3g}x; see limitations)",
+                zorder=2,
+            )  # fmt: skip
+            xs_all.append(float(cap["value"]))
+        if any(math.isfinite(v) for v in xs_all):
+            ax.set_xlim(*ps.spread_limits(xs_all, include=[1.0, threshold or 1.0]))
+        ax.set_yticks(range(len(settings)), settings)
+        ax.set_ylim(len(settings) - 0.5, -0.5)
+        ax.set_xlabel("stored-token compression C (×), geometric mean over prompts; bars: 95% interval")
+        ax.set_title("Compression per setting: filled = exact on every prompt, hollow = not")
         fig.tight_layout()
-        return _save(fig, path)
+        ps.legend_below(fig, [ax], ncol=2)
+        return ps.save(fig, path)
+
+
+def latency_ratios(
+    promotion: pd.DataFrame, reference: dict, path: Path, *, note_ctx: dict[int, int] | None = None
+) -> Path:
+    """TTFT and TPOT tiered/dense per (setting, context, decode path), with intervals and the note's values."""
+    labels = [
+        f"{r.setting} · {_ctx_label(r.context, note_ctx)}"
+        + (f" · {r.decode_path}" if "decode_path" in promotion.columns else "")
+        for r in promotion.itertuples()
+    ]
+    ref = {
+        (r["setting"], int(r["context"])): r
+        for r in reference.get("promotion", {}).get("rows", [])
+        if "setting" in r
+    }
+    with ps.style():
+        fig, axes = plt.subplots(1, 2, figsize=(8.8, 0.36 * max(3, len(promotion)) + 1.3), sharey=True)
+        for k, (ax, metric, title) in enumerate(
+            zip(axes, ("ttft_ratio", "tpot_ratio"), ("TTFT", "TPOT"), strict=True)
+        ):
+            ys = list(range(len(promotion)))
+            xs = _col(promotion, metric)
+            lows, highs = _col(promotion, f"{metric}_low"), _col(promotion, f"{metric}_high")
+            ps.error_points(ax, xs, ys, lows, highs, color=ps.color(k), label=f"ours, {title} (95% interval)")
+            nx, ny = [], []
+            for y, r in zip(ys, promotion.itertuples(), strict=True):
+                note = ref.get((r.setting, (note_ctx or {}).get(int(r.context), int(r.context))))
+                if note and metric in note:
+                    nx.append(float(note[metric]))
+                    ny.append(y)
+            ps.note_markers(ax, nx, ny, label=f"{ps.NOTE_LABEL}, same setting at the note's context")
+            ps.reference_line(ax, 1.0, "dense = 1 (no slowdown)")
+            ax.set_xlim(*ps.spread_limits([*xs, *highs, *lows, *nx], include=[1.0]))
+            ax.set_xlabel(f"{title} tiered / dense (×)")
+            ax.set_title(f"{title} relative to dense")
+        axes[0].set_yticks(range(len(promotion)), labels)
+        axes[0].set_ylim(len(promotion) - 0.5, -0.5)
+        fig.tight_layout()
+        ps.legend_below(fig, list(axes), ncol=2)
+        return ps.save(fig, path)
+
+
+def ratio_bars(promotion: pd.DataFrame, path: Path, reference: dict | None = None, **kw: object) -> Path:
+    """Former name of :func:`latency_ratios` (kept for callers of the first site version)."""
+    return latency_ratios(promotion, reference or {}, path, **kw)  # type: ignore[arg-type]
 
 
 def cache_ops_bars(cache_ops: pd.DataFrame, page_size: int, path: Path) -> Path:
-    """µs p50 per operation and arm, one panel per workload (log scale)."""
+    """µs per operation, p50 bars with a whisker to p99, per arm; one panel per workload (log scale)."""
     df = cache_ops[cache_ops["page_size"] == page_size]
     workloads = sorted(df["workload"].unique())
     arms = sorted(df["arm"].unique(), key=lambda a: (a != "bcr", a))
     ops = sorted(df["op"].unique())
-    with plt.rc_context(STYLE):
+    n = max(1, len(workloads))
+    with ps.style():
         fig, axes = plt.subplots(
-            1, max(1, len(workloads)), figsize=(3.2 * max(1, len(workloads)), 3.4), squeeze=False
+            1,
+            n,
+            figsize=(3.1 * n + 0.8, 0.5 * len(ops) * max(1, len(arms)) * 0.45 + 1.4),
+            sharey=True,
+            squeeze=False,
         )
-        width = 0.8 / max(1, len(arms))
+        height = 0.8 / max(1, len(arms))
         for ax, workload in zip(axes[0], workloads, strict=False):
             g = df[df["workload"] == workload].set_index(["op", "arm"])
             for i, arm in enumerate(arms):
-                ys = [float(g.loc[(op, arm), "us_p50"]) if (op, arm) in g.index else math.nan for op in ops]
-                ax.bar([k + i * width for k in range(len(ops))], ys, width=width, label=arm)
-            ax.set_xticks([k + width * (len(arms) - 1) / 2 for k in range(len(ops))], ops)
-            ax.set_yscale("log")
+                ys = [k - 0.4 + height * (i + 0.5) for k in range(len(ops))]
+                p50 = [float(g.loc[(op, arm), "us_p50"]) if (op, arm) in g.index else math.nan for op in ops]
+                p99 = [float(g.loc[(op, arm), "us_p99"]) if (op, arm) in g.index else math.nan for op in ops]
+                ax.barh(ys, p50, height=height * 0.9, color=ps.color(i), label=arm)
+                err = [
+                    [0.0] * len(ops),
+                    [max(0.0, b - a) if not math.isnan(b) else 0.0 for a, b in zip(p50, p99, strict=True)],
+                ]
+                ax.errorbar(p50, ys, xerr=err, fmt="none", ecolor="#333333", elinewidth=0.7, capsize=1.5)
+            ps.plain_log_axis(ax, "x")
             ax.set_title(workload)
-            ax.set_ylabel("µs per operation (p50)")
-        axes[0][0].legend(fontsize=7)
+            ax.set_xlabel("µs per operation (bar p50, whisker p99)")
+        axes[0][0].set_yticks(range(len(ops)), ops)
+        axes[0][0].set_ylim(len(ops) - 0.5, -0.5)
         fig.suptitle(f"Cache-operation cost, page size {page_size}")
         fig.tight_layout()
-        return _save(fig, path)
+        ps.legend_below(fig, list(axes[0]), ncol=len(arms))
+        return ps.save(fig, path)
 
 
 def ttft_distributions(serving: pd.DataFrame, path: Path) -> Path:
     """Empirical CDF of per-request TTFT per arm, one panel per (engine, workload)."""
     groups = sorted(serving.groupby(["engine", "workload"]).groups)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(
-            1, max(1, len(groups)), figsize=(3.4 * max(1, len(groups)), 3.2), squeeze=False
-        )
+    n = max(1, len(groups))
+    with ps.style():
+        fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.0), squeeze=False, sharey=True)
         for ax, (engine, workload) in zip(axes[0], groups, strict=False):
             g = serving[(serving["engine"] == engine) & (serving["workload"] == workload)]
-            for arm, h in sorted(g.groupby("arm")):
+            for i, (arm, h) in enumerate(sorted(g.groupby("arm"))):
                 xs = sorted(pd.to_numeric(h["ttft_s"], errors="coerce").dropna() * 1000)
-                ys = [(i + 1) / len(xs) for i in range(len(xs))]
-                ax.step(xs, ys, where="post", label=arm)
-            ax.set_xscale("log")
+                ys = [(j + 1) / len(xs) for j in range(len(xs))]
+                ax.step(
+                    xs, ys, where="post", color=ps.color(i), label=f"{arm} (n = {len(xs)})" if n == 1 else arm
+                )
+            ps.plain_log_axis(ax, "x")
             ax.set_xlabel("TTFT (ms)")
-            ax.set_ylabel("fraction of requests")
             ax.set_title(f"{workload} ({engine})")
-        axes[0][0].legend(fontsize=7)
+        axes[0][0].set_ylabel("fraction of requests")
         fig.tight_layout()
-        return _save(fig, path)
+        ps.legend_below(fig, list(axes[0]))
+        return ps.save(fig, path)
 
 
 def decomposition_bars(decomp: pd.DataFrame, path: Path) -> Path:
-    """Stacked seconds per phase for each (setting, context, decode path): before/after page-native."""
+    """Stacked milliseconds per phase for each (setting, context, decode path): before/after page-native."""
     keys = sorted(decomp.groupby(["setting", "context", "decode_path"]).groups)
     phases = [p for p in PHASE_ORDER if p in set(decomp["phase"])] + sorted(
         set(decomp["phase"]) - set(PHASE_ORDER)
     )
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(keys) + 2), 3.6))
-        bottoms = [0.0] * len(keys)
-        for phase in phases:
+    with ps.style():
+        fig, ax = plt.subplots(figsize=(7.2, 0.45 * max(2, len(keys)) + 1.3))
+        lefts = [0.0] * len(keys)
+        for i, phase in enumerate(phases):
             vals = []
             for k in keys:
                 m = decomp[
@@ -171,28 +252,12 @@ def decomposition_bars(decomp: pd.DataFrame, path: Path) -> Path:
                     & (decomp["phase"] == phase)
                 ]["seconds"]
                 vals.append(float(m.sum()) * 1000 if len(m) else 0.0)
-            ax.bar(range(len(keys)), vals, bottom=bottoms, label=phase)
-            bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
-        ax.set_xticks(range(len(keys)), [f"{s}\n{c} · {p}" for s, c, p in keys], fontsize=7)
-        ax.set_ylabel("ms (mean per generation)")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        ax.set_title("Latency decomposition")
+            ax.barh(range(len(keys)), vals, left=lefts, color=ps.color(i), label=phase, height=0.6)
+            lefts = [a + v for a, v in zip(lefts, vals, strict=True)]
+        ax.set_yticks(range(len(keys)), [f"{s} · {c} · {p}" for s, c, p in keys])
+        ax.set_ylim(len(keys) - 0.5, -0.5)
+        ax.set_xlabel("ms per generation (mean over prompts and repeats)")
+        ax.set_title("Latency decomposition by phase")
         fig.tight_layout()
-        return _save(fig, path)
-
-
-def ratio_bars(promotion: pd.DataFrame, path: Path) -> Path:
-    """TTFT and TPOT ratios (tiered/dense) per setting, context and decode path; 1.0 marked."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(promotion) + 2), 3.4))
-        labels = [f"{r.setting}\n{r.context} · {r.decode_path}" for r in promotion.itertuples()]
-        xs = range(len(promotion))
-        ax.bar([x - 0.2 for x in xs], promotion["ttft_ratio"], width=0.4, label="TTFT ratio")
-        ax.bar([x + 0.2 for x in xs], promotion["tpot_ratio"], width=0.4, label="TPOT ratio")
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(list(xs), labels, fontsize=7)
-        ax.set_ylabel("tiered / dense (geometric mean)")
-        ax.legend(fontsize=7)
-        ax.set_title("Latency relative to dense")
-        fig.tight_layout()
-        return _save(fig, path)
+        ps.legend_below(fig, [ax], ncol=min(5, len(phases)))
+        return ps.save(fig, path)

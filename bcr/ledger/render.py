@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from bcr.ledger import plots, tables
+from bcr.ledger import plots, stats, tables
 from bcr.ledger.claims import TRACK_PAGES, ClaimFile, eval_context, promotion_contexts
 from bcr.ledger.evidence import Results, provenance_rows
 from bcr.ledger.limitations import limitations
@@ -38,6 +39,35 @@ PAGES = {
 }
 ADMONITION = {"supported": "success", "rejected": "failure", "not yet": "warning"}
 
+# Each evidence table in plain words, and what produces it when no rule of this workflow does yet.
+EVIDENCE = {
+    "model_accuracy": ("the model card's accuracy table", "the model's own evaluation"),
+    "dense": ("dense baseline runs", "the dense baseline"),
+    "tiered_sweep": ("tiered sweep runs", "the tiered sweep"),
+    "tiered_promotion": ("tiered promotion runs", "the tiered promotion"),
+    "tiered_decomposition": (
+        "per-phase timings of the tiered decode",
+        "the latency-decomposition track (per-phase timers in the tiered decode and the page-native "
+        "`paged` path), which is not part of the workflow yet",
+    ),
+    "cache_ops": ("cache-operation timings", "the cache-operation benchmark (CPU token-trace replay)"),
+    "serving_requests": (
+        "SGLang serving runs (per-request latencies of each arm)",
+        "the serving track's SGLang server runs (`bcr.prefix.launcher`), which need a CUDA GPU: the "
+        "study config `config/a100.yaml` on the `slurm-a100` cluster profile",
+    ),
+    "longctx": (
+        "the long-context correctness check (bcr against radix near the maximum context)",
+        "the long-context correctness track, which serves prompts near the model's maximum context "
+        "through SGLang's server and so needs a CUDA GPU: the study config on the `slurm-a100` profile",
+    ),
+    "peers": (
+        "kvpress peer runs",
+        "the peers track (kvpress's presses on the same prompts), which is not part of the workflow yet "
+        "and needs kvpress and a CUDA GPU",
+    ),
+}
+
 
 def _missing(v: Any) -> bool:
     if v is None:
@@ -57,6 +87,30 @@ def fmt(v: Any, spec: str = ".3f", unit: str = "") -> str:
     return format(v, spec) + unit
 
 
+def sig(v: Any, unit: str = "", digits: int = 3) -> str:
+    """``v`` to ``digits`` significant digits in fixed notation (2.26, 0.995, 1.01, 1,950); — when missing."""
+    if _missing(v):
+        return "—"
+    v = float(v)
+    if math.isinf(v):
+        return "∞"
+    text = stats.sig(v, digits)
+    if abs(v) >= 1000 and "." not in text:
+        text = f"{int(text):,}"
+    return text + unit
+
+
+def interval(row: dict, metric: str, unit: str = "x") -> str:
+    """``point [low, high]`` for ``metric`` of a table row (three significant digits); — when missing."""
+    point = row.get(metric)
+    if _missing(point):
+        return "—"
+    low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    if _missing(low) or _missing(high):
+        return sig(point, unit)
+    return f'{sig(point, unit)} <span class="ci">[{sig(low)}, {sig(high)}]</span>'
+
+
 def md_escape(v: Any) -> str:
     """Text safe inside a Markdown table cell or paragraph (no raw HTML, no cell breaks)."""
     return html.escape("—" if _missing(v) else str(v), quote=False).replace("|", "\\|").replace("\n", " ")
@@ -71,15 +125,55 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["fmt"] = fmt
+    env.filters["sig"] = sig
     env.filters["md"] = md_escape
+    env.filters["dash"] = lambda v: "—" if _missing(v) else v
     env.filters["admonition"] = lambda v: ADMONITION[v]
     env.filters["slug"] = lambda v: str(v).replace(" ", "-")
+    env.globals["interval"] = interval
     env.tests["missing"] = _missing
     return env
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
-    return [] if df is None or len(df) == 0 else df.to_dict("records")
+    if df is None or len(df) == 0:
+        return []
+    # NaN and pd.NA become None, so a missing cell is missing (an em dash), never the text "nan"
+    return [{k: (None if _missing(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def evidence_info(results: Results) -> dict[str, dict]:
+    """Per evidence table: plain words, present or not, and for a missing one what would produce it
+    (the rule its result contract names, bcr/contracts.py)."""
+    out = {}
+    for name, table in results.tables.items():
+        words, track = EVIDENCE.get(name, (name.replace("_", " "), "its track"))
+        rule = table.contract.rule if table.contract is not None else None
+        if rule:
+            needs = f"rule `{rule}` writes it; it produced no rows for this run"
+        else:
+            needs = f"no rule of this workflow writes it yet: it comes from {track}"
+        out[name] = {
+            "name": name,
+            "words": words,
+            "present": table.present,
+            "pattern": table.pattern,
+            "reason": table.reason,
+            "needs": needs,
+        }
+    return out
+
+
+def plain_reason(text: Any, info: dict[str, dict]) -> str:
+    """A ledger reason with file patterns replaced by what they are ("not measured in this run: …")."""
+    if _missing(text):
+        return "—"
+    text = str(text)
+    for e in info.values():
+        if e["reason"] and text.strip() == e["reason"]:
+            return f"not measured in this run ({e['words']}: none produced)"
+        text = text.replace(f"`{e['pattern']}`", e["words"]).replace(e["pattern"], e["words"])
+    return text.replace("`", "")
 
 
 def note_context_map(config: dict) -> dict[int, int]:
@@ -93,23 +187,23 @@ def _dense_summary(df: pd.DataFrame | None) -> pd.DataFrame:
     if df is None or len(df) == 0:
         return pd.DataFrame()
     g = df.groupby("context")
+    peak = pd.to_numeric(df["peak_mem_bytes"], errors="coerce").groupby(df["context"]).max()
     return pd.DataFrame(
         {
             "n": g.size(),
             "accuracy": g["answer_correct"].mean(),
-            "ttft_s": g["ttft_s"].median(),
-            "tpot_s": g["tpot_s"].median(),
+            "ttft_ms": g["ttft_s"].median() * 1000,
+            "tpot_ms": g["tpot_s"].median() * 1000,
             "kv_mib": g["kv_bytes"].median() / 2**20,
-            "peak_gib": pd.to_numeric(df["peak_mem_bytes"], errors="coerce").groupby(df["context"]).max()
-            / 2**30,
+            "peak_gib": peak / 2**30,
         }
     ).reset_index()
 
 
-def _changes(ledger: pd.DataFrame) -> list[dict]:
+def _changes(claims: list[dict]) -> list[dict]:
     """ "What changed since the note": each of the note's claims, its verdict there and here."""
     out = []
-    for r in ledger.to_dict("records"):
+    for r in claims:
         if _missing(r["note_verdict"]):
             continue
         if r["verdict"] == "not yet" and r["note_verdict"] != "not yet":
@@ -122,30 +216,119 @@ def _changes(ledger: pd.DataFrame) -> list[dict]:
     return out
 
 
+PROVENANCE_LABELS = {
+    "run_id": "Run",
+    "git_commit": "Commit",
+    "config_hash": "Config hash",
+    "model": "Model",
+    "device": "Device",
+    "torch": "torch",
+    "transformers": "transformers",
+    "sglang": "sglang",
+}
+
+
+def provenance_split(rows: list[dict]) -> dict:
+    """The provenance columns shared by every file (shown once) and those that vary (one column each)."""
+    cols = [c for c in PROVENANCE_LABELS if any(c in r for r in rows)]
+    common, varying = [], []
+    for c in cols:
+        vals = {str(r.get(c)) if not _missing(r.get(c)) else "—" for r in rows}
+        if len(vals) == 1:
+            common.append({"label": PROVENANCE_LABELS[c], "value": vals.pop()})
+        else:
+            varying.append({"key": c, "label": PROVENANCE_LABELS[c]})
+    return {"common": common, "varying": varying}
+
+
 def _first_provenance(results: Results) -> dict:
     """Run, commit and device of the first result file (all ``None`` when there is none)."""
     prov = provenance_rows(results)
     return dict.fromkeys(PROVENANCE_COLUMNS) if len(prov) == 0 else prov.iloc[0].to_dict()
 
 
+def with_note_contexts(text: str, note_ctx: dict[int, int]) -> str:
+    """``context 8192`` → ``context 8192 (note: 32768)``: each context with the note's it stands in for."""
+
+    def one(n: str) -> str:
+        ref = note_ctx.get(int(n))
+        return n if ref is None or ref == int(n) else f"{n} (note: {ref})"
+
+    def sub(m: re.Match) -> str:
+        return f"{m.group(1)} " + ", ".join(one(n) for n in m.group(2).split(", "))
+
+    return re.sub(r"\b(contexts?) (\d+(?:, \d+)*)\b(?! \(note)", sub, text)
+
+
+def _claims(
+    ledger: pd.DataFrame,
+    spec: ClaimFile,
+    info: dict[str, dict],
+    lims: list[dict],
+    note_ctx: dict[int, int] | None = None,
+) -> list[dict]:
+    """Ledger rows with what the pages add: page, plain-words "decided by", caveat markers, missing evidence."""
+    note_ctx = note_ctx or {}
+    by_id = {c.id: c for c in spec.claims}
+    present = {item["id"]: item for item in lims}
+    out = []
+    for c in _records(ledger):
+        claim = by_id[c["claim_id"]]
+        ev = info.get(claim.evidence)
+        c["page"] = TRACK_PAGES[c["track"]]
+        decided = c["value_text"] if c["value_text"] not in (None, "—") else c["reason"]
+        c["decided"] = with_note_contexts(plain_reason(decided, info), note_ctx)
+        c["why"] = with_note_contexts(plain_reason(c["reason"], info), note_ctx)
+        # the evidence: what it is in words, which rows (setting, path, context), and the files
+        detail = str(c["evidence"] or "").split(" · ")[1:] if ev else []
+        c["evidence_words"] = with_note_contexts(
+            " · ".join([ev["words"] if ev else claim.evidence, *detail]), note_ctx
+        )
+        c["evidence_files"] = ev["pattern"] if ev else None
+        c["waiting_on"] = ev if ev and not ev["present"] else None
+        c["caveats"] = [
+            {
+                "id": f"lim-{k}",
+                "short": present[f"lim-{k}"]["short"] or k,
+                "summary": present[f"lim-{k}"]["summary"],
+            }
+            for k in claim.caveats
+            if f"lim-{k}" in present
+        ]
+        if c["waiting_on"] or str(c["reason"]).startswith("no `"):
+            c["caveats"] = []  # nothing measured: no property of the setup decided it
+        out.append(c)
+    return out
+
+
 def site_data(
-    results: Results, config: dict, ledger: pd.DataFrame, spec: ClaimFile, reference: dict, src: Path
+    results: Results,
+    config: dict,
+    ledger: pd.DataFrame,
+    spec: ClaimFile,
+    reference: dict,
+    src: Path,
+    repo: Path | None = None,
 ) -> dict:
     """Every table, plot and fact the templates use; plots are written under ``src/plots``."""
     dense = results["dense"].df
+    boot = spec.bootstrap
     promo = tables.tiered_rows(results["tiered_promotion"].df, dense)
     sweep_rows = tables.tiered_rows(results["tiered_sweep"].df, dense)
     promoted = tables.promoted_settings(results.promoted)
     note_ctx = note_context_map(config)
-    sweep = tables.sweep_table(sweep_rows, reference, promoted)
-    promotion = tables.promotion_table(promo, reference, note_ctx)
+    sweep = tables.sweep_table(sweep_rows, reference, promoted, boot)
+    promotion = tables.promotion_table(promo, reference, note_ctx, boot)
     path = spec.headline["decode_path"]
     serving_claim = next((c for c in spec.claims if c.rule["kind"] == "quantile_ratio"), None)
     ops_claim = next((c for c in spec.claims if c.rule["kind"] == "ops_ratio"), None)
+    comp_claim = next(
+        (c for c in spec.claims if c.rule["kind"] == "ratio" and c.rule["metrics"] == ["compression"]), None
+    )
     arm, baseline = (
         (serving_claim.rule["arm"], serving_claim.rule["baseline"]) if serving_claim else ("bcr", "radix")
     )
-    serving = tables.serving_table(results["serving_requests"].df, reference, arm, baseline)
+    serving = tables.serving_table(results["serving_requests"].df, reference, arm, baseline, boot)
     ops_ours, ops_base = (
         (ops_claim.rule["arm"], ops_claim.rule["baseline"]) if ops_claim else ("bcr", "unified_rust")
     )
@@ -153,16 +336,32 @@ def site_data(
     decomp = tables.decomposition_table(results["tiered_decomposition"].df)
     peers_bin = next((c.rule["bin_width"] for c in spec.claims if c.rule["kind"] == "peer_exact"), 0.05)
     peers = tables.peers_table(results["peers"].df, peers_bin)
+    ectx = eval_context(spec, results, config)
+
+    study_path = repo / "config" / "a100.yaml" if repo is not None else None
+    study = (
+        yaml.safe_load(study_path.read_text()) if study_path is not None and study_path.is_file() else None
+    )
+    lims = limitations(results, config, ledger, reference, headline=ectx.headline.setting, study=study)
+    cap = next((item["cap"] for item in lims if item.get("cap")), None)
 
     plot_files: dict[str, str] = {}
     pdir = src / "plots"
     sweep_p = sweep[sweep["decode_path"] == path] if len(sweep) else sweep
     promo_p = promotion[promotion["decode_path"] == path] if len(promotion) else promotion
     if len(sweep_p) or len(promo_p):
-        plots.compression_vs_exactness(promo_p, sweep_p, reference, pdir / "compression_vs_exactness.svg")
+        plots.compression_vs_exactness(
+            promo_p,
+            sweep_p,
+            reference,
+            pdir / "compression_vs_exactness.svg",
+            threshold=comp_claim.rule["threshold"] if comp_claim else None,
+            note_ctx=note_ctx,
+            cap=cap,
+        )
         plot_files["compression"] = "plots/compression_vs_exactness.svg"
     if len(promotion):
-        plots.ratio_bars(promotion, pdir / "latency_ratios.svg")
+        plots.latency_ratios(promotion, reference, pdir / "latency_ratios.svg", note_ctx=note_ctx)
         plot_files["ratios"] = "plots/latency_ratios.svg"
     if results["cache_ops"].present:
         pages = sorted(results["cache_ops"].df["page_size"].unique())
@@ -179,9 +378,8 @@ def site_data(
         plots.decomposition_bars(decomp, pdir / "decomposition.svg")
         plot_files["decomposition"] = "plots/decomposition.svg"
 
-    claims = ledger.to_dict("records")
-    for c in claims:
-        c["page"] = TRACK_PAGES[c["track"]]
+    info = evidence_info(results)
+    claims = _claims(ledger, spec, info, lims, note_ctx)
     prov = provenance_rows(results)
     return {
         "config": config,
@@ -190,8 +388,8 @@ def site_data(
         "card": results.card,
         "claims": claims,
         "by_track": {t: [c for c in claims if c["track"] == t] for t in TRACK_PAGES},
-        "changes": _changes(ledger),
-        "headline": eval_context(spec, results, config).headline,
+        "changes": _changes(claims),
+        "headline": ectx.headline,
         "site_version": ledger_version(ledger, config),
         "headline_path": path,
         "contexts": [int(c) for c in config["prompts"]["contexts"]],
@@ -199,6 +397,8 @@ def site_data(
         "note_ctx": note_ctx,
         "reference": reference,
         "tables": results.tables,
+        "evidence": info,
+        "bootstrap_level": round(float(boot["level"]) * 100),
         "sweep": _records(sweep),
         "promotion": _records(promotion),
         "dense_source": promo.attrs.get("dense_source", {}),
@@ -207,6 +407,10 @@ def site_data(
         "cache_ops": _records(cache_ops),
         "ops_arms": ops_arms,
         "ops_pair": (ops_ours, ops_base),
+        "ops_pages": sorted(
+            {int(r["page_size"]) for r in _records(cache_ops)},
+            key=lambda p: (ops_claim is None or p != ops_claim.rule["page_size"], p),
+        ),
         "longctx": tables.longctx_summary(results["longctx"].df),
         "decomposition": _records(decomp),
         "paged": [r for r in _records(promotion) if r["decode_path"] != path],
@@ -214,8 +418,11 @@ def site_data(
         "dense": _records(_dense_summary(dense)),
         "plots": plot_files,
         "provenance": _records(prov),
+        "prov_split": provenance_split(
+            _records(prov) + ([results.card["provenance"]] if (results.card or {}).get("provenance") else [])
+        ),
         "prov": _first_provenance(results),
-        "limitations": limitations(results, config, ledger, reference),
+        "limitations": lims,
         "versions": {
             "python": platform.python_version(),
             "pandas": pd.__version__,

@@ -28,7 +28,7 @@ import pandas as pd
 
 from bcr.ledger import tables
 from bcr.ledger.evidence import Results
-from bcr.ledger.stats import Interval, geomean_interval, quantile_ratio_interval
+from bcr.ledger.stats import Interval, geomean_interval, quantile_ratio_interval, sig
 
 SUPPORTED, REJECTED, NOT_YET = "supported", "rejected", "not yet"
 VERDICTS = (SUPPORTED, REJECTED, NOT_YET)
@@ -264,7 +264,7 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
             continue
         ok = ratio <= thr if rule["holds_when"] == "below" else ratio >= thr
         verdict = SUPPORTED if ok else REJECTED
-        text = f"{name} {ratio:.3f}x"
+        text = f"{name} {sig(ratio)}x"
         parts.append((verdict, name, Outcome(verdict, text, evidence, n, ratio, thr, value_text=text)))
     if not parts:
         return Outcome(
@@ -282,7 +282,7 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
         + " (the table holds per-operation quantiles, not samples, so no interval)"
     )
     ratios = [p[2].value for p in parts if not math.isnan(p[2].value)]
-    deciding.value_text = f"max p50 ratio {max(ratios):.3f}x" if ratios else "—"
+    deciding.value_text = f"max p50 ratio {sig(max(ratios))}x" if ratios else "—"
     return deciding
 
 

@@ -3,7 +3,10 @@
 Hand-written pages come from the repository's ``site/``; generated pages and plots are rendered
 into ``results/site_src/`` beside them, so a run never writes into the source tree.
 ``results/mkdocs.yml`` is the repository's ``mkdocs.yml`` with its directories pointed there; the
-same file is what ``mike deploy --config-file results/mkdocs.yml`` publishes (outside the DAG).
+same file is what ``mike deploy --config-file results/mkdocs.yml`` publishes (outside the DAG), with
+Material's version selector fed by mike's ``versions.json``.  The pipeline's own build (a plain
+``mkdocs build``, no mike) reads ``results/mkdocs.local.yml``: the same config without the version
+provider, so a plain build does not ask for a ``versions.json`` that only a mike deployment has.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from bcr import io
 from bcr.ledger.claims import ClaimFile
 from bcr.ledger.evidence import Results
 from bcr.ledger.render import render_pages, site_data
+
+DESIGN_DOC = "DESIGN.md"
 
 
 class SiteBuildError(RuntimeError):
@@ -46,7 +51,10 @@ def assemble_sources(
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(repo / "site", src)
-    data = site_data(results, config, ledger, spec, reference, src)
+    # The project's design document lives at the repository root (where the code cites it) and is a
+    # page of the site, so the strict build fails if it goes missing.
+    shutil.copyfile(repo / DESIGN_DOC, src / "design.md")
+    data = site_data(results, config, ledger, spec, reference, src, repo=repo)
     for name, text in render_pages(data).items():
         io.write_text(text, src / name)
     mk = yaml.safe_load((repo / "mkdocs.yml").read_text())
@@ -54,7 +62,22 @@ def assemble_sources(
     mk["site_dir"] = "site"
     mk["site_name"] = config.get("site", {}).get("title", mk.get("site_name", "bcr-memory"))
     io.write_text(yaml.safe_dump(mk, sort_keys=False, allow_unicode=True), out / "mkdocs.yml")
+    io.write_text(yaml.safe_dump(local_config(mk), sort_keys=False, allow_unicode=True), out / LOCAL_MKDOCS)
     return out / "mkdocs.yml"
+
+
+LOCAL_MKDOCS = "mkdocs.local.yml"
+
+
+def local_config(mk: dict) -> dict:
+    """The config of a plain (non-mike) build: no ``extra.version``, so no ``versions.json`` request."""
+    local = dict(mk)
+    extra = {k: v for k, v in (mk.get("extra") or {}).items() if k != "version"}
+    if extra:
+        local["extra"] = extra
+    else:
+        local.pop("extra", None)
+    return local
 
 
 def mkdocs_build(mkdocs_yml: Path) -> str:
@@ -70,5 +93,5 @@ def build(
     repo: Path, results: Results, config: dict, ledger: pd.DataFrame, spec: ClaimFile, reference: dict
 ) -> Path:
     mkdocs_yml = assemble_sources(repo, results, config, ledger, spec, reference)
-    mkdocs_build(mkdocs_yml)
+    mkdocs_build(mkdocs_yml.parent / LOCAL_MKDOCS)
     return results.root / "site" / "index.html"

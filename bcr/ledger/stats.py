@@ -25,8 +25,23 @@ class Interval:
     high: float
     n: int
 
-    def text(self, spec: str = ".3f", suffix: str = "x") -> str:
-        return f"{self.point:{spec}}{suffix} [{self.low:{spec}}, {self.high:{spec}}]"
+    def text(self, digits: int = 3, suffix: str = "x") -> str:
+        """``1.95x [1.93, 1.97]``: three significant digits (what 8-30 prompts support)."""
+        return f"{sig(self.point, digits)}{suffix} [{sig(self.low, digits)}, {sig(self.high, digits)}]"
+
+
+def sig(v: float, digits: int = 3) -> str:
+    """``v`` to ``digits`` significant digits in fixed notation: 2.00, 0.995, 1.01, 1950."""
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(v)))
+    decimals = max(0, digits - 1 - mag)
+    rounded = round(v, decimals)
+    if rounded and math.floor(math.log10(abs(rounded))) > mag:  # 9.996 -> 10.0: one decimal fewer
+        decimals = max(0, decimals - 1)
+    return f"{v:.{decimals}f}"
 
 
 def _clean(values: np.ndarray | list[float]) -> np.ndarray:

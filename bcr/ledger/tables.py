@@ -14,10 +14,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bcr.ledger.stats import geomean
+from bcr.ledger.stats import geomean, geomean_interval, quantile_ratio_interval
 
 DENSE_PATH = "dense"
 GIB = 2**30
+# The intervals the pages show beside a ratio: the claim file's bootstrap unless the caller passes one.
+DEFAULT_BOOTSTRAP = {"level": 0.95, "resamples": 2000, "seed": 20250101}
+INTERVAL_METRICS = ("compression", "ttft_ratio", "tpot_ratio", "kv_peak_ratio", "peak_mem_ratio")
+
+
+def with_intervals(rec: dict, g: pd.DataFrame, metrics: tuple[str, ...], bootstrap: dict | None) -> dict:
+    """Add ``{metric}``, ``{metric}_low``, ``{metric}_high`` (geometric mean, bootstrap interval) to ``rec``.
+
+    The same seeded bootstrap as the ledger's ratio rule: a page's interval for the headline
+    setting at the largest context is the ledger's interval.
+    """
+    b = {**DEFAULT_BOOTSTRAP, **(bootstrap or {})}
+    for m in metrics:
+        if m not in g.columns:
+            rec[m] = rec[f"{m}_low"] = rec[f"{m}_high"] = math.nan
+            continue
+        vals = pd.to_numeric(g[m], errors="coerce").to_numpy(dtype=float)
+        iv = geomean_interval(vals, level=b["level"], resamples=b["resamples"], seed=b["seed"])
+        rec[m], rec[f"{m}_low"], rec[f"{m}_high"] = iv.point, iv.low, iv.high
+        rec[f"{m}_n"] = iv.n
+    return rec
 
 
 # --- tiered ----------------------------------------------------------------------------------------
@@ -152,7 +173,9 @@ def promoted_settings(promoted: Any) -> list[str] | None:
     return None
 
 
-def sweep_table(rows: pd.DataFrame, reference: dict, promoted: list[str] | None) -> pd.DataFrame:
+def sweep_table(
+    rows: pd.DataFrame, reference: dict, promoted: list[str] | None, bootstrap: dict | None = None
+) -> pd.DataFrame:
     """The note's 8K table: per setting and decode path, exact n/N, compression, where it diverged."""
     if len(rows) == 0:
         return pd.DataFrame()
@@ -160,23 +183,25 @@ def sweep_table(rows: pd.DataFrame, reference: dict, promoted: list[str] | None)
     recs = []
     for (setting, path), g in rows.groupby(["setting", "decode_path"], sort=True):
         bad = g[~g["exact"]]
-        recs.append(
-            {
-                "setting": setting,
-                "decode_path": path,
-                "context": int(g["context"].iloc[0]),
-                "n": len(g),
-                "n_exact": int(g["exact"].sum()),
-                "exact": bool(g["exact"].all()),
-                "compression": geomean(g["compression"]),
-                "stored_fraction": float(g["stored_fraction"].mean()),
-                "first_divergence": _int(bad["first_divergence"].min()) if len(bad) else "—",
-                "lost": _first_text(bad, "lost"),
-                "max_logit_diff": float(g["max_logit_diff"].max()),
-                "promoted": (setting in promoted) if promoted is not None else None,
-                "note_exact": note.get(setting),
-            }
-        )
+        exact = bool(g["exact"].all())
+        note_exact = note.get(setting)
+        rec = {
+            "setting": setting,
+            "decode_path": path,
+            "context": int(g["context"].iloc[0]),
+            "n": len(g),
+            "n_exact": int(g["exact"].sum()),
+            "exact": exact,
+            "compression": geomean(g["compression"]),
+            "stored_fraction": float(g["stored_fraction"].mean()),
+            "first_divergence": _int(bad["first_divergence"].min()) if len(bad) else "—",
+            "lost": _first_text(bad, "lost"),
+            "max_logit_diff": float(g["max_logit_diff"].max()),
+            "promoted": (setting in promoted) if promoted is not None else None,
+            "note_exact": note_exact,
+            "differs_from_note": None if note_exact is None else exact != bool(note_exact),
+        }
+        recs.append(with_intervals(rec, g, ("compression",), bootstrap))
     return pd.DataFrame(recs)
 
 
@@ -195,7 +220,9 @@ def _missing(v: Any) -> bool:
         return False
 
 
-def promotion_table(rows: pd.DataFrame, reference: dict, note_context: dict[int, int]) -> pd.DataFrame:
+def promotion_table(
+    rows: pd.DataFrame, reference: dict, note_context: dict[int, int], bootstrap: dict | None = None
+) -> pd.DataFrame:
     """The note's promotion table, ours per (setting, context, decode path) with the note's beside it."""
     if len(rows) == 0:
         return pd.DataFrame()
@@ -204,30 +231,41 @@ def promotion_table(rows: pd.DataFrame, reference: dict, note_context: dict[int,
     for (setting, context, path), g in rows.groupby(["setting", "context", "decode_path"], sort=True):
         peak_ratio = geomean(g["peak_mem_ratio"])
         ref = note.get((setting, note_context.get(int(context), int(context))), {})
-        recs.append(
-            {
-                "setting": setting,
-                "context": int(context),
-                "decode_path": path,
-                "n": len(g),
-                "n_exact": int(g["exact"].sum()),
-                "compression": geomean(g["compression"]),
-                "stored_fraction": float(g["stored_fraction"].mean()),
-                "ttft_ratio": geomean(g["ttft_ratio"]),
-                "tpot_ratio": geomean(g["tpot_ratio"]),
-                "kv_peak_ratio": geomean(g["kv_peak_ratio"]),
-                "peak_dense_gib": _max_gib(g["peak_mem_bytes_dense"]),
-                "peak_tiered_gib": _max_gib(g["peak_mem_bytes"]),
-                "dvram_pct": (1.0 - peak_ratio) * 100 if not math.isnan(peak_ratio) else math.nan,
-                "note_context": ref.get("context"),
-                "note_exact": f"{ref['exact']}/{ref['n']}" if ref else None,
-                "note_compression": ref.get("compression"),
-                "note_ttft_ratio": ref.get("ttft_ratio"),
-                "note_tpot_ratio": ref.get("tpot_ratio"),
-                "note_dvram_pct": ref.get("dvram_pct"),
-            }
-        )
+        rec = {
+            "setting": setting,
+            "context": int(context),
+            "decode_path": path,
+            "n": len(g),
+            "n_exact": int(g["exact"].sum()),
+            "compression": geomean(g["compression"]),
+            "stored_fraction": float(g["stored_fraction"].mean()),
+            "ttft_ratio": geomean(g["ttft_ratio"]),
+            "tpot_ratio": geomean(g["tpot_ratio"]),
+            "kv_peak_ratio": geomean(g["kv_peak_ratio"]),
+            "peak_dense_gib": _max_gib(g["peak_mem_bytes_dense"]),
+            "peak_tiered_gib": _max_gib(g["peak_mem_bytes"]),
+            "dvram_pct": (1.0 - peak_ratio) * 100 if not math.isnan(peak_ratio) else math.nan,
+            "note_context": ref.get("context"),
+            "note_exact": f"{ref['exact']}/{ref['n']}" if ref else None,
+            "note_compression": ref.get("compression"),
+            "note_ttft_ratio": ref.get("ttft_ratio"),
+            "note_tpot_ratio": ref.get("tpot_ratio"),
+            "note_dvram_pct": ref.get("dvram_pct"),
+            "note_peak_dense_gib": ref.get("peak_dense_gib"),
+            "note_peak_tiered_gib": ref.get("peak_tiered_gib"),
+            "note_n": ref.get("n"),
+            "ttft_ms": _median_ms(g, "ttft_s"),
+            "tpot_ms": _median_ms(g, "tpot_s"),
+        }
+        recs.append(with_intervals(rec, g, INTERVAL_METRICS, bootstrap))
     return pd.DataFrame(recs)
+
+
+def _median_ms(g: pd.DataFrame, col: str) -> float:
+    if col not in g.columns:
+        return math.nan
+    s = pd.to_numeric(g[col], errors="coerce").dropna()
+    return float(s.median()) * 1000 if len(s) else math.nan
 
 
 def _max_gib(s: pd.Series) -> float:
@@ -238,7 +276,9 @@ def _max_gib(s: pd.Series) -> float:
 # --- serving ---------------------------------------------------------------------------------------
 
 
-def serving_table(df: pd.DataFrame | None, reference: dict, arm: str, baseline: str) -> pd.DataFrame:
+def serving_table(
+    df: pd.DataFrame | None, reference: dict, arm: str, baseline: str, bootstrap: dict | None = None
+) -> pd.DataFrame:
     """Result 1: per (engine, workload), reuse delta and TTFT/E2E quantile ratios ``arm / baseline``."""
     if df is None or len(df) == 0:
         return pd.DataFrame()
@@ -248,6 +288,7 @@ def serving_table(df: pd.DataFrame | None, reference: dict, arm: str, baseline: 
         a, b = g[g["arm"] == arm], g[g["arm"] == baseline]
         if not len(a) or not len(b):
             continue
+        b_rows = b
         ref = note.get(workload, {})
         recs.append(
             {
@@ -265,6 +306,21 @@ def serving_table(df: pd.DataFrame | None, reference: dict, arm: str, baseline: 
                 "note_e2e_p50_ratio": ref.get("e2e_p50_ratio"),
             }
         )
+        b = {**DEFAULT_BOOTSTRAP, **(bootstrap or {})}
+        for key, col, q in (
+            ("ttft_p50_ratio", "ttft_s", 0.5),
+            ("ttft_p99_ratio", "ttft_s", 0.99),
+            ("e2e_p50_ratio", "e2e_s", 0.5),
+        ):
+            iv = (
+                quantile_ratio_interval(
+                    a[col], b_rows[col], q=q, level=b["level"], resamples=b["resamples"], seed=b["seed"]
+                )
+                if col in g.columns
+                else None
+            )
+            recs[-1][f"{key}_low"] = iv.low if iv else math.nan
+            recs[-1][f"{key}_high"] = iv.high if iv else math.nan
     return pd.DataFrame(recs)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bcr.config import resolve_base
+
 # Every resolved setting carries exactly these knobs (``base`` is resolved away).
 KNOBS = (
     "band",
@@ -56,21 +58,6 @@ def _raw_settings(tiered: dict) -> dict[str, dict]:
     return dict(tiered.get("settings") or {})
 
 
-def _resolve_raw(name: str, raw: dict[str, dict], seen: tuple[str, ...] = ()) -> dict:
-    """Merge ``name`` over its ``base`` chain (KeyError/ValueError are turned into config errors by callers)."""
-    if name in seen:
-        raise ValueError(f"base chain loops: {' -> '.join([*seen, name])}")
-    entry = dict(raw[name])
-    base = entry.pop("base", None)
-    if base is None:
-        return entry
-    if base not in raw:
-        raise KeyError(base)
-    merged = _resolve_raw(base, raw, (*seen, name))
-    merged.update(entry)
-    return merged
-
-
 def resolve(config: dict, name: str) -> TieredSetting:
     """The named setting with its base chain merged (assumes :func:`check` passed)."""
     tiered = config["tiered"]
@@ -78,7 +65,7 @@ def resolve(config: dict, name: str) -> TieredSetting:
     if name not in raw:
         known = ", ".join(sorted(raw))
         raise KeyError(f"unknown tiered setting {name!r} (known: {known})")
-    knobs = _resolve_raw(name, raw)
+    knobs = resolve_base(raw, name)
     band = knobs["band"]
     lo, hi = tiered["bands"][band]
     return TieredSetting(
@@ -129,7 +116,7 @@ def sweep_context(config: dict) -> int:
 def _check_setting(name: str, raw: dict[str, dict], bands: dict) -> list[tuple[str, str]]:
     key = f"tiered.settings.{name}"
     try:
-        knobs = _resolve_raw(name, raw)
+        knobs = resolve_base(raw, name)
     except KeyError as exc:
         return [(f"{key}.base", f"unknown base setting {exc.args[0]!r} (known: {', '.join(sorted(raw))})")]
     except ValueError as exc:

@@ -40,6 +40,9 @@ def with_prov(df: pd.DataFrame, **over: str) -> pd.DataFrame:
     return out
 
 
+BAND_LAYERS = {"front_ret25": [0, 1, 2], "keep_all": [0, 1, 2, 3]}  # middle bands: layers 1-2
+
+
 def tiered_frame(
     setting: str,
     context: int,
@@ -96,6 +99,9 @@ def tiered_frame(
                 }
             )
     df = pd.DataFrame(rows, columns=TIERED_COLUMNS)
+    # the harness's diagnostic column: which layers the tiered run compressed (4-layer tiny model)
+    band = BAND_LAYERS.get(setting, [1, 2])
+    df["band_layers"] = [band if p != "dense" else [] for p in df["decode_path"]]
     df["peak_mem_bytes"] = df["peak_mem_bytes"].astype("Int64")
     df["first_divergence"] = df["first_divergence"].astype("Int64")
     return with_prov(df, model=model)

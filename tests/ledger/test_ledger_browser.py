@@ -1,106 +1,228 @@
-"""A real headless Chromium renders the overview: the ledger shows one verdict per claim; a screenshot is kept.
+"""The built site in a real headless Chromium, as a reader gets it, at 1280 px and at 390 px.
 
-Chromium is Debian's `chromium` package, installed by scripts/setup_browser.sh (the README's test
-command runs it first).  Without it this test fails and says so: a browser check that silently
-skips would prove nothing.
+Chromium and its WebDriver are Debian's ``chromium`` and ``chromium-driver`` packages, installed by
+scripts/setup_browser.sh (``make test`` runs it first).  Without them these tests fail and say so: a
+browser check that silently skips would prove nothing.  The site is served over
+``http://127.0.0.1`` and driven through chromedriver (tests/ledger/webdriver.py).
+
+Which site:
+
+* by default, the synthetic full site of the test suite (every track's evidence, conftest.py
+  ``full_site``); screenshots go to ``test-artifacts/browser/`` in the repository (gitignored);
+* ``BCR_SITE_RESULTS=results`` (or any results folder holding ``site/`` and ``ledger.parquet``):
+  a real pipeline run's site, e.g. ``BCR_SITE_RESULTS=results .venv/bin/pytest
+  tests/ledger/test_ledger_browser.py``; screenshots go to ``<results>/browser/``.
+
+``BCR_BROWSER_ARTIFACTS`` overrides the screenshot folder.  Every page gets ``<page>_1280.png``
+and ``<page>_390.png`` (the whole page height).
+
+What a page must satisfy: at 1280 px every key table (``.key-table``: the ledger, the sweep and
+promotion tables, ours beside the note, cache operations, provenance) fits without horizontal
+scrolling, so its comparison columns are on screen; at 390 px the page itself never scrolls
+sideways (wide tables scroll inside their own wrapper); no generated page shows ``nan`` or
+``None``; every image (the plots) loads; the console logs no error (a 404 included).
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from html.parser import HTMLParser
+import os
+import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
+from ledger_synth import REPO
+from webdriver import Browser, BrowserMissing, executables, serve
 
 from bcr.ledger.claims import evaluate
 from bcr.ledger.evidence import load_results
+from bcr.ledger.render import PAGES
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--hide-scrollbars",
-]
+WIDE, NARROW = 1280, 390
+GENERATED = [p.removesuffix(".md") for p in PAGES]
+HAND_WRITTEN = ["methods", "design", "publishing"]
+ALL_PAGES = GENERATED + HAND_WRITTEN
+# Key tables each page must show when its evidence is present (id of the .key-table wrapper).
+KEY_TABLES = {
+    "index": ["ledger-wrap"],
+    "tiered": ["sweep-table", "promotion-exactness", "promotion-latency", "promotion-memory"],
+    "serving": ["cache-ops-16", "cache-ops-1"],
+    "provenance": ["provenance-files"],
+}
+MISSING_TEXT = re.compile(r"(?<![\w.`])(nan|NaN|None)(?![\w`])")
+
+TABLES_JS = """
+return Array.from(document.querySelectorAll('article .key-table')).map(k => {
+  const t = k.querySelector('table');
+  if (!t) return {id: k.id, columns: 0, cut: false};
+  // Material makes the table itself the scroll box (inline-block, overflow auto) inside a scroll
+  // wrapper: the columns are all on screen when neither scrolls and the table ends in the viewport.
+  const boxes = [t, t.closest('.md-typeset__scrollwrap, .table-scroll')].filter(Boolean);
+  const hidden = boxes.map(b => b.scrollWidth - b.clientWidth);
+  const right = t.getBoundingClientRect().right, viewport = document.documentElement.clientWidth;
+  return {id: k.id, columns: t.querySelectorAll('th').length, hidden_px: Math.max(...hidden),
+          right: right, viewport: viewport, cut: Math.max(...hidden) > 1 || right > viewport + 1};
+});
+"""
+IMAGES_JS = """
+return Array.from(document.images).map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}));
+"""
 
 
-def chromium() -> str:
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.fail(
-            "chromium is not installed: run `bash scripts/setup_browser.sh` (Debian package `chromium`)"
+def _url(page: str) -> str:
+    return "" if page == "index" else f"{page}/"
+
+
+@pytest.fixture(scope="module")
+def site_results(request) -> Path:
+    """The results folder whose ``site/`` is under test (a real run's, or the synthetic full site)."""
+    env = os.environ.get("BCR_SITE_RESULTS")
+    if env:
+        root = Path(env).resolve()
+        if not (root / "site" / "index.html").is_file():
+            pytest.fail(f"BCR_SITE_RESULTS={env}: no built site at {root / 'site' / 'index.html'}")
+        return root
+    return request.getfixturevalue("full_site")
+
+
+@pytest.fixture(scope="module")
+def artifacts(site_results) -> Path:
+    env = os.environ.get("BCR_BROWSER_ARTIFACTS")
+    if env:
+        out = Path(env)
+    elif os.environ.get("BCR_SITE_RESULTS"):
+        out = site_results / "browser"
+    else:
+        out = REPO / "test-artifacts" / "browser"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser(site_results, tmp_path_factory) -> Iterator[tuple[Browser, str]]:
+    try:
+        executables()
+    except BrowserMissing as exc:
+        pytest.fail(str(exc))
+    with serve(site_results / "site") as base, Browser(tmp_path_factory.mktemp("chromium")) as b:
+        yield b, base
+
+
+def _open(b: Browser, base: str, page: str, width: int) -> None:
+    b.set_viewport(width, 900)
+    b.console()  # drop entries of earlier pages
+    b.get(base + _url(page))
+    deadline = time.monotonic() + 10
+    while b.run("return document.readyState") != "complete" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # Material's scripts wrap tables and wire the header after load
+
+
+def _errors(b: Browser) -> list[str]:
+    return [e["message"] for e in b.console() if e.get("level") == "SEVERE"]
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_page_at_1280(browser, artifacts, page):
+    b, base = browser
+    _open(b, base, page, WIDE)
+    assert b.viewport_width() == WIDE
+    b.screenshot(artifacts / f"{page}_{WIDE}.png")
+    errors = _errors(b)
+    assert not errors, f"{page}: console errors {errors}"
+    broken = [i["src"] for i in b.run(IMAGES_JS) if not i["ok"]]
+    assert not broken, f"{page}: images that did not load: {broken}"
+    tables = b.run(TABLES_JS)
+    cut = [t for t in tables if t["cut"]]
+    assert not cut, (
+        f"{page}: key tables cut off at {WIDE} px (their right-hand columns need scrolling): {cut}"
+    )
+    if page in GENERATED:
+        text = b.run("return document.querySelector('article').innerText")
+        hits = sorted({m.group(0) for m in MISSING_TEXT.finditer(text)})
+        assert not hits, f"{page}: shows {hits} (a missing value must read as —)"
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_page_at_390_has_no_sideways_scroll(browser, artifacts, page):
+    b, base = browser
+    _open(b, base, page, NARROW)
+    assert b.viewport_width() == NARROW
+    scroll, client = b.run(
+        "return [Math.max(document.documentElement.scrollWidth, document.body.scrollWidth),"
+        " document.documentElement.clientWidth]"
+    )
+    b.screenshot(artifacts / f"{page}_{NARROW}.png")
+    assert scroll <= client + 1, f"{page}: the page scrolls sideways at {NARROW} px ({scroll} > {client})"
+    assert not _errors(b), page
+
+
+def test_key_tables_are_on_their_pages(browser, site_results):
+    """The tables the layout test measures are there (where their evidence is), so it cannot pass vacuously."""
+    b, base = browser
+    results = load_results(site_results)
+    present = {
+        "index": True,
+        "tiered": results["tiered_sweep"].present and results["tiered_promotion"].present,
+        "serving": results["cache_ops"].present,
+        "provenance": True,
+    }
+    for page, ids in KEY_TABLES.items():
+        if not present[page]:
+            continue
+        _open(b, base, page, WIDE)
+        shown = {t["id"] for t in b.run(TABLES_JS) if t["columns"]}
+        assert set(ids) <= shown, (page, sorted(shown))
+
+
+def test_overview_ledger_shows_the_computed_verdicts(browser, site_results, spec, cpu_config):
+    b, base = browser
+    _open(b, base, "index", WIDE)
+    rows = b.run(
+        "return Array.from(document.querySelectorAll('#ledger-table tr[data-claim]')).map(r =>"
+        " [r.dataset.claim, Array.from(r.querySelectorAll('td.verdict-cell .verdict')).map(s => s.textContent.trim())])"
+    )
+    if os.environ.get("BCR_SITE_RESULTS"):
+        expected = pd.read_parquet(site_results / "ledger.parquet")
+    else:
+        expected = evaluate(spec, load_results(site_results), cpu_config)
+    assert [r[0] for r in rows] == list(expected["claim_id"])
+    verdict = dict(zip(expected["claim_id"], expected["verdict"], strict=True))
+    for claim, shown in rows:
+        assert shown == [verdict[claim]], claim
+    assert b.run("return !!document.querySelector('.md-header')")  # the Material theme's page
+
+
+def test_palette_toggle_switches_to_dark(browser):
+    b, base = browser
+    _open(b, base, "index", WIDE)
+    before = b.run("return document.body.getAttribute('data-md-color-scheme')")
+    b.run("document.querySelector('form[data-md-component=\"palette\"] label:not([hidden])').click()")
+    time.sleep(0.2)
+    after = b.run("return document.body.getAttribute('data-md-color-scheme')")
+    assert {before, after} == {"default", "slate"}, (before, after)
+    b.run("document.querySelector('form[data-md-component=\"palette\"] label:not([hidden])').click()")
+
+
+def test_search_ranks_prose_above_the_provenance_dump(browser):
+    """Material's search worker answers, and a results word finds a results page before the config dump."""
+    b, base = browser
+    _open(b, base, "index", WIDE)
+    b.run(
+        "const i = document.querySelector('input[data-md-component=\"search-query\"]');"
+        "i.focus(); i.value = 'compression'; i.dispatchEvent(new Event('input', {bubbles: true}));"
+        "i.dispatchEvent(new KeyboardEvent('keyup', {bubbles: true}));"
+    )
+    links: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        links = b.run(
+            "return Array.from(document.querySelectorAll('.md-search-result__list > li a')).map(a => a.getAttribute('href'))"
         )
-    return exe
-
-
-def run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
-
-
-class LedgerParser(HTMLParser):
-    """Collects, per ``tr[data-claim]`` of ``table#ledger-table``, the texts of verdict badges in its verdict cell."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: dict[str, list[str]] = {}
-        self.order: list[str] = []
-        self._in_table = self._in_cell = self._in_badge = False
-        self._claim: str | None = None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        classes = (a.get("class") or "").split()
-        if tag == "table" and a.get("id") == "ledger-table":
-            self._in_table = True
-        elif self._in_table and tag == "tr" and "data-claim" in a:
-            self._claim = a["data-claim"]
-            self.order.append(self._claim)
-            self.rows[self._claim] = []
-        elif self._claim and tag == "td" and "verdict-cell" in classes:
-            self._in_cell = True
-        elif self._in_cell and tag == "span" and "verdict" in classes:
-            self._in_badge = True
-            self.rows[self._claim].append("")
-
-    def handle_endtag(self, tag):
-        if tag == "span":
-            self._in_badge = False
-        elif tag == "td":
-            self._in_cell = False
-        elif tag == "tr":
-            self._claim = None
-        elif tag == "table":
-            self._in_table = False
-
-    def handle_data(self, data):
-        if self._in_badge:
-            self.rows[self._claim][-1] += data.strip()
-
-
-def test_overview_in_headless_chromium(full_site, tmp_path, spec, cpu_config):
-    index = full_site / "site" / "index.html"
-    dom = run_chromium(["--dump-dom", index.as_uri()], tmp_path / "profile").stdout
-    assert "</html>" in dom
-    assert "md-header" in dom  # the Material theme's script-built page, not a bare file
-
-    parser = LedgerParser()
-    parser.feed(dom)
-    expected = evaluate(spec, load_results(full_site), cpu_config)
-    assert parser.order == [c.id for c in spec.claims]
-    for row in expected.itertuples():
-        assert parser.rows[row.claim_id] == [row.verdict], row.claim_id
-    assert {v for vs in parser.rows.values() for v in vs} == {"supported", "rejected", "not yet"}
-
-    shot = tmp_path / "overview.png"
-    run_chromium(["--window-size=1400,2400", f"--screenshot={shot}", index.as_uri()], tmp_path / "profile")
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    pixels = plt.imread(shot)
-    assert pixels.shape[:2] == (2400, 1400)
-    assert pixels[..., :3].std() > 0.05  # a rendered page, not a blank canvas
+        if links:
+            break
+        time.sleep(0.25)
+    assert links, "the site search returned nothing for 'compression'"
+    assert "provenance" not in links[0], links[:5]

@@ -103,3 +103,47 @@ def test_every_plot_kind_is_deterministic(tmp_path):
         "ratios": lambda p: plots.ratio_bars(PROMOTION, p),
     }.items():
         assert fn(tmp_path / f"{name}1.svg").read_bytes() == fn(tmp_path / f"{name}2.svg").read_bytes(), name
+
+
+def test_the_overlap_check_sees_overlapping_labels(tmp_path):
+    import matplotlib.pyplot as plt
+    import pytest
+
+    from bcr.ledger import plotstyle
+
+    with plotstyle.style():
+        fig, ax = plt.subplots()
+        ax.annotate("front_ret25", (1.0, 1.0))
+        ax.annotate("middle_ret35", (1.0, 1.0))
+        with pytest.warns(plotstyle.OverlappingLabels):
+            plotstyle.save(fig, tmp_path / "clash.svg")
+
+
+def test_site_plots_have_no_overlapping_labels_and_label_their_lines(full_site, recwarn):
+    """The full synthetic site drew every plot without an overlap warning; lines and the note are labelled."""
+    from bcr.ledger import plotstyle
+
+    assert not [w for w in recwarn if issubclass(w.category, plotstyle.OverlappingLabels)]
+    plots = full_site / "site" / "plots"
+    comp = (plots / "compression_vs_exactness.svg").read_text()
+    assert "<!-- claim threshold C = 2 -->" in comp
+    assert "<!-- the note (reference), 16384 -->" in comp and "<!-- the note (reference), 32768 -->" in comp
+    assert "the note's 32768" in comp  # our contexts name the note's they stand in for
+    lat = (plots / "latency_ratios.svg").read_text()
+    assert "<!-- dense = 1 (no slowdown) -->" in lat and "same setting at the note's context" in lat
+    ops = (plots / "cache_ops.svg").read_text()
+    assert "×10" not in ops and "10^" not in ops  # plain log ticks
+
+
+def test_plots_with_intervals_are_deterministic_and_show_the_bars(tmp_path):
+    df = PROMOTION.assign(
+        compression_low=PROMOTION["compression"] * 0.98,
+        compression_high=PROMOTION["compression"] * 1.02,
+        ttft_ratio_low=PROMOTION["ttft_ratio"] * 0.9,
+        ttft_ratio_high=PROMOTION["ttft_ratio"] * 1.1,
+    )
+    a = plots.latency_ratios(df, REFERENCE, tmp_path / "a.svg", note_ctx={4096: 16384, 8192: 32768})
+    b = plots.latency_ratios(df, REFERENCE, tmp_path / "b.svg", note_ctx={4096: 16384, 8192: 32768})
+    assert a.read_bytes() == b.read_bytes()
+    bare = plots.latency_ratios(PROMOTION, REFERENCE, tmp_path / "c.svg")
+    assert bare.read_bytes() != a.read_bytes()  # the interval bars are drawn

@@ -11,11 +11,11 @@ from bcr.ledger.claims import evaluate
 from bcr.ledger.evidence import load_results
 from bcr.ledger.render import ADMONITION, PAGES, render_pages, site_data
 
-# Numbers that exist only in the note's tables (config/reference.yaml), as the pages format them.
+# Numbers that exist only in the note's tables (config/reference.yaml), as the pages format them
+# (three significant digits), and that the synthetic results cannot produce.
 NOTE_NUMBERS = [
-    "2.2599", "2.2723", "1.5915", "1.2732", "1.2686", "2.2355", "2.2135", "1.1920", "1.0042",
-    "0.4425", "0.6283", "0.4401", "17.294", "17.137", "17.189", "20.349", "20.034",
-    "1.081", "1.102", "1.197", "1.289", "331,999",
+    "2.26x", "2.27x", "1.27x", "2.24x", "2.21x", "1.19x",
+    "17.3", "17.1", "17.2", "20.3", "1.20x", "1.29x", "331,999", "0.910%", "1.55%",
 ]  # fmt: skip
 
 
@@ -100,29 +100,70 @@ def test_note_numbers_appear_only_in_columns_labelled_as_the_note(rendered):
     assert seen >= 10  # the note's tables are shown (beside ours, or alone as reference)
 
 
-def test_missing_evidence_says_not_yet_with_the_file(rendered):
+def test_missing_evidence_says_not_yet_with_the_file_and_what_produces_it(rendered):
     kind, _, pages = rendered
     if kind == "full":
         assert "not produced by this run" not in pages["serving.md"]
+        assert "Waiting on:" not in pages["serving.md"]
         return
-    assert "Not yet: `results/serving/*/*/*.parquet`" in pages["serving.md"]
-    assert "Not yet: `results/correctness/longctx.parquet`" in pages["correctness.md"]
-    assert "Not yet: `results/peers/kvpress.parquet`" in pages["peers.md"]
+    for page, pattern in (
+        ("serving.md", "results/serving/*/*/*.parquet"),
+        ("correctness.md", "results/correctness/longctx.parquet"),
+        ("peers.md", "results/peers/kvpress.parquet"),
+    ):
+        text = pages[page]
+        # one box (the claim's) says what the page waits on, the file, and what would produce it
+        assert "**Waiting on:** " in text and f"(`{pattern}`, not in this run)" in text, page
+        assert "no rule of this workflow writes it yet" in text, page
+        # the data section says so in one line, not in a second near-duplicate box
+        assert "this section fills in when they are produced, as the claim above says" in text, page
+        not_yet_claims = text.count('**ours:** <span class="verdict verdict-not-yet">')
+        assert text.count('!!! warning "Not yet:') == not_yet_claims, page
+    assert "need a CUDA GPU" in pages["serving.md"]
     if kind == "empty":
-        assert "Not yet: `results/tiered/promotion/*/*.parquet`" in pages["tiered.md"]
-        assert "Not yet: `results/tiered/sweep/*.parquet`" in pages["tiered.md"]
+        text = pages["tiered.md"]
+        assert "results/tiered/promotion/*/*.parquet" in text and "results/tiered/sweep/*.parquet" in text
+        assert "rule `tiered_promotion`" in text or "tiered promotion runs" in text
+
+
+def test_no_page_shows_nan_or_none(rendered):
+    _, _, pages = rendered
+    for name, text in pages.items():
+        body = text.split("## Effective config")[0]  # the YAML dump may hold a literal null
+        assert not re.search(r"(?<![\w.`])(nan|NaN|None)(?![\w`])", body), name
 
 
 def test_tiered_page_shows_ours_beside_the_note(tmp_path, spec, cpu_config, reference):
     root = synth.write_default(tmp_path / "results")
     _, pages = render(root, spec, cpu_config, reference, tmp_path)
     text = pages["tiered.md"]
-    beside = next(rows for header, rows in md_tables(text) if "C: note (ref.)" in header)
+    header, beside = next((h, rows) for h, rows in md_tables(text) if "C: note (ref.)" in h)
     front = [r for r in beside if r[0] == "`front_ret25`"]
     # our 4096 stands in for the note's 16K and our 8192 for its 32K: the note's numbers sit beside ours
-    assert [r[1] for r in front] == ["4096 (16384)", "8192 (32768)"]
-    assert [r[5] for r in front] == ["2.2599x", "2.2723x"]
-    assert "![Stored-token compression" in text
+    assert [re.sub(r"<[^>]+>", "", r[1]) for r in front] == ["4096 (note: 16384)", "8192 (note: 32768)"]
+    assert header.index("C: note (ref.)") == header.index("C: ours [95% CI]") + 1
+    assert [r[header.index("C: note (ref.)")] for r in front] == ["2.26x", "2.27x"]
+    # ours carries its interval; three significant digits
+    assert re.fullmatch(
+        r"2\.\d\dx <span class=\"ci\">\[2\.\d\d, 2\.\d\d\]</span>", front[0][header.index("C: ours [95% CI]")]
+    )
+    assert "![Compression per setting" in text
+    sweep_header = next(h for h, _ in md_tables(text) if "Exact here (n/N)" in h)
+    # the note's verdict sits right beside ours
+    assert sweep_header.index("The note at 8192 (ref.)") == sweep_header.index("Exact here (n/N)") + 1
+
+
+def test_a_verdict_decided_by_a_stand_in_property_links_its_limitation(tmp_path, spec, cpu_config, reference):
+    root = synth.write_default(tmp_path / "results")
+    _, pages = render(root, spec, cpu_config, reference, tmp_path)
+    index, lims = pages["index.md"], pages["limitations.md"]
+    row = index[index.index('<tr data-claim="tiered_compression_large">') :].split("</tr>")[0]
+    assert 'href="limitations/#lim-tiered-budget"' in row
+    assert 'id="lim-tiered-budget"' in lims
+    assert "2 phantom tokens of its 16" in lims and "C ≤ 1/(0.25 + 0.75·f)" in lims
+    # a claim whose evidence is missing has nothing a stand-in property decided
+    row = index[index.index('<tr data-claim="bcr_faster_than_radix">') :].split("</tr>")[0]
+    assert "caveat" not in row
 
 
 def test_limitations_are_generated_from_the_data(tmp_path, spec, cpu_config, reference):
@@ -152,3 +193,41 @@ def test_what_changed_lists_the_notes_seven_claims(tmp_path, spec, cpu_config, r
     status = {r[0].strip("`"): r[3] for r in rows}
     assert status["bcr_faster_than_radix"].startswith("not yet re-tested")
     assert status["tiered_exact"].startswith("same verdict")
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (2.2599, "x", "2.26x"),
+        (0.99481, "x", "0.995x"),
+        (1.0075, "x", "1.01x"),
+        (2.0, "x", "2.00x"),
+        (9.996, "", "10.0"),
+        (6.64, "", "6.64"),
+        (1950.2, "", "1,950"),
+        (float("nan"), "x", "—"),
+        (None, "", "—"),
+    ],
+)
+def test_three_significant_digits_and_a_dash_for_missing(value, unit, text):
+    from bcr.ledger.render import sig
+
+    assert sig(value, unit) == text
+
+
+def test_contexts_carry_the_notes_context():
+    from bcr.ledger.render import with_note_contexts
+
+    m = {2048: 8192, 4096: 16384, 8192: 32768}
+    assert with_note_contexts("front_ret25 · context 8192", m) == "front_ret25 · context 8192 (note: 32768)"
+    assert with_note_contexts("contexts 4096, 8192", m) == "contexts 4096 (note: 16384), 8192 (note: 32768)"
+    assert with_note_contexts("context 8192 (note: 32768)", m) == "context 8192 (note: 32768)"
+
+
+def test_missing_evidence_names_the_rule_that_writes_it(tmp_path):
+    from bcr.ledger.render import evidence_info
+
+    info = evidence_info(load_results(tmp_path))  # nothing produced: every table says what would
+    assert info["tiered_sweep"]["needs"].startswith("rule `tiered_sweep` writes it")
+    assert info["cache_ops"]["needs"].startswith("rule `cache_ops` writes it")
+    assert info["peers"]["needs"].startswith("no rule of this workflow writes it yet")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import ledger_synth as synth
@@ -59,6 +61,7 @@ def test_strict_build_fails_on_a_broken_link(tmp_path, spec, cpu_config, referen
     repo.mkdir()
     shutil.copytree(REPO / "site", repo / "site")
     shutil.copy(REPO / "mkdocs.yml", repo / "mkdocs.yml")
+    shutil.copy(REPO / "DESIGN.md", repo / "DESIGN.md")
     methods = repo / "site" / "methods.md"
     methods.write_text(methods.read_text() + "\nSee [a page that does not exist](nowhere.md).\n")
     root = tmp_path / "results"
@@ -77,11 +80,32 @@ def test_a_stale_ledger_is_refused(tmp_path, spec, cpu_config, reference):
 
 def test_nav_lists_every_rendered_and_hand_written_page():
     mk = yaml.safe_load((REPO / "mkdocs.yml").read_text())
-    hand = {p.name for p in (REPO / "site").glob("*.md")}
+    hand = {p.name for p in (REPO / "site").glob("*.md")} | {"design.md"}  # design.md: the root DESIGN.md
     assert sorted(_nav_pages(mk["nav"])) == sorted(set(PAGES) | hand)
     assert not set(PAGES) & hand  # a hand-written page would be overwritten by a rendered one
     assert mk["extra"]["version"]["provider"] == "mike"
     assert mk["strict"] is True
+    schemes = [p["scheme"] for p in mk["theme"]["palette"]]
+    assert schemes == ["default", "slate"] and all("toggle" in p for p in mk["theme"]["palette"])
+
+
+def test_a_plain_build_asks_for_no_versions_json_and_mike_gets_the_selector(full_site):
+    """results/mkdocs.yml (what mike deploys) has the version provider; the plain build's config has not."""
+    mike = yaml.safe_load((full_site / "mkdocs.yml").read_text())
+    local = yaml.safe_load((full_site / "mkdocs.local.yml").read_text())
+    assert mike["extra"]["version"]["provider"] == "mike"
+    assert "version" not in (local.get("extra") or {})
+    assert {k: v for k, v in mike.items() if k != "extra"} == {k: v for k, v in local.items() if k != "extra"}
+    index = (full_site / "site" / "index.html").read_text()
+    config = re.search(r'id="__config" type="application/json">(.*?)</script>', index, flags=re.S)
+    assert config, "Material's page config is missing"
+    assert json.loads(config.group(1)).get("version") is None  # Material asks for versions.json only with it
+
+
+def test_search_ranks_the_provenance_dump_low(full_site):
+    src = (full_site / "site_src" / "provenance.md").read_text()
+    assert "boost: 0.2" in src.split("---")[1]
+    assert "data-search-exclude" in src
 
 
 @pytest.mark.parametrize(
