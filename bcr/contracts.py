@@ -92,6 +92,7 @@ TIERED_COLUMNS = [
     "tpot_ratio",
     "kv_bytes_stored",
     "kv_bytes_peak",
+    "kv_bytes_peak_decode",  # the decode-phase high-water mark (kv_bytes_peak includes the prefill's)
     "peak_mem_bytes",
 ]
 # Both summary tables start with a setting's exactness and compression at one context.

@@ -34,7 +34,7 @@ LEDGER_COLUMNS = [
     "threshold",
     "reason",
 ]
-EXTRA_COLUMNS = ["track", "ci_low", "ci_high", "value_text", "note_says"]
+EXTRA_COLUMNS = ["track", "ci_low", "ci_high", "value_text", "note_says", "by_construction"]
 TRACK_PAGES = {
     "serving": "serving.md",
     "correctness": "correctness.md",
@@ -56,6 +56,8 @@ class Claim:
     note_says: str
     # limitations that can decide this verdict (bcr.ledger.limitations.CAVEATS): marked beside it
     caveats: tuple[str, ...] = ()
+    # why the verdict is fixed by arithmetic, whatever is measured (then it is labelled, not a finding)
+    by_construction: str | None = None
 
     @property
     def page(self) -> str:
@@ -99,6 +101,7 @@ def load_claims(path: str | Path) -> ClaimFile:
             c["note"]["verdict"],
             c["note"]["says"],
             tuple(c.get("caveats") or ()),
+            c.get("by_construction"),
         )
         for c in data["claims"]
     ]
@@ -153,6 +156,7 @@ def evaluate(spec: ClaimFile, results: Results, config: dict) -> pd.DataFrame:
                 "ci_high": _float(out.ci_high),
                 "value_text": out.value_text,
                 "note_says": claim.note_says,
+                "by_construction": claim.by_construction,
             }
         )
     df = pd.DataFrame(rows, columns=LEDGER_COLUMNS + EXTRA_COLUMNS)

@@ -297,6 +297,7 @@ def _claims(
         ]
         if c["waiting_on"] or str(c["reason"]).startswith("no `"):
             c["caveats"] = []  # nothing measured: no property of the setup decided it
+        c["by_construction"] = claim.by_construction
         out.append(c)
     return out
 

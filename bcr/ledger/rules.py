@@ -28,7 +28,14 @@ import pandas as pd
 
 from bcr.ledger import tables
 from bcr.ledger.evidence import Results
-from bcr.ledger.stats import Interval, geomean_interval, quantile_ratio_interval, sig
+from bcr.ledger.stats import (
+    Interval,
+    exact_rate_interval,
+    geomean_interval,
+    quantile_ratio_interval,
+    rate_text,
+    sig,
+)
 
 SUPPORTED, REJECTED, NOT_YET = "supported", "rejected", "not yet"
 VERDICTS = (SUPPORTED, REJECTED, NOT_YET)
@@ -40,6 +47,8 @@ METRIC_LABELS = {
     "peak_mem_ratio": "peak memory tiered/dense",
     "kv_peak_ratio": "peak KV bytes tiered/dense",
     "kv_peak_vs_stored": "peak KV ratio / stored fraction",
+    "kv_decode_ratio": "decode-phase peak KV bytes tiered/dense",
+    "kv_decode_vs_stored": "decode-phase peak KV ratio / stored fraction",
     "ttft_s": "TTFT",
     "e2e_s": "E2E latency",
 }
@@ -175,9 +184,22 @@ def rule_ratio(rule: dict, ctx: EvalContext) -> Outcome:
         parts.append((verdict, metric, out))
     verdict, deciding = _combine(parts)
     deciding.verdict = verdict
-    deciding.reason = "; ".join(p[2].reason for p in parts) + caveat
+    costs = _reported(rows, rule.get("report") or [], ctx)
+    deciding.reason = "; ".join(p[2].reason for p in parts) + costs + caveat
     deciding.value_text = "; ".join(p[2].value_text for p in parts if p[2].value_text != "—") or "—"
     return deciding
+
+
+def _reported(rows: pd.DataFrame, metrics: list[str], ctx: EvalContext) -> str:
+    """Metrics a rule reports beside its verdict as costs (they never decide it)."""
+    out = []
+    for metric in metrics:
+        vals = pd.to_numeric(rows[metric], errors="coerce").to_numpy(dtype=float)
+        valid = vals[np.isfinite(vals) & (vals > 0)]
+        if len(valid):
+            iv = geomean_interval(valid, **_boot(ctx))
+            out.append(f"{METRIC_LABELS[metric]} {iv.text()} (n={iv.n})")
+    return f"; reported as a cost, not claimed: {', '.join(out)}" if out else ""
 
 
 def _boot(ctx: EvalContext) -> dict:
@@ -295,7 +317,18 @@ def rule_all_exact(rule: dict, ctx: EvalContext) -> Outcome:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=1.0)
     exact = table.df["exact"].astype(bool)
     n, bad = len(exact), int((~exact).sum())
-    out = Outcome(NOT_YET, "", table.pattern, n, 1.0 - bad / n, 1.0, value_text=f"{n - bad}/{n} exact")
+    iv = exact_rate_interval(n - bad, n)
+    out = Outcome(
+        NOT_YET,
+        "",
+        table.pattern,
+        n,
+        1.0 - bad / n,
+        1.0,
+        iv.low,
+        iv.high,
+        value_text=f"{rate_text(n - bad, n)} exact",
+    )
     if bad:
         out.verdict, out.reason = REJECTED, f"{bad} of {n} prompts differ"
     elif n < rule["min_n"]:
@@ -306,7 +339,8 @@ def rule_all_exact(rule: dict, ctx: EvalContext) -> Outcome:
 
 
 def _ctx_text(s: tables.SettingStatus) -> str:
-    return ", ".join(f"{c}: {e}/{n}" for c, (e, n) in sorted(s.per_context.items()))
+    """Exact prompts per context with the rate's 95% Clopper–Pearson interval: ``4096: 8/8 [0.631, 1.00]``."""
+    return ", ".join(f"{c}: {rate_text(e, n)}" for c, (e, n) in sorted(s.per_context.items()))
 
 
 def rule_exists_exact_setting(rule: dict, ctx: EvalContext) -> Outcome:
@@ -333,17 +367,30 @@ def _exactness_verdict(statuses: list[tables.SettingStatus], rule: dict, evidenc
             NOT_YET, f"no `{rule['decode_path']}` rows for a candidate setting", evidence, threshold=1.0
         )
     exact = [s for s in statuses if s.status == "exact"]
+    # "some setting is exact" is a best-of-k: say how many candidates it was chosen from
+    chosen = f"chosen from {len(statuses)} candidate setting(s): {', '.join(s.setting for s in statuses)}"
     if exact:
         n = min(min(n for _, n in s.per_context.values()) for s in exact)
         names = "; ".join(f"{s.setting} ({_ctx_text(s)})" for s in exact)
-        return Outcome(SUPPORTED, f"exact on every prompt: {names}", evidence, n, 1.0, 1.0, value_text=names)
+        iv = exact_rate_interval(n, n)
+        return Outcome(
+            SUPPORTED,
+            f"exact on every prompt: {names}; {chosen}",
+            evidence,
+            n,
+            1.0,
+            1.0,
+            iv.low,
+            iv.high,
+            value_text=names,
+        )
     total = sum(sum(n for _, n in s.per_context.values()) for s in statuses)
     if all(s.status == "mismatch" for s in statuses):
         where = "; ".join(f"{s.setting}: {', '.join(s.divergences[:2])}" for s in statuses)
         good = sum(sum(e for e, _ in s.per_context.values()) for s in statuses)
         return Outcome(
             REJECTED,
-            f"every setting diverges somewhere: {where}",
+            f"every setting diverges somewhere: {where}; {chosen}",
             evidence,
             total,
             good / total,

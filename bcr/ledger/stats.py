@@ -106,3 +106,24 @@ def quantile_ratio_interval(
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
     return Interval(point, float(low), float(high), n)
+
+
+def exact_rate_interval(k: int, n: int, level: float = 0.95) -> Interval:
+    """Clopper–Pearson interval of an exact rate ``k / n`` (exact binomial; conservative at small n).
+
+    8/8 exact gives [0.631, 1]: all exact on 8 prompts still allows a true rate of 63%.
+    """
+    from scipy.stats import beta
+
+    if n <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    alpha = 1.0 - level
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return Interval(k / n, low, high, n)
+
+
+def rate_text(k: int, n: int, level: float = 0.95) -> str:
+    """``8/8 [0.631, 1]``: the count and its Clopper–Pearson interval."""
+    iv = exact_rate_interval(k, n, level)
+    return f"{k}/{n} [{sig(iv.low)}, {sig(iv.high)}]" if n else "0/0"

@@ -59,8 +59,8 @@ def _dense_baseline(df: pd.DataFrame, dense: pd.DataFrame | None, col: str) -> t
         base = rows.drop_duplicates(keys).set_index(keys)[col]
         idx = pd.MultiIndex.from_frame(df[keys])
         return pd.Series(base.reindex(idx).to_numpy(), index=df.index, dtype=float), "same run"
-    if dense is not None and len(dense):
-        src = "kv_bytes" if col == "kv_bytes_peak" else col
+    src = "kv_bytes" if col == "kv_bytes_peak" else col
+    if dense is not None and len(dense) and src in dense.columns:
         base = dense.drop_duplicates(["context", "prompt_id"]).set_index(["context", "prompt_id"])[src]
         idx = pd.MultiIndex.from_frame(df[["context", "prompt_id"]])
         return pd.Series(base.reindex(idx).to_numpy(), index=df.index, dtype=float), "dense baseline run"
@@ -72,7 +72,10 @@ def tiered_rows(df: pd.DataFrame | None, dense: pd.DataFrame | None = None) -> p
 
     ``peak_mem_ratio`` = tiered / dense CUDA peak; ``kv_peak_ratio`` = tiered / dense peak KV bytes;
     ``kv_peak_vs_stored`` = ``kv_peak_ratio / stored_fraction`` (1.0 when the peak KV footprint
-    shrinks exactly as the stored representation does).
+    shrinks exactly as the stored representation does).  ``kv_decode_ratio`` / ``kv_decode_vs_stored``
+    are the same on the decode-phase high-water mark (``kv_bytes_peak_decode``): the overall peak
+    includes the dense prefill's, which no decode path can lower, so a memory claim about decoding
+    that read it would be rejected by construction.
     """
     if df is None or len(df) == 0:
         return pd.DataFrame()
@@ -80,13 +83,17 @@ def tiered_rows(df: pd.DataFrame | None, dense: pd.DataFrame | None = None) -> p
     out["context"] = out["context"].astype(int)
     out["exact"] = out["exact"].astype(bool)
     sources = {}
-    for col in ("peak_mem_bytes", "kv_bytes_peak"):
+    if "kv_bytes_peak_decode" not in out.columns:
+        out["kv_bytes_peak_decode"] = math.nan  # an older file: the decode-phase peak was not recorded
+    for col in ("peak_mem_bytes", "kv_bytes_peak", "kv_bytes_peak_decode"):
         out[f"{col}_dense"], sources[col] = _dense_baseline(out, dense, col)
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
     out = out[out["decode_path"] != DENSE_PATH].reset_index(drop=True)
     out["peak_mem_ratio"] = out["peak_mem_bytes"] / out["peak_mem_bytes_dense"]
     out["kv_peak_ratio"] = out["kv_bytes_peak"] / out["kv_bytes_peak_dense"]
     out["kv_peak_vs_stored"] = out["kv_peak_ratio"] / out["stored_fraction"].astype(float)
+    out["kv_decode_ratio"] = out["kv_bytes_peak_decode"] / out["kv_bytes_peak_decode_dense"]
+    out["kv_decode_vs_stored"] = out["kv_decode_ratio"] / out["stored_fraction"].astype(float)
     out.attrs["dense_source"] = sources
     return out
 

@@ -51,7 +51,6 @@ DIAGNOSTIC_COLUMNS = [
     "band_layers",
     "compress_s",
     "kv_bytes_peak_prefill",
-    "kv_bytes_peak_decode",
     "peak_prefill_bytes",
     "peak_decode_bytes",
     "needle_pages",

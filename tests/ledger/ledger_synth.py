@@ -55,12 +55,14 @@ def tiered_frame(
     tpot: float = 2.0,
     peak_ratio: float | None = None,
     kv_ratio: float = 1.4,
+    kv_decode_ratio: float | None = None,
     noise: float = 0.02,
     seed: int = 0,
     model: str = "tiny-needle",
 ) -> pd.DataFrame:
     """One setting at one context: a dense row and one row per tiered decode path for each prompt."""
     rng = np.random.default_rng(seed + context)
+    decode_ratio = kv_ratio if kv_decode_ratio is None else kv_decode_ratio
     flags = [exact] * n if isinstance(exact, bool) else list(exact)
     assert len(flags) == n
     rows = []
@@ -92,7 +94,9 @@ def tiered_frame(
                     "ttft_ratio": ttft * jitter() if tiered else 1.0,
                     "tpot_ratio": tpot * jitter() if tiered else 1.0,
                     "kv_bytes_stored": int(kv_dense / comp),
-                    "kv_bytes_peak": int(kv_dense * (kv_ratio * jitter() if tiered else 1.0)),
+                    "kv_bytes_peak": int(kv_dense * (kj := kv_ratio * jitter() if tiered else 1.0)),
+                    # the decode-phase peak: the same draw, scaled to its own ratio
+                    "kv_bytes_peak_decode": int(kv_dense * (kj * decode_ratio / kv_ratio if tiered else 1.0)),
                     "peak_mem_bytes": None
                     if peak_ratio is None
                     else int(peak_dense * (peak_ratio * jitter() if tiered else 1.0)),

@@ -21,13 +21,16 @@ def _promotion(root, **kw):
 
 
 @pytest.mark.parametrize(
-    ("ttft", "tpot", "expected"), [(2.2, 2.2, "rejected"), (0.8, 0.9, "supported"), (0.8, 1.5, "rejected")]
+    ("ttft", "tpot", "expected"),
+    [(2.2, 2.2, "rejected"), (0.8, 0.9, "supported"), (0.8, 1.5, "rejected"), (1.5, 0.8, "supported")],
 )
-def test_latency_verdict_follows_the_ratio(results_dir, verdicts, ttft, tpot, expected):
+def test_latency_verdict_follows_the_tpot_ratio(results_dir, verdicts, ttft, tpot, expected):
+    """Claimed on TPOT: TTFT (a dense prefill plus compression, never below dense) is reported as a cost."""
     _promotion(results_dir, ttft=ttft, tpot=tpot)
     row = verdicts(results_dir)["tiered_improves_latency"]
     assert row["verdict"] == expected
     assert row["n"] == 8
+    assert "reported as a cost, not claimed: TTFT tiered/dense" in row["reason"]
     assert "TTFT" in row["reason"] and "TPOT" in row["reason"]
 
 
@@ -95,6 +98,20 @@ def test_tiered_exact_flips_when_a_mismatch_appears(results_dir, verdicts):
     row = verdicts(results_dir)["tiered_exact"]
     assert row["verdict"] == "rejected"
     assert "p4096-005" in row["reason"]  # says where it diverged
+
+
+def test_exactness_is_reported_with_clopper_pearson_intervals_and_how_many_settings_it_chose_from(
+    results_dir, verdicts
+):
+    sweep = {"front_ret25": dict(exact=True), "middle": dict(exact=True, compression=1.5)}
+    promotion = {"front_ret25": dict(compression=2.3), "middle": dict(compression=1.5)}
+    synth.write_tiered(results_dir, sweep=sweep, promotion=promotion)
+    row = verdicts(results_dir)["tiered_exact"]
+    assert row["verdict"] == "supported"
+    # 8/8 exact only bounds the true exact rate below by 0.631 (95% Clopper–Pearson)
+    assert "8/8 [0.631, 1.00]" in row["value_text"]
+    assert row["ci_low"] == pytest.approx(0.6306, abs=1e-4) and row["ci_high"] == 1.0
+    assert "chosen from 2 candidate setting(s): front_ret25, middle" in row["reason"]
 
 
 def test_a_control_that_keeps_everything_does_not_make_tiered_exact_true(results_dir, verdicts):
@@ -214,6 +231,17 @@ def test_page_native_claims(results_dir, verdicts):
     got = verdicts(results_dir)
     assert got["paged_memory"]["verdict"] == "rejected"
     assert got["paged_latency"]["verdict"] == "rejected"
+
+
+@pytest.mark.parametrize(("decode", "expected"), [(0.45, "supported"), (1.4, "rejected")])
+def test_page_native_memory_is_judged_on_the_decode_phase_peak(results_dir, verdicts, decode, expected):
+    """The overall KV peak includes the dense prefill's (about dense's own): judged on it, no decode path
+    could pass; the claim reads the decode-phase high-water mark, so it flips with what decode holds."""
+    paths = ("dense", "densify", "paged")
+    _promotion(results_dir, paths=paths, compression=2.3, kv_ratio=1.0, kv_decode_ratio=decode)
+    row = verdicts(results_dir)["paged_memory"]
+    assert row["verdict"] == expected, row["reason"]
+    assert "decode-phase" in row["reason"]
 
 
 def test_page_native_without_paged_rows_is_not_yet(results_dir, verdicts):

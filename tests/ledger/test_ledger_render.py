@@ -231,3 +231,17 @@ def test_missing_evidence_names_the_rule_that_writes_it(tmp_path):
     assert info["tiered_sweep"]["needs"].startswith("rule `tiered_sweep` writes it")
     assert info["cache_ops"]["needs"].startswith("rule `cache_ops` writes it")
     assert info["peers"]["needs"].startswith("no rule of this workflow writes it yet")
+
+
+def test_a_verdict_fixed_by_construction_is_labelled_so(tmp_path, spec, cpu_config, reference):
+    claim = next(c for c in spec.claims if c.by_construction)
+    root = synth.write_default(tmp_path / "results")
+    _, pages = render(root, spec, cpu_config, reference, tmp_path)
+    row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{claim.id}">') :].split("</tr>")[0]
+    assert "fixed by construction" in row
+    box = pages[claim.page][pages[claim.page].index(f"`{claim.id}`") :]
+    assert "**Fixed by construction, not a finding:**" in box.split("!!!")[0]
+    others = [c for c in spec.claims if not c.by_construction]
+    for c in others:
+        row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{c.id}">') :].split("</tr>")[0]
+        assert "fixed by construction" not in row, c.id
