@@ -15,7 +15,7 @@ from bcr.contracts import DENSE_COLUMNS
 from bcr.generation import cache_nbytes, greedy
 from bcr.measure import check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
-from bcr.prompts import answer_correct
+from bcr.prompts import answer_correct, question_split
 
 
 def run_dense(
@@ -36,8 +36,10 @@ def run_dense(
     for i, row in enumerate(tqdm(prompts.to_dict("records"), desc="dense", disable=not progress)):
         ids = torch.tensor([list(row["input_ids"])], device=device)
 
-        def once(ids=ids):
-            res, cache = greedy(loaded.model, ids, **kw)
+        split = question_split(row)  # context, then question: the chunks the tiered runs prefill
+
+        def once(ids=ids, split=split):
+            res, cache = greedy(loaded.model, ids, split=split, **kw)
             return res, cache_nbytes(cache)
 
         warmup = generation["warmup"] if i == 0 else 0

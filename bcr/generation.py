@@ -50,11 +50,17 @@ def greedy(
     stop_at_eos: bool = True,
     keep_logits: bool = False,
     after_prefill: Callable[[Cache], None] | None = None,
+    split: int | None = None,
+    after_context: Callable[[Cache], None] | None = None,
 ) -> tuple[GreedyResult, Cache]:
     """Greedy-decode ``max_new_tokens`` tokens after ``input_ids`` ([1, N]).
 
-    ``after_prefill`` runs between prefill and the first decode step (e.g. a cache compressing
-    itself); it is part of TTFT, since the first token cannot be served before it.
+    ``split`` prefills in two chunks, the context ``[:split]`` then the question ``[split:]``, the
+    way a cache reused by many questions is filled; ``after_context`` runs between them (a cache
+    compressing the context before the question arrives: the question-agnostic protocol, so even
+    the first answer token is computed over the compressed cache).  ``after_prefill`` runs after the
+    whole prompt, before the first token is chosen (compressing with the question in view).  Both
+    are part of TTFT, since the first token cannot be served before them.
     """
     device = input_ids.device
     clock = Stopwatch(device)
@@ -63,12 +69,25 @@ def greedy(
     eos = set(eos_token_ids or [])
     peaks: dict[str, int | None] = {}
 
+    if split is not None and not 0 < split < n:
+        raise ValueError(f"split {split} must fall inside the prompt (1..{n - 1})")
+    if after_context is not None and split is None:
+        raise ValueError("after_context needs a split: it runs between the context and the question")
+    chunks = [(0, n)] if split is None else [(0, split), (split, n)]
+
     t0 = clock.now()
     with cuda_peak(device, lambda b: peaks.__setitem__("prefill", b)):
-        pos = torch.arange(n, device=device).unsqueeze(0)
-        out = model(
-            input_ids=input_ids, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
-        )
+        for i, (a, b) in enumerate(chunks):
+            if i == 1 and after_context is not None:
+                after_context(cache)
+            pos = torch.arange(a, b, device=device).unsqueeze(0)
+            out = model(
+                input_ids=input_ids[:, a:b],
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         logits = out.logits[0, -1].float()
         if after_prefill is not None:
             after_prefill(cache)

@@ -268,6 +268,16 @@ def text_prompt_set(tokenizer, context: int, n: int, seed: int, max_new_tokens: 
     return pd.DataFrame(rows, columns=PROMPT_COLUMNS)
 
 
+def question_split(prompt: dict) -> int | None:
+    """Where a prompt row's question starts (prefill in two chunks: context, then question); None for a
+    row without one (a prompt file written before the column existed)."""
+    q = prompt.get("question_start")
+    if q is None or pd.isna(q):
+        return None
+    q = int(q)
+    return q if 0 < q < len(prompt["input_ids"]) else None
+
+
 def _question_start(tokenizer, ids: list[int], question: str) -> int:
     """Where the question's tokens begin in the rendered prompt (its first token may merge with the
     preceding newlines, so the search uses the tokens after it and steps back one)."""

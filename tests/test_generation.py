@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import DynamicCache
 
@@ -54,3 +55,26 @@ def test_stop_at_eos_and_cache_bytes(random_tiny_model):
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     expected = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * (32 + 4) * head_dim * 4
     assert cache_nbytes(cache) == expected
+
+
+def test_prefill_in_two_chunks_matches_one(random_tiny_model):
+    """Context then question (the chunks every mode prefills) computes what a single prefill does."""
+    torch.manual_seed(2)
+    ids = torch.randint(16, 256, (1, 200))
+    whole, _ = greedy(random_tiny_model, ids, 8, stop_at_eos=False, keep_logits=True)
+    seen = []
+    split, _ = greedy(
+        random_tiny_model,
+        ids,
+        8,
+        stop_at_eos=False,
+        keep_logits=True,
+        split=190,
+        after_context=lambda c: seen.append(c.get_seq_length()),
+    )
+    assert seen == [190]  # the hook ran between the chunks, with the context in the cache
+    assert split.tokens == whole.tokens
+    for a, b in zip(split.step_logits, whole.step_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="split"):
+        greedy(random_tiny_model, ids, 2, split=200)

@@ -10,7 +10,7 @@ import pandas as pd
 from bcr import config as cfgmod
 from bcr import io, provenance
 from bcr.cliutil import add_config_arg, load_config
-from bcr.contracts import DENSE_PATH, PROMPT_COLUMNS, TIERED_COLUMNS
+from bcr.contracts import DENSE_PATH, PROMPT_COLUMNS, QUERY_MODES, TIERED_COLUMNS
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -23,6 +23,12 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=int, required=True)
     p.add_argument("--prompts", required=True, help="prompt set Parquet (results/prompts/{context}.parquet)")
     p.add_argument("--dense", help="dense baseline Parquet: its tokens must equal the in-process dense run")
+    p.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default=QUERY_MODES[0],
+        help="compress with the question in view (question_aware) or before it arrives (question_agnostic)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
@@ -91,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device,
         dense_reference=reference,
         progress=progress,
+        query_mode=args.query_mode,
     )
     provenance.write_rows(df, args.out, config, device)
     t = df[df["decode_path"] != DENSE_PATH]

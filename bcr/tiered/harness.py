@@ -34,17 +34,20 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from bcr.contracts import DENSE_PATH, TIERED_COLUMNS
+from bcr.contracts import DENSE_PATH, QUERY_MODES, TIERED_COLUMNS
 from bcr.generation import GreedyResult, cache_nbytes, greedy
 from bcr.measure import DeterminismError, check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
-from bcr.prompts import answer_correct
+from bcr.prompts import answer_correct, question_split
 from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache
 from bcr.tiered.manifest import LayerManifest, pages_of_span
 from bcr.tiered.settings import TieredSetting
 
+QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
+
 DIAGNOSTIC_COLUMNS = [
+    "query_mode",
     "prompt_tokens",
     "n_generated",
     "output_ids",
@@ -90,9 +93,9 @@ def _gen_kwargs(loaded: LoadedModel, generation: dict) -> dict:
     )
 
 
-def run_dense(loaded: LoadedModel, ids: torch.Tensor, kw: dict) -> TieredRun:
+def run_dense(loaded: LoadedModel, ids: torch.Tensor, kw: dict, split: int | None = None) -> TieredRun:
     cache = DynamicCache(config=loaded.model.config)
-    res, cache = greedy(loaded.model, ids, cache=cache, **kw)
+    res, cache = greedy(loaded.model, ids, cache=cache, split=split, **kw)
     stored = cache_nbytes(cache)
     n = ids.shape[1]
     n_layers = len(cache.layers)
@@ -108,10 +111,22 @@ def run_tiered(
     path: str,
     kw: dict,
     forced_phantom: dict[int, Iterable[int]] | None = None,
+    query_mode: str = QUESTION_AWARE,
+    split: int | None = None,
 ) -> TieredRun:
+    """One tiered run: compress after the whole prompt (question-aware) or after the context, before
+    the question is fed through the compressed cache (question-agnostic; needs ``split``)."""
     cache = TieredCache(loaded.model.config, setting, path, forced_phantom)
+    if query_mode == QUESTION_AWARE:
+        hooks = {"after_prefill": cache.compress}
+    elif query_mode == QUESTION_AGNOSTIC:
+        if split is None:
+            raise ValueError("the question-agnostic mode needs the prompt's question_start")
+        hooks = {"after_context": cache.compress}
+    else:
+        raise ValueError(f"unknown query mode {query_mode!r} (known: {', '.join(QUERY_MODES)})")
     with tiered_attention(loaded.model):
-        res, cache = greedy(loaded.model, ids, cache=cache, after_prefill=cache.compress, **kw)
+        res, cache = greedy(loaded.model, ids, cache=cache, split=split, **hooks, **kw)
     stored = cache.nbytes()
     return TieredRun(
         res,
@@ -165,7 +180,15 @@ def lost_pages(manifests: list[LayerManifest], needle: list[int]) -> tuple[list[
     return layers, f"{kept}; most-attended phantom pages: " + ("; ".join(tops) or "none")
 
 
-def _row(setting: TieredSetting, prompt: dict, path: str, runs: list[TieredRun], dense: list[TieredRun], tok):
+def _row(
+    setting: TieredSetting,
+    prompt: dict,
+    path: str,
+    runs: list[TieredRun],
+    dense: list[TieredRun],
+    tok,
+    query_mode: str,
+):
     r0 = runs[0]
     if path == DENSE_PATH:
         exact, first, diff = True, None, 0.0
@@ -213,6 +236,7 @@ def _row(setting: TieredSetting, prompt: dict, path: str, runs: list[TieredRun],
         "lost": None if exact else account,
         "manifest": json.dumps([m.to_json() for m in r0.manifests]) if path != DENSE_PATH else "[]",
         "setting_json": json.dumps(setting.as_dict(), sort_keys=True),
+        "query_mode": query_mode,
         "repeats": len(runs),
     }
 
@@ -227,6 +251,7 @@ def measure_setting(
     dense_reference: dict[str, list[int]] | None = None,
     forced_phantom: dict[str, dict[int, list[int]]] | None = None,
     progress=None,
+    query_mode: str = QUESTION_AWARE,
 ) -> pd.DataFrame:
     """Rows for every prompt and path (``dense`` first); see the module docstring for the columns.
 
@@ -237,10 +262,11 @@ def measure_setting(
     for i, prompt in enumerate(prompts.to_dict("records")):
         ids = torch.tensor([list(prompt["input_ids"])], device=device)
         forced = (forced_phantom or {}).get(prompt["prompt_id"])
-        arms = {DENSE_PATH: lambda ids=ids: run_dense(loaded, ids, kw)}
+        split = question_split(prompt)  # dense and tiered prefill the same chunks
+        arms = {DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw, split)}
         for path in decode_paths:
-            arms[path] = lambda ids=ids, path=path, forced=forced: run_tiered(
-                loaded, ids, setting, path, kw, forced
+            arms[path] = lambda ids=ids, path=path, forced=forced, split=split: run_tiered(
+                loaded, ids, setting, path, kw, forced, query_mode, split
             )
         runs = interleaved(arms, generation["repeats"], generation["warmup"] if i == 0 else 0)
         dense = runs[DENSE_PATH]
@@ -258,9 +284,9 @@ def measure_setting(
                     f"prompt {pid}: in-process dense tokens {dense[0].result.tokens} differ from the dense "
                     f"baseline file {list(ref)}; the runs are not comparable"
                 )
-        rows.append(_row(setting, prompt, DENSE_PATH, dense, dense, loaded.tokenizer))
+        rows.append(_row(setting, prompt, DENSE_PATH, dense, dense, loaded.tokenizer, query_mode))
         for path in decode_paths:
-            rows.append(_row(setting, prompt, path, tiered[path], dense, loaded.tokenizer))
+            rows.append(_row(setting, prompt, path, tiered[path], dense, loaded.tokenizer, query_mode))
         if progress is not None:
             progress(rows[-1])
     df = pd.DataFrame(rows, columns=COLUMNS)

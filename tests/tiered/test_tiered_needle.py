@@ -88,3 +88,73 @@ def test_keep_all_reproduces_dense_on_needle_prompts(needle_setup):
     assert t["exact"].all() and (t["max_logit_diff"] == 0.0).all()
     assert (t["compression"] == 1.0).all()
     assert t["lost"].isna().all()
+
+
+# --- question modes over long trajectories (the exactness test that can fail) -------------------
+
+LONG = {"max_new_tokens": 24, "stop_at_eos": False}
+
+
+@pytest.mark.parametrize("mode", ["question_aware", "question_agnostic"])
+def test_keep_all_equals_dense_over_a_long_trajectory_in_both_modes(needle_setup, mode):
+    """24 greedy tokens past EOS, prefilled as context then question: keeping every page is bit-exact."""
+    config, loaded, prompts, generation = needle_setup
+    require_retrieval(prompts)
+    df = measure_setting(
+        loaded,
+        prompts,
+        resolve(config, "keep_all"),
+        ["densify"],
+        dict(generation, **LONG),
+        torch.device("cpu"),
+        query_mode=mode,
+    )
+    t = df[df["decode_path"] == "densify"]
+    assert (t["n_generated"] == 24).all() and (t["query_mode"] == mode).all()
+    assert t["exact"].all() and (t["max_logit_diff"] == 0.0).all()
+
+
+def test_losing_the_needle_page_breaks_question_agnostic_exactness_at_the_first_answer_token(needle_setup):
+    """Compressed before the question arrives, the cache decides even the first answer token: with the
+    queried needle's page summarised in every layer, the answer diverges at token 0."""
+    config, loaded, prompts, generation = needle_setup
+    require_retrieval(prompts)
+    keep_all = resolve(config, "keep_all")
+    layers = keep_all.layers(loaded.model.config.num_hidden_layers)
+    forced = {
+        p["prompt_id"]: {
+            layer: pages_of_span(p["needle_start"], p["needle_end"], keep_all.page_size) for layer in layers
+        }
+        for p in prompts.to_dict("records")
+    }
+    lost = dataclasses.replace(keep_all, name="needle_lost")
+    df = measure_setting(
+        loaded,
+        prompts,
+        lost,
+        ["densify"],
+        generation,
+        torch.device("cpu"),
+        forced_phantom=forced,
+        query_mode="question_agnostic",
+    )
+    t = df[df["decode_path"] == "densify"]
+    diverged = t[~t["exact"]]
+    assert len(diverged) * 2 >= len(t), t[["prompt_id", "exact", "first_divergence"]]
+    assert (diverged["first_divergence"] == 0).all(), diverged[["prompt_id", "first_divergence"]]
+    assert not diverged["answer_correct"].any()
+
+
+def test_the_question_agnostic_mode_needs_to_know_where_the_question_starts(needle_setup):
+    config, loaded, prompts, generation = needle_setup
+    no_question = prompts.drop(columns=["question_start"])
+    with pytest.raises(ValueError, match="question_start"):
+        measure_setting(
+            loaded,
+            no_question.head(1),
+            resolve(config, "keep_all"),
+            ["densify"],
+            dict(generation, warmup=0),
+            torch.device("cpu"),
+            query_mode="question_agnostic",
+        )
