@@ -19,7 +19,7 @@ def _rel(files: list[Path]) -> set[str]:
 
 def test_the_dense_command_reaches_its_modules_and_not_the_other_tracks():
     files = _rel(codehash.command_files("dense", "run"))
-    assert {"commands.py", "dense.py", "generation.py", "models.py", "runtime.py", "provenance.py"} <= files
+    assert {"commands.py", "dense.py", "measure.py", "generation.py", "models.py", "runtime.py"} <= files
     assert not any(f.startswith(("tiered/", "prefix/", "ledger/", "serving/")) for f in files)
     # cmd_model_train's lazy `from bcr import training` is not the dense handler's
     assert "training.py" not in files
@@ -33,7 +33,13 @@ def test_lazy_imports_are_followed():
 
 def test_tracks_reach_their_own_package_and_data_files():
     tiered = _rel(codehash.command_files("tiered", "run"))
-    assert {"tiered/harness.py", "tiered/cache.py", "tiered/paths.py", "dense.py"} <= tiered
+    assert {
+        "tiered/harness.py",
+        "tiered/cache.py",
+        "tiered/paths.py",
+        "measure.py",
+        "generation.py",
+    } <= tiered
     assert not any(f.startswith(("prefix/", "ledger/")) for f in tiered)
     bench = _rel(codehash.command_files("prefix", "bench"))
     assert {"prefix/sim.py", "prefix/cache.py", "prefix/chain.py", "serving/workloads.py"} <= bench
