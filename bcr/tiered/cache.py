@@ -143,7 +143,8 @@ class TieredLayer(DynamicLayer):
             page_v = values[0][:, tok].reshape(hk, len(cand), ps, d)
             phantoms = summaries.build_phantoms(page_k, page_v, s.phantoms_per_page, s.cluster_iters)
             errors = summaries.phantom_error(obs, values, cand, ps, phantoms)
-            mf.finish(m, cand, errors.tolist(), s.surprise_pages, self.forced_phantom)
+            scores = mf.control_scores(s, self.layer_idx, m.n_pages)
+            mf.finish(m, cand, errors.tolist(), s.surprise_pages, self.forced_phantom, scores)
         col = {p: i for i, p in enumerate(cand)}
         phantom = set(m.phantom)
         if phantom:  # one cast for all summaries; each page's part is then its own small tensor

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bcr.tiered.settings import TieredSetting
 
 
@@ -106,6 +108,7 @@ def select_exact(
     ps = setting.page_size
     total = n_pages(n_tokens, ps)
     forced = set(forced_phantom)
+    score = control_scores(setting, layer, total) or importance
     sink = list(range(min(setting.sink_pages, total)))
     recent = list(range(max(0, total - setting.recent_pages), total))
     clash = forced & (set(sink) | set(recent))
@@ -114,10 +117,10 @@ def select_exact(
             f"layer {layer}: pages {sorted(clash)} are sink/recent pages and cannot be forced phantom"
         )
     m = LayerManifest(layer, n_tokens, ps, setting.phantoms_per_page, sink, recent, [], importance=importance)
-    target = setting.retain * n_tokens
+    target = setting.retain * n_tokens if setting.selection != "recent_only" else 0.0
     exact = set(sink) | set(recent)
     tokens = m.exact_tokens
-    order = sorted(range(total), key=lambda p: (-importance[p], p))
+    order = sorted(range(total), key=lambda p: (-score[p], p))
     for p in order:
         if tokens >= target:
             break
@@ -130,17 +133,39 @@ def select_exact(
     return m
 
 
+def control_scores(setting: TieredSetting, layer: int, total: int) -> list[float] | None:
+    """Seeded random page scores for the ``random`` selection (a negative control), else None.
+
+    Seeded by (selection_seed, layer): the same draw on every run, a different one per layer.
+    """
+    if setting.selection != "random":
+        return None
+    return np.random.default_rng([setting.selection_seed, layer]).random(total).tolist()
+
+
 def candidates(m: LayerManifest) -> list[int]:
     """Pages not yet exact (all full pages: the partial last page is always in the recent window)."""
     exact = set(m.exact)
     return [p for p in range(m.n_pages) if p not in exact]
 
 
-def finish(m: LayerManifest, cand: list[int], errors: list[float], surprise_pages: int, forced=()) -> None:
-    """Steps 3-4: the worst-summarised candidates become surprise pages, the rest phantoms."""
+def finish(
+    m: LayerManifest,
+    cand: list[int],
+    errors: list[float],
+    surprise_pages: int,
+    forced=(),
+    scores: list[float] | None = None,
+) -> None:
+    """Steps 3-4: the worst-summarised candidates become surprise pages, the rest phantoms.
+
+    ``scores`` (per page, :func:`control_scores`) replaces the summary error as the ranking: a
+    control that picks its surprise pages without looking at what the summaries lose.
+    """
     forced = set(forced)
     m.phantom_error = {p: float(e) for p, e in zip(cand, errors, strict=True)}
-    eligible = sorted((p for p in cand if p not in forced), key=lambda p: (-m.phantom_error[p], p))
+    rank = m.phantom_error if scores is None else {p: scores[p] for p in cand}
+    eligible = sorted((p for p in cand if p not in forced), key=lambda p: (-rank[p], p))
     m.surprise = sorted(eligible[:surprise_pages])
     chosen = set(m.surprise)
     m.phantom = [p for p in cand if p not in chosen]

@@ -42,6 +42,10 @@ class TieredSetting:
     surprise_pages: int
     phantoms_per_page: int
     cluster_iters: int
+    # How retained and surprise pages are chosen: by importance and summary error (the method), or,
+    # for the negative controls (bcr.tiered.controls), at random (seeded) or not at all (recent_only).
+    selection: str = "importance"
+    selection_seed: int = 0
 
     def layers(self, num_layers: int) -> list[int]:
         """Compressed layer indices: layer ``i`` is in the band when its depth centre (i+0.5)/L is in [lo, hi)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,69 @@ def test_the_question_agnostic_mode_needs_to_know_where_the_question_starts(need
             torch.device("cpu"),
             query_mode="question_agnostic",
         )
+
+
+# --- negative controls: a bad compressor at the same stored fraction must fail --------------------
+
+
+def _all_layers(config) -> object:
+    """A retain-25% setting compressing every layer (so no dense layer can carry the needle)."""
+    base = resolve(config, "middle")
+    return dataclasses.replace(base, name="all_ret25", band="all", band_range=(0.0, 1.0))
+
+
+def test_controls_match_the_settings_exact_page_budget():
+    from bcr.config import load
+    from bcr.tiered import controls
+    from bcr.tiered import manifest as mf
+
+    config = load(Path(__file__).resolve().parents[2] / "config" / "config.yaml")
+    base = _all_layers(config)
+    n = 2048
+    total = mf.n_pages(n, base.page_size)
+    m = mf.select_exact(0, n, base, list(range(total)))
+    budget = len(m.exact) + base.surprise_pages  # exact pages after the surprise step
+    for kind in controls.CONTROLS:
+        ctrl = controls.matched(base, kind, n, seed=3)
+        c = mf.select_exact(0, n, ctrl, list(range(total)))
+        assert len(c.exact) + ctrl.surprise_pages == budget, kind
+        assert (ctrl.band, ctrl.page_size, ctrl.phantoms_per_page) == (
+            base.band,
+            base.page_size,
+            base.phantoms_per_page,
+        )
+    rnd = controls.matched(base, "random_pages", n, seed=3)
+    assert mf.select_exact(0, n, rnd, [0.0] * total).important != m.important  # not chosen by importance
+
+
+def test_negative_controls_lose_exactness_where_the_method_keeps_it(needle_setup):
+    """At the method's stored fraction, a control that cannot see where the needle is loses it."""
+    from bcr.tiered import controls
+
+    config, loaded, prompts, generation = needle_setup
+    require_retrieval(prompts)
+    base = _all_layers(config)
+    run = lambda s, p=prompts: measure_setting(  # noqa: E731
+        loaded, p, s, ["densify"], generation, torch.device("cpu"), query_mode="question_agnostic"
+    )
+    ours = run(base)
+    ours = ours[ours["decode_path"] == "densify"]
+    # matched on the tokens compressed: the context, before the question (question-agnostic mode)
+    n_ctx = int(prompts["question_start"].iloc[0])
+    recent = run(controls.matched(base, "recent_only", n_ctx))
+    recent = recent[recent["decode_path"] == "densify"]
+    assert recent["stored_fraction"].sub(ours["stored_fraction"].to_numpy()).abs().max() <= 0.01
+    far = recent["needle_pages"].map(lambda pages: max(pages) < CONTEXT // base.page_size - 12)
+    assert far.any() and not recent[far]["exact"].any(), recent[["prompt_id", "exact", "needle_pages"]]
+
+    # a seeded random draw that leaves the needle's pages out of every layer's exact set
+    p0 = prompts.head(1)
+    for seed in range(40):
+        rnd = run(controls.matched(base, "random_pages", n_ctx, seed=seed), p0)
+        rnd = rnd[rnd["decode_path"] == "densify"].iloc[0]
+        if list(rnd["needle_phantom_layers"]) == base.layers(loaded.model.config.num_hidden_layers):
+            break
+    else:
+        pytest.fail("no seed in 0..39 leaves the needle page out of every layer")
+    assert abs(rnd["stored_fraction"] - ours["stored_fraction"].iloc[0]) <= 0.01
+    assert not rnd["exact"] and rnd["first_divergence"] == 0
