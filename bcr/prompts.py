@@ -296,6 +296,23 @@ def _find_subsequence(seq: list[int], sub: list[int]) -> int:
     return -1
 
 
+def answer_span(reference: list[int], row: pd.Series | dict, tokenizer=None) -> int:
+    """How many leading tokens of a reference trajectory make up its answer (the note's claim is about
+    these; the continuation after them is the stronger, whole-trajectory test).
+
+    Synthetic: the value and EOS.  Text: the shortest prefix whose decoded text holds the answer, or
+    the whole trajectory when it never does.
+    """
+    if row["renderer"] == "synthetic":
+        return min(len(row["answer_ids"]), len(reference))
+    if tokenizer is None:
+        raise ValueError("a text prompt needs its tokenizer to find the answer span")
+    for k in range(1, len(reference) + 1):
+        if str(row["answer_text"]) in tokenizer.decode(reference[:k], skip_special_tokens=True):
+            return k
+    return len(reference)
+
+
 def answer_correct(generated: list[int], row: pd.Series | dict, tokenizer=None) -> bool:
     """Synthetic: the value and EOS come out first, token for token.  Text: the code appears in the reply."""
     if row["renderer"] == "synthetic":

@@ -53,3 +53,10 @@ def test_answer_correct_requires_exact_prefix():
 def test_context_too_short_is_an_error():
     with pytest.raises(ValueError, match="shorter than the needle"):
         prompts.synthetic_example(np.random.default_rng(0), 8, SPEC)
+
+
+def test_answer_span_is_the_value_and_eos():
+    row = prompts.synthetic_prompt_set(256, 1, seed=0, spec=SPEC).iloc[0]
+    ans = list(row["answer_ids"])
+    assert prompts.answer_span([*ans, 7, 7, 7], row) == len(ans)
+    assert prompts.answer_span(ans[:3], row) == 3  # a short trajectory: all of it

@@ -65,3 +65,11 @@ def test_text_answer_judged_on_decoded_reply(tokenizer):
     assert not prompts.answer_correct(bad, row, tokenizer)
     with pytest.raises(ValueError, match="tokenizer"):
         prompts.answer_correct(good, row)
+
+
+def test_answer_span_of_a_text_reply(tokenizer):
+    row = prompts.text_prompt_set(tokenizer, 512, 1, seed=2, max_new_tokens=8).iloc[0]
+    reply = tokenizer.encode(f"The code is {row['answer_text']}. Then more text.", add_special_tokens=False)
+    k = prompts.answer_span(reply, row, tokenizer)
+    assert row["answer_text"] in tokenizer.decode(reply[:k])
+    assert row["answer_text"] not in tokenizer.decode(reply[: k - 1])

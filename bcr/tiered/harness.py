@@ -38,7 +38,7 @@ from bcr.contracts import DENSE_PATH, QUERY_MODES, TIERED_COLUMNS
 from bcr.generation import GreedyResult, cache_nbytes, greedy
 from bcr.measure import DeterminismError, check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
-from bcr.prompts import answer_correct, question_split
+from bcr.prompts import answer_correct, answer_span, question_split
 from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache
 from bcr.tiered.manifest import LayerManifest, pages_of_span
@@ -48,6 +48,9 @@ QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
 
 DIAGNOSTIC_COLUMNS = [
     "query_mode",
+    "exact_answer",
+    "divergence_margin",
+    "degenerate",
     "prompt_tokens",
     "n_generated",
     "output_ids",
@@ -154,6 +157,15 @@ def compare(dense: GreedyResult, tiered: GreedyResult) -> tuple[bool, int | None
     return first is None, first, diff
 
 
+def margin_at(result: GreedyResult, step: int | None) -> float | None:
+    """The reference's top-1 minus top-2 logit at ``step``: a small margin is a flipped near-tie, a
+    large one a real loss (e.g. of the retrieved value)."""
+    if step is None or step >= len(result.step_logits):
+        return None
+    top = torch.topk(result.step_logits[step], 2).values
+    return float(top[0] - top[1])
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
@@ -194,6 +206,8 @@ def _row(
         exact, first, diff = True, None, 0.0
     else:
         exact, first, diff = compare(dense[0].result, r0.result)
+    reference = dense[0].result.tokens
+    span = answer_span(reference, prompt, tok)
     ttft = median_present([r.result.ttft_s for r in runs])
     tpot = median_present([r.result.tpot_s for r in runs])
     peak_pre = max_present([r.result.peak_prefill_bytes for r in runs])
@@ -237,6 +251,10 @@ def _row(
         "manifest": json.dumps([m.to_json() for m in r0.manifests]) if path != DENSE_PATH else "[]",
         "setting_json": json.dumps(setting.as_dict(), sort_keys=True),
         "query_mode": query_mode,
+        "exact_answer": first is None or first >= span,
+        "divergence_margin": margin_at(dense[0].result, first),
+        # the reference continues after its answer with one token repeated (EOS, say): a flat tail
+        "degenerate": len(set(reference[span:])) <= 1,
         "repeats": len(runs),
     }
 

@@ -113,6 +113,8 @@ def test_keep_all_equals_dense_over_a_long_trajectory_in_both_modes(needle_setup
     t = df[df["decode_path"] == "densify"]
     assert (t["n_generated"] == 24).all() and (t["query_mode"] == mode).all()
     assert t["exact"].all() and (t["max_logit_diff"] == 0.0).all()
+    assert t["exact_answer"].all() and t["divergence_margin"].isna().all()
+    assert t["degenerate"].dtype == bool  # reported per prompt: is the reference's tail one token repeated?
 
 
 def test_losing_the_needle_page_breaks_question_agnostic_exactness_at_the_first_answer_token(needle_setup):
@@ -144,6 +146,9 @@ def test_losing_the_needle_page_breaks_question_agnostic_exactness_at_the_first_
     assert len(diverged) * 2 >= len(t), t[["prompt_id", "exact", "first_divergence"]]
     assert (diverged["first_divergence"] == 0).all(), diverged[["prompt_id", "first_divergence"]]
     assert not diverged["answer_correct"].any()
+    # the answer span itself differs, and the reference was not at a near-tie where it did
+    assert not diverged["exact_answer"].any()
+    assert (diverged["divergence_margin"] > 0).all()
 
 
 def test_the_question_agnostic_mode_needs_to_know_where_the_question_starts(needle_setup):
