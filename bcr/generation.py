@@ -40,6 +40,34 @@ def cache_nbytes(cache: Cache) -> int:
 
 
 @torch.inference_mode()
+def decode_steps(
+    model,
+    cache: Cache,
+    first_logits: torch.Tensor,
+    n: int,
+    max_new_tokens: int,
+    eos: set[int],
+    stop_at_eos: bool = True,
+    keep_logits: bool = False,
+) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens from the logits after an ``n``-token prompt, the cache holding that prompt."""
+    token = int(first_logits.argmax())
+    tokens = [token]
+    step_logits = [first_logits] if keep_logits else []
+    device = first_logits.device
+    while len(tokens) < max_new_tokens and not (stop_at_eos and token in eos):
+        step_ids = torch.tensor([[token]], device=device)
+        pos = torch.tensor([[n + len(tokens) - 1]], device=device)
+        out = model(input_ids=step_ids, position_ids=pos, past_key_values=cache, use_cache=True)
+        logits = out.logits[0, -1].float()
+        token = int(logits.argmax())
+        tokens.append(token)
+        if keep_logits:
+            step_logits.append(logits.clone())
+    return tokens, step_logits
+
+
+@torch.inference_mode()
 def greedy(
     model,
     input_ids: torch.Tensor,
@@ -91,21 +119,13 @@ def greedy(
         logits = out.logits[0, -1].float()
         if after_prefill is not None:
             after_prefill(cache)
-        token = int(logits.argmax())
+        int(logits.argmax())  # the first token is chosen inside TTFT (on CUDA this also waits for it)
     t1 = clock.now()
     first_logits = logits.clone()
-    step_logits = [first_logits] if keep_logits else []
-    tokens = [token]
     with cuda_peak(device, lambda b: peaks.__setitem__("decode", b)):
-        while len(tokens) < max_new_tokens and not (stop_at_eos and token in eos):
-            step_ids = torch.tensor([[token]], device=device)
-            pos = torch.tensor([[n + len(tokens) - 1]], device=device)
-            out = model(input_ids=step_ids, position_ids=pos, past_key_values=cache, use_cache=True)
-            logits = out.logits[0, -1].float()
-            token = int(logits.argmax())
-            tokens.append(token)
-            if keep_logits:
-                step_logits.append(logits.clone())
+        tokens, step_logits = decode_steps(
+            model, cache, first_logits, n, max_new_tokens, eos, stop_at_eos, keep_logits
+        )
     t2 = clock.now()
     steps = len(tokens) - 1
     return (

@@ -230,3 +230,40 @@ def test_negative_controls_lose_exactness_where_the_method_keeps_it(needle_setup
         pytest.fail("no seed in 0..39 leaves the needle page out of every layer")
     assert abs(rnd["stored_fraction"] - ours["stored_fraction"].iloc[0]) <= 0.01
     assert not rnd["exact"] and rnd["first_divergence"] == 0
+
+
+# --- one prefill per prompt, shared by every setting and mode ------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["question_aware", "question_agnostic"])
+def test_runs_from_a_shared_prefill_equal_fresh_runs(needle_setup, mode):
+    """Compressing copies of one captured prefill computes what a fresh prefill per setting does:
+    the same tokens and the same logits at every step, for the method, a control and keep_all."""
+    from bcr.tiered import controls, shared
+    from bcr.tiered.harness import _gen_kwargs, run_dense, run_tiered
+
+    config, loaded, prompts, generation = needle_setup
+    kw = _gen_kwargs(loaded, dict(generation, **LONG))
+    settings = [resolve(config, "middle"), resolve(config, "keep_all"), resolve(config, "front_ret25")]
+    settings.append(controls.matched(settings[0], "random_pages", CONTEXT - 4, seed=1))
+    w = max(s.obs_window for s in settings)
+    for p in prompts.head(2).to_dict("records"):
+        ids = torch.tensor([list(p["input_ids"])])
+        split = int(p["question_start"])
+        ctx, full = shared.capture(loaded, ids, split, w, settings[0].page_size)
+        ref, _ = shared.run_dense_from(loaded, full, kw)
+        fresh_dense = run_dense(loaded, ids, kw, split).result
+        assert ref.tokens == fresh_dense.tokens
+        for a, b in zip(ref.step_logits, fresh_dense.step_logits, strict=True):
+            assert torch.equal(a, b)
+        for s in settings:
+            got, cache = shared.run_tiered_from(loaded, ctx, full, ids, s, mode, kw)
+            fresh = run_tiered(loaded, ids, s, "densify", kw, None, mode, split)
+            assert got.tokens == fresh.result.tokens, (p["prompt_id"], s.name)
+            assert all(
+                torch.equal(a, b) for a, b in zip(got.step_logits, fresh.result.step_logits, strict=True)
+            )
+            assert [m.to_json() for m in cache.manifests()] == [m.to_json() for m in fresh.manifests]
+        # the snapshot is untouched by the runs made from it
+        again, _ = shared.run_dense_from(loaded, full, kw)
+        assert again.tokens == ref.tokens
