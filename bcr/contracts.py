@@ -140,6 +140,9 @@ SERVING_COLUMNS = ["ttft_s", "e2e_s", "cached_tokens"]
 LONGCTX_COLUMNS = ["prompt_id", EXACT]
 DECOMPOSITION_COLUMNS = ["setting", "context", "decode_path", "phase", "seconds"]
 PEERS_COLUMNS = ["press", "context", "prompt_id", "stored_fraction", EXACT]
+# Negative controls: tiered rows plus which control and the setting it is matched to (null: the
+# matched setting itself, measured from the same shared prefill).
+CONTROL_COLUMNS = [*TIERED_COLUMNS, "control", "matched_to"]
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,12 @@ TIERED_PROMOTION_SUMMARY = _file(
     PROMOTION_SUMMARY_COLUMNS,
     "the note's table 2",
     "tiered_promotion_summary",
+)
+TIERED_CONTROLS = _file(
+    "tiered/controls/{context}.parquet",
+    CONTROL_COLUMNS,
+    "negative controls matched to the promoted settings",
+    "tiered_controls",
 )
 TIERED_DECOMPOSITION = _file("tiered/decomposition.parquet", DECOMPOSITION_COLUMNS, "latency phases")
 CACHE_OPS = _file(

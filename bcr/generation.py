@@ -21,7 +21,7 @@ from bcr.runtime import Stopwatch, cuda_peak
 class GreedyResult:
     tokens: list[int]
     first_logits: torch.Tensor  # [V] float32, logits that chose the first token
-    ttft_s: float  # prefill through the first token
+    ttft_s: float | None  # prefill through the first token (None: an untimed run from a shared prefill)
     tpot_s: float | None  # mean seconds per decode step (None if only one token was produced)
     step_logits: list[torch.Tensor] = field(default_factory=list)  # [V] per step, when kept
     peak_prefill_bytes: int | None = None

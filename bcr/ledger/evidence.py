@@ -113,6 +113,7 @@ def load_results(root: str | Path) -> Results:
         _table(root, "dense", C.DENSE, LEDGER_DENSE_COLUMNS),
         _table(root, "tiered_sweep", C.TIERED_SWEEP),
         _table(root, "tiered_promotion", C.TIERED_PROMOTION),
+        _table(root, "tiered_controls", C.TIERED_CONTROLS),
         _table(root, "tiered_decomposition", C.TIERED_DECOMPOSITION),
         _table(root, "cache_ops", C.CACHE_OPS, LEDGER_CACHE_OPS_COLUMNS),
         _serving(root),

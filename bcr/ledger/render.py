@@ -51,6 +51,10 @@ EVIDENCE = {
         "`paged` path), which is not part of the workflow yet",
     ),
     "cache_ops": ("cache-operation timings", "the cache-operation benchmark (CPU token-trace replay)"),
+    "tiered_controls": (
+        "negative controls matched to the promoted settings",
+        "the tiered controls rule (recent-only and random-page compressors at the same stored fraction)",
+    ),
     "serving_requests": (
         "SGLang serving runs (per-request latencies of each arm)",
         "the serving track's SGLang server runs (`bcr.prefix.launcher`), which need a CUDA GPU: the "
@@ -335,6 +339,7 @@ def site_data(
     )
     cache_ops, ops_arms = tables.cache_ops_table(results["cache_ops"].df, ops_ours, ops_base)
     decomp = tables.decomposition_table(results["tiered_decomposition"].df)
+    negative_controls = tables.controls_table(results["tiered_controls"].df)
     peers_bin = next((c.rule["bin_width"] for c in spec.claims if c.rule["kind"] == "peer_exact"), 0.05)
     peers = tables.peers_table(results["peers"].df, peers_bin)
     ectx = eval_context(spec, results, config)
@@ -414,6 +419,7 @@ def site_data(
         ),
         "longctx": tables.longctx_summary(results["longctx"].df),
         "decomposition": _records(decomp),
+        "negative_controls": _records(negative_controls),
         "paged": [r for r in _records(promotion) if r["decode_path"] != path],
         "peers": _records(peers),
         "dense": _records(_dense_summary(dense)),

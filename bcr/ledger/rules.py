@@ -511,7 +511,62 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
     return deciding
 
 
+def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
+    """The test bed discriminates: where the setting is exact, every matched control is mostly not.
+
+    Rejected when the setting is exact but some control at its stored fraction stays exact on more
+    than ``max_exact_rate`` of the prompts (then exactness here says little about the method); not
+    yet when the setting itself is not exact there (nothing to discriminate) or the sample is small.
+    """
+    table = ctx.results["tiered_controls"]
+    thr = rule["max_exact_rate"]
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
+    df = table.df.copy()
+    df["context"] = df["context"].astype(int)
+    context = int(df["context"].max()) if rule["context"] == "largest" else int(rule["context"])
+    setting = ctx.headline.setting if rule["setting"] == "headline" else rule["setting"]
+    rows = df[(df["context"] == context) & (df["matched_to"] == setting)]
+    evidence = f"{table.pattern} · matched to {setting} · context {context}"
+    if setting is None or len(rows) == 0:
+        return Outcome(
+            NOT_YET, f"no controls matched to {setting} at context {context}", evidence, threshold=thr
+        )
+    own = rows[rows["control"].isna()]
+    if not own["exact"].astype(bool).all():
+        bad = int((~own["exact"].astype(bool)).sum())
+        return Outcome(
+            NOT_YET,
+            f"{setting} itself is not exact on {bad}/{len(own)} prompts here: nothing to tell apart",
+            evidence,
+            len(own),
+            threshold=thr,
+        )
+    parts = []
+    for kind, g in rows[rows["control"].notna()].groupby("control", sort=True):
+        k, n = int(g["exact"].astype(bool).sum()), len(g)
+        iv = exact_rate_interval(k, n)
+        stored = f"stored {g['stored_fraction'].mean():.3g} vs {own['stored_fraction'].mean():.3g}"
+        text = f"{kind} exact {rate_text(k, n)} ({stored})"
+        verdict = NOT_YET if n < rule["min_n"] else (SUPPORTED if k / n <= thr else REJECTED)
+        parts.append(
+            (verdict, kind, Outcome(verdict, text, evidence, n, k / n, thr, iv.low, iv.high, value_text=text))
+        )
+    if not parts:
+        return Outcome(NOT_YET, f"only {setting} itself, no control rows", evidence, threshold=thr)
+    verdict, deciding = _combine(parts)
+    deciding.verdict = verdict
+    deciding.reason = (
+        f"{setting} exact {rate_text(len(own), len(own))}; "
+        + "; ".join(p[2].reason for p in parts)
+        + f"; holds when every control is exact on at most {thr:.0%} of the prompts"
+    )
+    deciding.value_text = "; ".join(p[2].value_text for p in parts)
+    return deciding
+
+
 RULES: dict[str, Callable[[dict, EvalContext], Outcome]] = {
+    "controls_fail": rule_controls_fail,
     "ratio": rule_ratio,
     "quantile_ratio": rule_quantile_ratio,
     "all_exact": rule_all_exact,

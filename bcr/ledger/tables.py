@@ -373,6 +373,23 @@ def longctx_summary(df: pd.DataFrame | None) -> dict[str, Any] | None:
     return out
 
 
+def controls_table(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Per (context, matched setting, control): exact prompts with the 95% Clopper–Pearson interval and
+    the stored fraction, the setting's own row first (the control is null on it)."""
+    cols = ["context", "matched_to", "control", "n", "n_exact", "exact_low", "exact_high", "stored_fraction"]
+    if df is None or len(df) == 0:
+        return pd.DataFrame(columns=cols)
+    from bcr.ledger.stats import exact_rate_interval
+
+    out = []
+    d = df.assign(control=df["control"].fillna(""), context=df["context"].astype(int))
+    for (c, s, k), g in d.groupby(["context", "matched_to", "control"], sort=True):
+        n, e = len(g), int(g["exact"].astype(bool).sum())
+        iv = exact_rate_interval(e, n)
+        out.append([c, s, k or None, n, e, iv.low, iv.high, float(g["stored_fraction"].mean())])
+    return pd.DataFrame(out, columns=cols)
+
+
 def decomposition_table(df: pd.DataFrame | None) -> pd.DataFrame:
     """Mean seconds per (setting, context, decode path, phase) over prompts/repeats."""
     if df is None or len(df) == 0:

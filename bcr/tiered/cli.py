@@ -10,7 +10,7 @@ import pandas as pd
 from bcr import config as cfgmod
 from bcr import io, provenance
 from bcr.cliutil import add_config_arg, load_config
-from bcr.contracts import DENSE_PATH, PROMPT_COLUMNS, QUERY_MODES, TIERED_COLUMNS
+from bcr.contracts import CONTROL_COLUMNS, DENSE_PATH, PROMPT_COLUMNS, QUERY_MODES, TIERED_COLUMNS
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -33,6 +33,20 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
+    p = tiered.add_parser(
+        "controls", help="negative controls matched to the promoted settings at one context"
+    )
+    add_config_arg(p)
+    p.add_argument("--context", type=int, required=True)
+    p.add_argument("--prompts", required=True, help="prompt set Parquet (results/prompts/{context}.parquet)")
+    p.add_argument(
+        "--dense", help="dense baseline Parquet: its tokens must equal the shared-prefill dense run"
+    )
+    p.add_argument("--promoted", required=True, help="the checkpoint's promoted.json (its promoted settings)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_controls)
+
     p = tiered.add_parser("promote", help="the sweep checkpoint: promoted.json and the sweep summary")
     add_config_arg(p)
     p.add_argument("--sweep", nargs="+", required=True, help="sweep Parquet files, one per setting")
@@ -50,8 +64,6 @@ def register(tracks: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bcr import models
-    from bcr.runtime import setup_runtime
     from bcr.tiered.harness import measure_setting
     from bcr.tiered.settings import resolve
 
@@ -61,20 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise cfgmod.ConfigError(
             f"--setting {args.setting!r} is not a tiered setting (known: {', '.join(sorted(tcfg['settings']))})"
         )
-    if args.context not in config["prompts"]["contexts"]:
-        raise cfgmod.ConfigError(f"--context {args.context} is not one of prompts.contexts")
     setting = resolve(config, args.setting)
-    device = setup_runtime(config["runtime"])
-    prompts = io.read_parquet(args.prompts, PROMPT_COLUMNS)
-    if (prompts["context"] != args.context).any():
-        raise ValueError(f"{args.prompts}: prompts are not all of context {args.context}")
-    if tcfg.get("n_prompts") is not None:
-        prompts = prompts.head(int(tcfg["n_prompts"]))
-    reference = None
-    if args.dense:
-        dense = io.read_parquet(args.dense, ["prompt_id", "output_ids"])
-        reference = {r["prompt_id"]: list(r["output_ids"]) for r in dense.to_dict("records")}
-    loaded = models.load_model(config["model"], device, root=cfgmod.REPO_ROOT)
+    device, prompts, reference, loaded = _load_run_inputs(args, config)
 
     def progress(row: dict) -> None:
         if not args.quiet:
@@ -106,6 +106,60 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"compression {t['compression'].median():.3f}, ttft x{t['ttft_ratio'].median():.2f}, "
         f"tpot x{t['tpot_ratio'].median():.2f} ({time.perf_counter() - t0:.1f}s)"
     )
+    return 0
+
+
+def _load_run_inputs(args: argparse.Namespace, config: dict):
+    """The prompts (checked against --context, cut to tiered.n_prompts), the dense reference tokens, the model."""
+    from bcr import models
+    from bcr.runtime import setup_runtime
+
+    if args.context not in config["prompts"]["contexts"]:
+        raise cfgmod.ConfigError(f"--context {args.context} is not one of prompts.contexts")
+    device = setup_runtime(config["runtime"])
+    prompts = io.read_parquet(args.prompts, PROMPT_COLUMNS)
+    if (prompts["context"] != args.context).any():
+        raise ValueError(f"{args.prompts}: prompts are not all of context {args.context}")
+    n = config["tiered"].get("n_prompts")
+    if n is not None:
+        prompts = prompts.head(int(n))
+    reference = None
+    if args.dense:
+        dense = io.read_parquet(args.dense, ["prompt_id", "output_ids"])
+        reference = {r["prompt_id"]: list(r["output_ids"]) for r in dense.to_dict("records")}
+    return device, prompts, reference, models.load_model(config["model"], device, root=cfgmod.REPO_ROOT)
+
+
+def cmd_controls(args: argparse.Namespace) -> int:
+    from bcr.tiered.harness import measure_controls
+    from bcr.tiered.settings import resolve
+
+    config = load_config(args)
+    spec = config["tiered"].get("negative_controls")
+    if not spec or not spec["kinds"]:
+        raise cfgmod.ConfigError("tiered.negative_controls: no control kinds configured")
+    device, prompts, reference, loaded = _load_run_inputs(args, config)
+    promoted = io.read_json(args.promoted)["promoted"]
+    settings = [resolve(config, s) for s in promoted]
+    if settings:
+        df = measure_controls(
+            loaded,
+            prompts,
+            settings,
+            list(spec["kinds"]),
+            config["generation"],
+            device,
+            dense_reference=reference,
+            seed=int(spec["seed"]),
+        )
+    else:  # nothing promoted: nothing to match a control to (the file says so by having no rows)
+        df = pd.DataFrame(columns=CONTROL_COLUMNS)
+    provenance.write_rows(df, args.out, config, device)
+    for (setting, kind), g in df.groupby(["matched_to", df["control"].fillna("(the setting)")], sort=True):
+        print(
+            f"{kind} ~ {setting} @ {args.context}: exact {int(g['exact'].sum())}/{len(g)}, "
+            f"stored {g['stored_fraction'].mean():.3f}"
+        )
     return 0
 
 

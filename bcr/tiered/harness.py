@@ -311,3 +311,76 @@ def measure_setting(
     for c in INT_COLUMNS:
         df[c] = df[c].astype("Int64")
     return df
+
+
+def _shared_run(result: GreedyResult, cache) -> TieredRun:
+    """A run from a shared prefill as the row builder takes it (untimed; the KV accounting is its own)."""
+    if isinstance(cache, TieredCache):
+        stored = cache.nbytes()
+        return TieredRun(
+            result,
+            stored,
+            cache.prefill_peak_bytes,
+            stored + cache.max_transient_bytes(),
+            cache.prompt_logical_tokens,
+            cache.prompt_stored_tokens,
+            cache.compress_s,
+            cache.manifests(),
+        )
+    stored = cache_nbytes(cache)
+    n, layers = cache.get_seq_length(), len(cache.layers)
+    return TieredRun(result, stored, stored, stored, n * layers, n * layers, None, [])
+
+
+def measure_controls(
+    loaded: LoadedModel,
+    prompts: pd.DataFrame,
+    settings: list[TieredSetting],
+    kinds: list[str],
+    generation: dict,
+    device: torch.device,
+    dense_reference: dict[str, list[int]] | None = None,
+    seed: int = 0,
+    progress=None,
+) -> pd.DataFrame:
+    """Negative controls matched to each of ``settings`` (question-aware, like the sweep): one row per
+    (control, prompt), plus the matched setting's own row from the same shared prefill, for comparison.
+
+    Every run starts from one prefill per prompt (:mod:`bcr.tiered.shared`): controls are about
+    exactness, not time, so they are untimed; the dense reference from the shared prefill must equal
+    the dense baseline file, which is the cross-process determinism gate.
+    """
+    from bcr.tiered import controls, shared
+
+    kw = _gen_kwargs(loaded, generation)
+    rows = []
+    for prompt in prompts.to_dict("records"):
+        ids = torch.tensor([list(prompt["input_ids"])], device=device)
+        split = question_split(prompt)
+        if split is None:
+            raise ValueError(f"prompt {prompt['prompt_id']}: controls need its question_start")
+        n = ids.shape[1]  # question-aware: the whole prompt is compressed
+        specs = [(s, None, s.name) for s in settings]
+        specs += [(controls.matched(s, k, n, seed), k, s.name) for s in settings for k in kinds]
+        w = max(s.obs_window for s, _, _ in specs)
+        ctx, full = shared.capture(loaded, ids, split, w, settings[0].page_size)
+        ref, ref_cache = shared.run_dense_from(loaded, full, kw)
+        pid = prompt["prompt_id"]
+        if dense_reference is not None and list(dense_reference.get(pid, [])) != ref.tokens:
+            raise DeterminismError(
+                f"prompt {pid}: dense tokens from the shared prefill {ref.tokens} differ from the dense "
+                f"baseline file {dense_reference.get(pid)}"
+            )
+        dense = [_shared_run(ref, ref_cache)]
+        for spec, kind, matched_to in specs:
+            result, cache = shared.run_tiered_from(loaded, ctx, full, ids, spec, QUESTION_AWARE, kw)
+            row = _row(
+                spec, prompt, "densify", [_shared_run(result, cache)], dense, loaded.tokenizer, QUESTION_AWARE
+            )
+            rows.append({**row, "control": kind, "matched_to": matched_to})
+            if progress is not None:
+                progress(rows[-1])
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "control", "matched_to"])
+    for c in INT_COLUMNS:
+        df[c] = df[c].astype("Int64")
+    return df

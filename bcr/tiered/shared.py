@@ -135,7 +135,7 @@ def run_dense_from(loaded: LoadedModel, prompt: Snapshot, kw: dict) -> tuple[Gre
     """The dense reference trajectory after the whole prompt."""
     cache = dense_from(loaded.model.config, prompt)
     tokens, logits = _decode(loaded, cache, prompt.logits, prompt.length, kw)
-    return GreedyResult(tokens, prompt.logits, 0.0, None, logits), cache
+    return GreedyResult(tokens, prompt.logits, None, None, logits), cache
 
 
 @torch.inference_mode()
@@ -173,7 +173,7 @@ def run_tiered_from(
         raise ValueError(f"unknown query mode {mode!r} (known: {', '.join(QUERY_MODES)})")
     with tiered_attention(model):
         tokens, logits = _decode(loaded, cache, first, prompt.length, kw)
-    return GreedyResult(tokens, first, 0.0, None, logits), cache
+    return GreedyResult(tokens, first, None, None, logits), cache
 
 
 def _decode(loaded: LoadedModel, cache, first: torch.Tensor, n: int, kw: dict):

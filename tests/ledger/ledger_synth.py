@@ -191,6 +191,29 @@ def write_tiered(
             io.write_parquet(frame, root / "tiered" / "promotion" / str(c) / f"{setting}.parquet")
 
 
+def write_controls(
+    root: Path,
+    *,
+    setting: str = "front_ret25",
+    own: bool | list[bool] = True,
+    controls: dict[str, list[bool]] | None = None,
+    contexts: list[int] = (CONTEXTS[0], CONTEXTS[-1]),
+) -> None:
+    """Negative controls matched to ``setting``: its own rows and each control's exact flags per prompt."""
+    controls = (
+        {"recent_only": [False] * 7 + [True], "random_pages": [False] * 8} if controls is None else controls
+    )
+    for c in contexts:
+        frames = []
+        for kind, flags in [(None, own), *controls.items()]:
+            f = tiered_frame(
+                f"{kind}~{setting}" if kind else setting, c, paths=("densify",), exact=flags, compression=1.9
+            )
+            f["control"], f["matched_to"] = kind, setting
+            frames.append(f)
+        io.write_parquet(pd.concat(frames, ignore_index=True), root / "tiered" / "controls" / f"{c}.parquet")
+
+
 def write_cache_ops(root: Path, *, bcr_factor: float = 0.8, n: int = 500) -> None:
     base = {"match": 27.0, "insert": 37.0, "evict": 12.0}
     arms = {"bcr": bcr_factor, "radix": 0.9, "unified_python": 1.6, "unified_rust": 1.0}
@@ -278,6 +301,7 @@ def write_default(root: Path) -> Path:
     write_model(root)
     write_dense(root)
     write_tiered(root)
+    write_controls(root)
     write_cache_ops(root)
     return root
 

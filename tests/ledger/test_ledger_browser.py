@@ -47,7 +47,13 @@ ALL_PAGES = GENERATED + HAND_WRITTEN
 # Key tables each page must show when its evidence is present (id of the .key-table wrapper).
 KEY_TABLES = {
     "index": ["ledger-wrap"],
-    "tiered": ["sweep-table", "promotion-exactness", "promotion-latency", "promotion-memory"],
+    "tiered": [
+        "sweep-table",
+        "promotion-exactness",
+        "promotion-latency",
+        "promotion-memory",
+        "negative-controls",
+    ],
     "serving": ["cache-ops-16", "cache-ops-1"],
     "provenance": ["provenance-files"],
 }

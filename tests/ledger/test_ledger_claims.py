@@ -278,3 +278,31 @@ def test_ledger_has_the_contract_columns_and_is_deterministic(results_dir, spec,
     assert list(a.columns[: len(LEDGER_COLUMNS)]) == LEDGER_COLUMNS
     pd.testing.assert_frame_equal(a, b)
     assert set(a["verdict"]) <= {"supported", "rejected", "not yet"}
+
+
+# --- the test bed against its negative controls -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("controls", "own", "expected"),
+    [
+        ({"recent_only": [False] * 7 + [True], "random_pages": [False] * 8}, True, "supported"),
+        ({"recent_only": [False] * 4 + [True] * 4, "random_pages": [False] * 8}, True, "rejected"),
+        ({"recent_only": [False] * 8, "random_pages": [False] * 8}, [True] * 7 + [False], "not yet"),
+    ],
+)
+def test_testbed_discriminates_flips_with_the_controls(results_dir, verdicts, controls, own, expected):
+    """Supported only when every control at the setting's stored fraction is exact on <= 20% of prompts."""
+    synth.write_default(results_dir)  # its headline: front_ret25, the exact setting compressing most
+    synth.write_controls(results_dir, setting="front_ret25", own=own, controls=controls)
+    row = verdicts(results_dir)["testbed_discriminates"]
+    assert row["verdict"] == expected, row["reason"]
+    if expected != "not yet":
+        assert "[" in row["value_text"] and "stored" in row["value_text"]  # rates with intervals, budgets
+
+
+def test_testbed_claim_reads_only_the_headline_settings_controls(results_dir, verdicts):
+    synth.write_default(results_dir)
+    synth.write_controls(results_dir, setting="some_other_setting")
+    row = verdicts(results_dir)["testbed_discriminates"]
+    assert row["verdict"] == "not yet" and "no controls matched" in row["reason"]

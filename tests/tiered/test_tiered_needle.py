@@ -267,3 +267,25 @@ def test_runs_from_a_shared_prefill_equal_fresh_runs(needle_setup, mode):
         # the snapshot is untouched by the runs made from it
         again, _ = shared.run_dense_from(loaded, full, kw)
         assert again.tokens == ref.tokens
+
+
+def test_measure_controls_rows_and_the_dense_gate(needle_setup):
+    from bcr.measure import DeterminismError
+    from bcr.tiered.harness import measure_controls
+
+    config, loaded, prompts, generation = needle_setup
+    p = prompts.head(2)
+    settings = [resolve(config, "front_ret25")]
+    df = measure_controls(
+        loaded, p, settings, ["recent_only", "random_pages"], generation, torch.device("cpu")
+    )
+    assert len(df) == 2 * 3 and set(df["matched_to"]) == {"front_ret25"}
+    assert set(df["control"].dropna()) == {"recent_only", "random_pages"} and df["control"].isna().sum() == 2
+    own = df[df["control"].isna()].set_index("prompt_id")["stored_fraction"]
+    for _, r in df[df["control"].notna()].iterrows():
+        assert abs(r["stored_fraction"] - own[r["prompt_id"]]) <= 0.01, r["setting"]
+    assert df["ttft_s"].isna().all()  # untimed: exactness only, from the shared prefill
+    # the shared-prefill dense reference must equal the dense baseline file
+    wrong = {pid: [0, 0, 0] for pid in p["prompt_id"]}
+    with pytest.raises(DeterminismError, match="dense baseline file"):
+        measure_controls(loaded, p, settings, ["recent_only"], generation, torch.device("cpu"), wrong)

@@ -11,6 +11,7 @@ SITE_RESULTS = [
     rules.tiered_promote.output.summary,
     *rules.tiered_promotion_summary.output,
     *rules.cache_ops.output,
+    *expand(rules.tiered_controls.output[0], context=TIERED_CONTROL_CONTEXTS),
 ]
 CLAIMS_FILE = str(REPO / "config" / "claims.yaml")
 REFERENCE_FILE = str(REPO / "config" / "reference.yaml")

@@ -10,6 +10,10 @@ TIERED_SWEEP_CONTEXT = tiered_settings.sweep_context(config)
 TIERED_PROMOTION_CONTEXTS = tiered_settings.promotion_contexts(config)
 TIERED_SWEEP = tiered_settings.sweep_settings(config)
 TIERED_SETTING_NAMES = "|".join(re.escape(s) for s in sorted(config["tiered"]["settings"]))
+# Negative controls run where the sweep decides and where the headline claims are made.
+TIERED_CONTROL_CONTEXTS = (
+    sorted({TIERED_SWEEP_CONTEXT, max(CONTEXTS)}) if config["tiered"].get("negative_controls") else []
+)
 
 
 rule tiered_sweep:
@@ -89,6 +93,34 @@ rule tiered_promotion:
     shell:
         "bcr tiered run --config {input.cfg} --setting {wildcards.setting} --context {wildcards.context} "
         "--prompts {input.prompts} --dense {input.dense} --out {output} --quiet > {log} 2>&1"
+
+
+rule tiered_controls:
+    """Negative controls matched to every promoted setting, from one shared prefill per prompt."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        prompts=rules.build_prompts.output[0],
+        dense=rules.dense_baseline.output[0],
+        promoted=rules.tiered_promote.output.promoted,
+        ckpt=model_checkpoint_files(),
+    output:
+        C.TIERED_CONTROLS.path(),
+    wildcard_constraints:
+        context=r"\d+",
+    params:
+        code=command_hash("tiered", "controls"),
+        cfg=section_hash("tiered", "runtime", "model", "generation"),
+    log:
+        "logs/tiered_controls/{context}.log",
+    threads: TIMED_THREADS
+    resources:
+        runtime=120,
+        mem_mb=48000,
+    shell:
+        "bcr tiered controls --config {input.cfg} --context {wildcards.context} --prompts {input.prompts} "
+        "--dense {input.dense} --promoted {input.promoted} --out {output} --quiet > {log} 2>&1"
 
 
 rule tiered_promotion_summary:
