@@ -11,14 +11,24 @@ each pool must be whole again (nothing leaked, nothing left locked).
 Times are the calling thread's CPU time by default (``cache_ops.clock``): the cost to the
 scheduler's thread, not inflated when other processes preempt it on a shared machine.
 
-Ops recorded (µs per call): ``match`` (the scheduler's ``match_kv_cache`` call: ``match_prefix``
-plus SGLang's key construction and bookkeeping around it, the same for every arm), ``insert`` (time
-inside ``insert`` per checkpoint -- RadixCache and UnifiedRadixCache insert twice per checkpoint to
-split at the prompt boundary, so per-call counts would flatter them), ``checkpoint`` (the whole
-call the scheduler makes), ``path`` (the matched prefix's slot indices, ``prefix_device_indices``)
-and ``evict``.  ``tokens`` sums what the op handled (matched tokens for match and path, the key
-length for insert and checkpoint, evicted tokens for evict); ``cached_tokens`` is the matched
-total of one replay.
+Two callers.  The scheduler's (every workload): the calls SGLang's scheduler makes for each
+request.  Ops recorded (µs per call): ``match`` (the ``match_kv_cache`` call: ``match_prefix`` plus
+SGLang's key construction and bookkeeping around it, the same for every arm), ``lock`` (the lock
+taken on the match node right after), ``path`` (the matched prefix's slot indices,
+``prefix_device_indices``), ``checkpoint`` (the whole call the scheduler makes after each prefill
+chunk, and inside ``release``), ``insert`` (time inside ``insert`` per checkpoint -- RadixCache and
+UnifiedRadixCache insert twice per checkpoint to split at the prompt boundary, so per-call counts
+would flatter them), ``release`` (``release_kv_cache(checkpoint=True)``: the final checkpoint, the
+row's free and the unlock), ``evict`` (the timed drain after each replay), and ``request``: per
+request, what the scheduler's thread paid in cache calls -- match + lock + path + every prefill
+checkpoint + release -- so the total cannot hide an op.  The plain caller (``cache_ops.plain``,
+rows with workload ``NAME:plain``): per request, ``match_prefix`` on a plain ``RadixKey``,
+``path_device_indices`` of its node, then ``insert(InsertParams(key, value))`` of the whole key
+with no request state (:meth:`bcr.prefix.sim.Engine.plain`), recorded as ``match``, ``path``,
+``insert``, their sum ``request``, and the drain's ``evict``.  ``tokens`` sums what the op handled
+(matched tokens for match, lock and path, the key length for insert and checkpoint, the request's
+tokens for release and request, evicted tokens for evict); ``cached_tokens`` is the matched total
+of one replay.
 
 The pool holds the whole trace, so no replay runs under memory pressure (a replay that evicts
 fails) and every arm must report the same cached (matched) tokens for every request; if they do
@@ -37,6 +47,14 @@ import pandas as pd
 from bcr.contracts import CACHE_OPS_COLUMNS
 from bcr.prefix import sim
 from bcr.serving.workloads import TraceRequest, build_workloads
+
+SCHEDULER = "scheduler"  # SGLang's scheduler calls: match_kv_cache, lock, checkpoints, release
+PLAIN = "plain"  # plain match_prefix / path_device_indices / insert calls, no request state
+# Per request, what the scheduler's thread pays: match + lock + path + every prefill checkpoint +
+# release (which checkpoints); for the plain caller match + path + insert.
+REQUEST_TOTAL = "request"
+SCHEDULER_OPS = ("match", "lock", "path", "checkpoint", "insert", "release", "evict", REQUEST_TOTAL)
+PLAIN_OPS = ("match", "path", "insert", "evict", REQUEST_TOTAL)
 
 
 class CachedTokensMismatch(RuntimeError):
@@ -65,13 +83,21 @@ def _pool_tokens(trace: list[TraceRequest], page_size: int) -> int:
 
 
 def _replay(
-    engines: dict[str, sim.Engine], trace: list[TraceRequest], concurrency: int, evict_tokens: int
+    engines: dict[str, sim.Engine],
+    trace: list[TraceRequest],
+    concurrency: int,
+    evict_tokens: int,
+    caller: str = SCHEDULER,
 ) -> dict[str, list[int]]:
     """All arms through the trace in lockstep, then each drained in lockstep; checks the pools."""
     gc.collect()
     gc.disable()
     try:
-        matched = sim.lockstep({a: sim.trace_steps(e, trace, concurrency) for a, e in engines.items()})
+        if caller == PLAIN:
+            steps = {a: sim.plain_steps(e, trace) for a, e in engines.items()}
+        else:
+            steps = {a: sim.trace_steps(e, trace, concurrency) for a, e in engines.items()}
+        matched = sim.lockstep(steps)
         sim.lockstep({a: e.drain_steps(evict_tokens, e.timer) for a, e in engines.items()})
     finally:
         gc.enable()
@@ -94,10 +120,16 @@ def bench_workload(
     page_size: int,
     ops_cfg: dict,
     log: Callable[[str], None] = print,
+    caller: str = SCHEDULER,
 ) -> pd.DataFrame:
-    """All arms on one (workload, page size); one row per (arm, op)."""
+    """All arms on one (workload, page size) and caller; one row per (arm, op).
+
+    Rows of the plain caller carry the workload ``NAME:plain`` (:func:`workload_name`).
+    """
+    if caller not in (SCHEDULER, PLAIN):
+        raise ValueError(f"unknown caller {caller!r}")
     arms = list(ops_cfg["arms"])
-    concurrency = int(ops_cfg["concurrency"])
+    concurrency = int(ops_cfg["concurrency"]) if caller == SCHEDULER else 1
     pool = _pool_tokens(trace, page_size)
     context = max(r.length for r in trace) + page_size
     engines: dict[str, sim.Engine] = {}
@@ -105,7 +137,8 @@ def bench_workload(
         pools = sim.make_pools(page_size, pool, concurrency + 1, context)
         cache = sim.make_cache(arm, pools)
         timer = _ArmTimer(ops_cfg.get("clock", "thread_cpu"))
-        timer.instrument(cache)
+        if caller == SCHEDULER:
+            timer.instrument(cache)  # the plain caller times its own calls (sim.Engine.plain)
         engines[arm] = sim.Engine(cache, pools, chunk=ops_cfg.get("chunk"), timer=timer)
     warmup, repeats = int(ops_cfg["warmup"]), int(ops_cfg["repeats"])
     matched: dict[str, list[list[int]]] = {arm: [] for arm in arms}
@@ -113,10 +146,11 @@ def bench_workload(
         measured = rep >= warmup
         for engine in engines.values():
             engine.timer.enabled = measured
-        got = _replay(engines, trace, concurrency, int(ops_cfg["evict_tokens"]))
+        got = _replay(engines, trace, concurrency, int(ops_cfg["evict_tokens"]), caller)
         if measured:
             for arm in arms:
                 matched[arm].append(got[arm])
+    name = workload_name(name, caller)
     ref = arms[0]
     for arm in arms[1:]:
         if matched[arm] != matched[ref]:
@@ -176,21 +210,37 @@ def run(serving: dict, log: Callable[[str], None] = print) -> pd.DataFrame:
     # garbage of the previous replay.
     gc.collect()
     gc.freeze()
+    plain = set(ops_cfg.get("plain", []))  # check_config: each names a workload the config defines
     frames = []
     for page_size in ops_cfg["page_sizes"]:
         sim.configure_sglang(int(page_size))
         for name, trace in traces.items():
             frames.append(bench_workload(name, trace, int(page_size), ops_cfg, log))
+            if name in plain:
+                frames.append(bench_workload(name, trace, int(page_size), ops_cfg, log, caller=PLAIN))
     return pd.concat(frames, ignore_index=True)
 
 
+def workload_name(workload: str, caller: str) -> str:
+    """The ``workload`` value of a row: the trace's name, ``NAME:plain`` for the plain caller."""
+    return workload if caller == SCHEDULER else f"{workload}:{caller}"
+
+
 def target_table(df: pd.DataFrame, arm: str = "bcr", baseline: str = "unified_rust") -> pd.DataFrame:
-    """The issue's target: ``arm`` / ``baseline`` at p50 for match and insert, per workload and page."""
-    keep = df[df["op"].isin(["match", "insert"]) & df["arm"].isin([arm, baseline])]
-    wide = keep.pivot_table(index=["page_size", "workload", "op"], columns="arm", values="us_p50")
-    wide["ratio"] = wide[arm] / wide[baseline]
-    wide["met"] = wide["ratio"] <= 1.0
-    return wide.reset_index()
+    """The target: ``arm`` / ``baseline`` at p50 on every op and the per-request total, per workload
+    and page size, with the smaller sample size of the two."""
+    keep = df[df["arm"].isin([arm, baseline])]
+    wide = keep.pivot_table(index=["page_size", "workload", "op"], columns="arm", values=["us_p50", "n"])
+    out = pd.DataFrame(
+        {
+            arm: wide["us_p50"][arm],
+            baseline: wide["us_p50"][baseline],
+            "n": wide["n"].min(axis=1).astype(int),
+        }
+    )
+    out["ratio"] = out[arm] / out[baseline]
+    out["met"] = out["ratio"] <= 1.0
+    return out.reset_index()
 
 
 def describe(df: pd.DataFrame) -> Any:

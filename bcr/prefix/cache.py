@@ -11,14 +11,19 @@ were already cached, point the row at the tree's slots, move the lock, advance
 ``cache_protected_len``.  Like ``RadixCache.insert`` (``radix_cache.py:428``), ``insert`` returns
 the already-cached length and frees nothing.
 
-Storage: one page id per block (the slot of the block's first token divided by the page size --
-SGLang's paged allocators hand out whole pages of consecutive slots, ``allocator/paged.py:181-202``),
-kept once per run (on CPU a list for a short run, else a numpy array; on a GPU allocator a tensor
-there), never a cloned slot tensor per block.  Slot indices are rebuilt from page ids when a path is
-read.
+Storage: each run keeps its blocks' KV slot indices as one int64 array (numpy on CPU, a tensor on
+the allocator's device), copied once from the row at insert, never one tensor per block; a path's
+slots are the concatenation of its runs' slices (what ``RadixCache`` does with its node values), and
+eviction frees page ids read off the freed slices (SGLang's paged allocators hand out whole pages of
+consecutive slots, ``allocator/paged.py:181-202``; ``verify_pages`` checks that).
 
-A request's chain state is the block it holds locked (``req.last_node``): its key is stored, so a
-checkpoint resumes the walk there and hashes only the blocks the request added since.
+Keys are read off the caller's array through a ``memoryview`` (``token_view``): a lookup copies no
+token, an insert copies only its new blocks.  A request's chain state is the block it holds locked
+(``req.last_node``): a checkpoint resumes the walk there, and since nothing else hangs from the end
+of the request's own run, a prefill chunk's new blocks extend that run (one run per prompt however
+many chunks, one slice per path); the final insert of a finished request starts a run of its own.  A plain caller has no such state; its ``insert`` right after its own ``match_prefix`` of
+the same array reuses that walk when nothing changed in between and the tokens still agree
+(``_resume``).
 """
 
 from __future__ import annotations
@@ -47,8 +52,6 @@ from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 
 from bcr.prefix.chain import ROOT, TOKEN_BYTES, Block, ChainHasher, ChainIndex, Run
 
-SMALL_RUN = 32  # a run of at most this many blocks keeps its page ids as a list (CPU)
-
 BIGRAM_ERROR = (
     "bcr: EAGLE speculative decoding keys the cache by token bigrams (RadixKey.is_bigram); the "
     "block-hash chain keys plain tokens only. Serve EAGLE with the default cache or legacy_radix."
@@ -57,25 +60,38 @@ BIGRAM_ERROR = (
 
 @dataclasses.dataclass
 class BCRInsertParams(InsertParams):
-    """``InsertParams`` plus the key's token bytes and a held block to resume the walk from."""
+    """``InsertParams`` plus the key's token bytes, a held block to resume the walk from, and
+    whether the new blocks may extend the run the walk ends on (:meth:`ChainIndex.insert`)."""
 
-    token_bytes: bytes | None = dataclasses.field(default=None, kw_only=True)
+    token_bytes: Any = dataclasses.field(default=None, kw_only=True)
     start: Block = dataclasses.field(default=ROOT, kw_only=True)
+    extend: bool = dataclasses.field(default=True, kw_only=True)
 
 
 def token_bytes(ids: Any, n: int) -> bytes:
-    """At least the first ``n`` token ids as little-endian int64 bytes (one copy for ``array('q')``).
-
-    Readers index by block, so a few trailing tokens past ``n`` do no harm and save a slice.
-    """
+    """The first ``n`` token ids as little-endian int64 bytes (a copy)."""
     if isinstance(ids, array) and ids.itemsize == TOKEN_BYTES and ids.typecode in "ql":
-        if len(ids) - n <= 64:
-            return ids.tobytes()
-        # Release the exports at once: an array with a live memoryview cannot be extended, and
-        # Req.refresh_fill_ids extends full_untruncated_fill_ids in place (schedule_batch.py:1672).
         with memoryview(ids) as mv, mv.cast("B") as raw:
             return raw[: n * TOKEN_BYTES].tobytes()
     return np.asarray(ids[:n], dtype=np.int64).tobytes()
+
+
+def token_view(ids: Any, n: int) -> Any:
+    """At least the first ``n`` token ids as a byte buffer, without a copy for ``array('q')``.
+
+    The caller must hand the result to :func:`release` as soon as it is done: an array with a live
+    export cannot be extended, and ``Req.refresh_fill_ids`` extends ``full_untruncated_fill_ids``
+    in place (schedule_batch.py:1672).  Other sequences are copied into ``bytes``.
+    """
+    if isinstance(ids, array) and ids.itemsize == TOKEN_BYTES and ids.typecode in "ql":
+        return memoryview(ids).cast("B")  # the uncast view dies here; the cast one holds the export
+    return np.asarray(ids[:n], dtype=np.int64).tobytes()
+
+
+def release(view: Any) -> None:
+    """Drop the array export a :func:`token_view` holds (nothing for ``bytes``)."""
+    if type(view) is memoryview:
+        view.release()
 
 
 class _PathNode:
@@ -128,7 +144,6 @@ class BCRCache(BasePrefixCache):
             raise ValueError("bcr: numpy page ids need a CPU allocator")
         self._arange = torch.arange(self.page_size, dtype=torch.int64, device=self.device)
         self._arange_np = np.arange(self.page_size, dtype=np.int64)
-        self._tile = np.tile(self._arange_np, 1024)
         self._table: Any = None
         self._table_np: Any = None
         self._empty = torch.empty((0,), dtype=torch.int64, device=self.device)
@@ -138,6 +153,7 @@ class BCRCache(BasePrefixCache):
 
     def reset(self) -> None:
         self.index.reset()
+        self._memo: tuple | None = None  # the last match: (ids, ns, version, k, block, next block)
         self._empty_match = MatchResult(
             device_prefix_len=0, last_device_node=ROOT, last_host_node=ROOT, best_match_node=ROOT
         )
@@ -169,47 +185,46 @@ class BCRCache(BasePrefixCache):
             self._table, self._table_np = table, table.numpy()
         return self._table_np[req_pool_idx]
 
-    def _pages(self, value: torch.Tensor | np.ndarray, lo: int, hi: int) -> Any:
-        """Page ids of blocks [lo, hi) from a row of slot indices (fresh, never a view of ``value``).
+    def _take(self, value: torch.Tensor | np.ndarray, lo: int, hi: int) -> Any:
+        """KV slots of blocks [lo, hi) from a row of slot indices: the run's own int64 copy.
 
-        On CPU a few pages become a list (no numpy call at all), more an int64 array; on a device,
-        an int64 tensor there.
+        A numpy array on CPU (no torch dispatch), else a tensor on the allocator's device.  With
+        ``verify_pages`` each block must be one whole page of consecutive slots.
         """
         ps = self.page_size
         if self._np:
             arr = value if isinstance(value, np.ndarray) else value.numpy()  # shares the storage
-            seg = arr[lo * ps : hi * ps]
-            if hi - lo <= SMALL_RUN:
-                pages: Any = seg.tolist() if ps == 1 else [s // ps for s in seg[::ps].tolist()]
-            else:
-                pages = seg[::ps].astype(np.int64)
-                if ps > 1:
-                    pages //= ps
+            slots = arr[lo * ps : hi * ps].astype(np.int64)  # astype copies
         else:
-            seg = value[lo * ps : hi * ps].to(torch.int64, copy=ps == 1)
-            pages = torch.div(seg[::ps], ps, rounding_mode="floor") if ps > 1 else seg
+            slots = value[lo * ps : hi * ps].to(torch.int64, copy=True)
         if self.verify_pages and ps > 1:
-            expect = self._expand(np.asarray(pages, dtype=np.int64) if self._np else pages)
-            same = np.array_equal(seg, expect) if self._np else torch.equal(seg, expect)
-            if not same:
+            if self._np:
+                blocks = slots.reshape(-1, ps)
+                whole = (blocks[:, 0] % ps == 0).all() and (blocks - blocks[:, :1] == self._arange_np).all()
+            else:
+                blocks = slots.view(-1, ps)
+                whole = bool(
+                    (blocks[:, 0] % ps == 0).all() and (blocks - blocks[:, :1] == self._arange).all()
+                )
+            if not whole:
                 raise ValueError("bcr: KV slots of a block are not one whole page of consecutive slots")
-        return pages
+        return slots
 
-    def _expand(self, pages: Any) -> Any:
-        if self.page_size == 1:
-            return pages
-        ps = self.page_size
-        if self._np:
-            n = len(pages) * ps
-            if len(self._tile) < n:  # offsets 0..ps-1 repeated, grown on demand
-                self._tile = np.tile(self._arange_np, max(n // ps, 2 * len(self._tile) // ps))
-            return np.repeat(pages * ps, ps) + self._tile[:n]  # faster than broadcasting a narrow axis
-        return (pages.unsqueeze(1) * ps + self._arange).view(-1)
+    def _extend(self, old: Any, new: Any) -> Any:
+        """A run's slots followed by ``new``: in place within a doubling buffer on CPU (amortised
+        O(new)), a concatenation on a device."""
+        if not self._np:
+            return torch.cat([old, new])
+        n0, n = len(old), len(old) + len(new)
+        buf = old.base
+        if not (isinstance(buf, np.ndarray) and len(buf) >= n and buf.ctypes.data == old.ctypes.data):
+            buf = np.empty(2 * n, dtype=np.int64)
+            buf[:n0] = old
+        buf[n0:n] = new
+        return buf[:n]
 
-    def _slots(self, pages: Any) -> torch.Tensor:
-        """Slot indices of whole pages as an int64 tensor on the allocator's device."""
-        out = self._expand(pages)
-        return torch.from_numpy(out) if self._np else out
+    def _tensor(self, slots: Any) -> torch.Tensor:
+        return torch.from_numpy(slots) if self._np else slots
 
     def _cat(self, parts: list[Any]) -> Any:
         """One int64 array (tensor off CPU) of the page-id payloads ``parts`` (lists or arrays)."""
@@ -240,7 +255,15 @@ class BCRCache(BasePrefixCache):
         else:
             ns = self.hasher.namespace(key.extra_key, key.cache_salt)
         index = self.index
-        k, block = index.longest(token_bytes(ids, nb * ps), nb, ns)
+        view = token_view(ids, nb * ps)
+        try:
+            k, block = index.longest(view, nb, ns)
+            if params.req is None:  # a plain caller: its insert may reuse this walk (see _resume)
+                bb = index.block_bytes
+                nxt = view[k * bb : (k + 1) * bb].tobytes() if k < nb else None  # where it stopped
+                self._memo = (ids, ns, index.version, k, block, nxt)
+        finally:
+            release(view)
         run = block.run
         if run is None:
             return self._empty_match
@@ -267,13 +290,53 @@ class BCRCache(BasePrefixCache):
         value = params.value
         if value is None:  # RadixCache's test fallback: token ids stand in for slots (radix_cache.py:442)
             value = torch.tensor(key.token_ids[: nb * ps], dtype=torch.int64)
-        ns = self.hasher.namespace(key.extra_key, key.cache_salt)
+        if key.extra_key is None and key.cache_salt is None:
+            ns = self._ns_plain
+        else:
+            ns = self.hasher.namespace(key.extra_key, key.cache_salt)
         tokens = getattr(params, "token_bytes", None)
-        if tokens is None:
-            tokens = token_bytes(key.token_ids, nb * ps)
         start = getattr(params, "start", ROOT)
-        k, last = self.index.insert(tokens, nb, ns, lambda lo, hi: self._pages(value, lo, hi), start)
+        view = found = None
+        if tokens is None:
+            view = tokens = token_view(key.token_ids, nb * ps)
+            memo = self._memo
+            if memo is not None and memo[0] is key.token_ids and start is ROOT:
+                start, found = self._resume(memo, tokens, nb, ns)
+        try:
+            extend = self._extend if getattr(params, "extend", True) else None
+            k, last = self.index.insert(
+                tokens, nb, ns, lambda lo, hi: self._take(value, lo, hi), start, extend, found
+            )
+        finally:
+            if view is not None:
+                release(view)
         return InsertResult(prefix_len=k * ps, total_len=last.depth * ps, last_device_node=last)
+
+    def _resume(self, memo: tuple, tokens: Any, nb: int, ns: int) -> tuple[Block, tuple[int, Block] | None]:
+        """What a plain insert can take from the caller's last match: (where to walk from, or the
+        walk's answer itself).
+
+        Only if the insert's key is the very array that match read and nothing was inserted or
+        evicted since; and only as far as the key's tokens still equal the matched path (one
+        ``memcmp`` per run: the array may have been changed in place).  If the key also holds the
+        block the match stopped at, the walk would stop there again: its answer is the match's.
+        """
+        _, mns, version, k, block, nxt = memo
+        if mns != ns or version != self.index.version or k > nb:
+            return ROOT, None
+        bb = self.index.block_bytes
+        if block.run is not None:
+            for run, n in self.index.path(block):
+                at = run.start * bb
+                if not run.tokens.startswith(tokens[at : at + n * bb]):
+                    return ROOT, None
+        if k == nb:
+            return block, (k, block)
+        if nxt is not None:
+            here = tokens[k * bb : (k + 1) * bb]
+            if len(here) == bb and nxt.startswith(here):
+                return block, (k, block)
+        return block, None
 
     def checkpoint(self, req: Any, *, up_to: int, **kwargs: Any) -> None:
         """Insert the request's KV up to ``up_to`` and hand the cached part to the tree.
@@ -290,20 +353,27 @@ class BCRCache(BasePrefixCache):
         ps = self.page_size
         nb = up_to // ps
         salt = req.cache_salt or None  # RadixKey normalises an empty salt the same way (radix_cache.py:77)
-        tokens = token_bytes(req.full_untruncated_fill_ids, nb * ps)
         held = req.last_node if req.lock is not None else ROOT
         if held.run is not None and (held.idx >= held.run.live or held.depth * ps > nb * ps):
             held = ROOT  # not a live block on this key: walk from the root
         row = self._row(kv.req_pool_idx)
-        result = self.insert(
-            BCRInsertParams(
-                key=_KeyView(nb * ps, req.extra_key, salt),
-                value=row,
-                inserted_len=kv.cache_inserted_len,
-                token_bytes=tokens,
-                start=held,
+        tokens = token_view(req.full_untruncated_fill_ids, nb * ps)
+        try:
+            result = self.insert(
+                BCRInsertParams(
+                    key=_KeyView(nb * ps, req.extra_key, salt),
+                    value=row,
+                    inserted_len=kv.cache_inserted_len,
+                    token_bytes=tokens,
+                    start=held,
+                    # A prefill chunk continues the request's own run; the final insert (question
+                    # and answer, after a prefix others share) starts its own, so the shared
+                    # prefix keeps ending where later requests branch off.
+                    extend=not req.finished(),
+                )
             )
-        )
+        finally:
+            release(tokens)
         protected = kv.cache_protected_len
         prefix, last = result.prefix_len, result.last_device_node
         if prefix < protected:
@@ -332,13 +402,13 @@ class BCRCache(BasePrefixCache):
         freed = self.index.evict(-(-params.num_tokens // ps))
         if not freed:
             return EvictResult()
-        pages = self._cat([run.pages[lo:hi] for run, lo, hi in freed])
+        slots = self._cat([run.pages[lo * ps : hi * ps] for run, lo, hi in freed])
         allocator = self.token_to_kv_pool_allocator
         if hasattr(allocator, "free_page_ids"):  # allocator/paged.py:359, allocator/token.py:77
-            allocator.free_page_ids(torch.from_numpy(pages) if self._np else pages)
+            allocator.free_page_ids(self._tensor(slots[::ps] // ps if ps > 1 else slots))
         else:
-            allocator.free(self._slots(pages))
-        n = len(pages) * ps
+            allocator.free(self._tensor(slots))
+        n = len(slots)
         self.update_eviction_metrics(n, start)
         return EvictResult(num_tokens_evicted=n)
 
@@ -354,18 +424,35 @@ class BCRCache(BasePrefixCache):
 
     # --- paths and diagnostics -------------------------------------------------------------------
 
+    def prefix_device_indices(self, req: Any) -> torch.Tensor:
+        """``BasePrefixCache.prefix_device_indices`` without its slice: the match node's path is the
+        matched prefix exactly."""
+        node = req.last_node
+        if node.depth * self.page_size == req.prefix_len:
+            return self.path_device_indices(node)
+        return super().prefix_device_indices(req)
+
     def path_device_indices(self, node: Block) -> torch.Tensor:
-        if node.run is None:
+        """The runs' kept slot arrays along the path, concatenated (a copy: never the tree's own)."""
+        run, idx = node
+        if run is None:
             return self._empty
-        segs = self.index.path(node)
-        pages = self._cat([run.pages[:n] for run, n in segs])
-        if self.page_size == 1 and len(segs) == 1:
-            pages = pages.copy() if self._np else pages.clone()  # never hand out the tree's own array
-        return self._slots(pages)
+        ps = self.page_size
+        parent = run.parent
+        if parent is None:  # one run: the common case
+            part = run.pages[: (idx + 1) * ps]
+            return torch.from_numpy(part.copy()) if self._np else part.clone()
+        parts = [run.pages[: (idx + 1) * ps]]
+        while parent is not None:
+            parts.append(parent.pages[: (run.pidx + 1) * ps])
+            run, parent = parent, parent.parent
+        parts.reverse()
+        return torch.from_numpy(np.concatenate(parts)) if self._np else torch.cat(parts)
 
     def all_values_flatten(self) -> torch.Tensor:
-        parts = [run.pages[:live] for run, live in self.index.live_ranges()]
-        return self._slots(self._cat(parts)) if parts else self._empty
+        ps = self.page_size
+        parts = [run.pages[: live * ps] for run, live in self.index.live_ranges()]
+        return self._tensor(self._cat(parts)) if parts else self._empty
 
     def sanity_check(self) -> None:
         self.index.sanity_check()

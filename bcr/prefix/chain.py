@@ -5,27 +5,42 @@ A token sequence is cut into blocks of ``page_size`` tokens.  Block i's key is t
 ``h_{-1}`` is the namespace (extra key, cache salt), so a key names the whole prefix ending at that
 block (equivalently: Horner's rule over every token from the seed).
 
-Blocks one insert creates are stored together as a :class:`Run` -- their tokens as one ``bytes``
-object, their page ids as one payload -- and a block is the handle ``(run, index)``.  A dict maps
-block keys to blocks.  It holds the key of each run's first block: those are the only blocks a
-lookup can enter through, because inside a run the next block is found by comparing tokens, which
-is the hit's re-check anyway.  Every other block's key is derived when a lookup or an insert needs
-it -- the key of the block a child hangs from -- and kept on its run.  So no operation does
-per-token or per-block Python work over a prompt:
+Blocks are stored in :class:`Run` s -- their tokens as one ``bytearray``, their KV slots as one
+payload -- and a block is the handle ``(run, index)``.  An insert creates a run, or, when its walk
+ends on the last block of a whole run nothing else hangs from (a request's next prefill chunk),
+extends that run in place (amortised: only the new blocks are copied).  A run hangs
+from a block of its parent run (or from the root).  Inside a run the next block is found by
+comparing tokens, which is the hit's re-check anyway; between runs a lookup needs the child that
+continues the query:
+
+* a run at the root, or one of several runs hanging from the same block, is found through a dict
+  from block keys to runs: the key of its first block, chained from the key of the block it hangs
+  from;
+* a run that is the only one hanging from its block is found by comparing its first block's tokens
+  (one ``memcmp``); its key is not needed, so nothing is hashed for it.  When a second run comes to
+  hang there, the key of that block is derived and both runs are entered in the dict.
+
+Keys are derived only there -- the block a second child comes to hang from -- as one vectorised
+chain from the deepest key the run (or, if it has none yet, the nearest run above it) already
+knows, and kept: the keys a run knows are always a prefix of its blocks, so no block is ever hashed
+twice.  So no operation does per-token or per-block Python work over a prompt:
 
 * a lookup walks from the root (or from a block the caller already holds) and follows a run with
-  one ``memcmp`` of the query bytes against the run's bytes (galloping where they diverge); only
-  where it leaves a run does it hash one block -- from the stored key of the block it leaves, so
-  the prompt is never rehashed -- and probe the dict;
-* an insert hashes the new run's first block and registers that key: constant dict work however
-  long the run.
+  one ``memcmp`` of the query bytes against the run's bytes (galloping where they diverge); where it
+  leaves a run it compares the lone child's first block, or hashes one block of the query -- from
+  the stored key of the block it leaves -- and probes the dict;
+* an insert walks the same way and copies only the new blocks' tokens; it hashes the new run's
+  first block only at the root or where the run is not the only child (and, once per such branch
+  point, derives its key): a chunked prefill's checkpoints, each extending the last, hash nothing.
 
 Collisions can only cause misses: a dict hit is accepted only if the run found starts exactly
 there, hangs from the block the walk is on (or, at the root, carries the query's namespace) and its
-tokens equal the query's; a key already taken is never overwritten (the colliding run is simply not
-cached, and the caller keeps its KV).
+tokens equal the query's; a key already taken is never overwritten (a colliding run at the root is
+simply not cached, and the caller keeps its KV; below the root it stays out of the dict and is found
+by its tokens, like a lone child).
 
-Eviction is leaf-first LRU over single blocks.  Access stamps are written on the deepest touched
+Eviction is leaf-first LRU over single blocks (a run's tail goes in one step as far as the same
+order would take it block by block).  Access stamps are written on the deepest touched
 block only and carried to the parent when a block is evicted, which gives exactly the order a radix
 tree gets by stamping every node on the path (a parent is never older than its children).  Locks
 pin a block; a run's protected part is the prefix up to its deepest pin, and a run that becomes
@@ -47,7 +62,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 TOKEN_BYTES = 8  # tokens are int64 (SGLang's RadixKey holds array("q"))
-SCALAR_TOKENS = 128  # up to this many tokens are hashed in plain Python (numpy calls cost more)
+SCALAR_TOKENS = 16  # up to this many tokens are hashed in plain Python (numpy calls cost more)
 _MOD = 1 << 64
 _MASK = _MOD - 1
 
@@ -171,10 +186,11 @@ class Run:
 
     __slots__ = (
         "branches",
+        "hashed",
         "head",
         "in_heap",
         "keys",
-        "last",
+        "kids",
         "live",
         "ns",
         "pages",
@@ -190,9 +206,9 @@ class Run:
 
     def __init__(
         self,
-        tokens: bytes,
+        tokens: bytearray,
         pages: Any,
-        head: int,
+        head: int | None,
         size: int,
         start: int,
         parent: Run | None,
@@ -200,11 +216,12 @@ class Run:
         ns: int,
         now: int,
     ):
-        self.tokens = tokens  # int64 bytes of this run's blocks only
-        self.pages = pages  # one page id per block (opaque payload, sliceable)
-        self.head = head  # key of block 0: the dict's key for this run
-        self.keys: list[int] | None = None  # keys of blocks 1.., derived when first needed
-        self.last: int | None = None  # key of the last block, derived when first needed
+        self.tokens = tokens  # int64 bytes of this run's blocks only (grows when the run is extended)
+        self.pages = pages  # the blocks' KV slots (opaque payload, sliceable)
+        self.head = head  # key of block 0 (None until derived): the dict's key for this run
+        self.keys: np.ndarray | None = None  # uint64 keys of blocks [0, hashed), once derived
+        self.hashed = 0 if head is None else 1  # blocks whose keys are known: a prefix of the run
+        self.kids: dict[int, list[Run]] | None = None  # idx -> child runs found by tokens, not keys
         self.size = size
         self.start = start
         self.parent = parent
@@ -257,6 +274,7 @@ class ChainIndex:
         self.protected = 0  # blocks
         self._clock = 0
         self._seq = itertools.count()
+        self.version = 0  # bumped by every insert that caches blocks and every eviction
 
     def tick(self) -> int:
         self._clock += 1
@@ -265,20 +283,60 @@ class ChainIndex:
     # --- lookup --------------------------------------------------------------------------------
 
     def key_at(self, run: Run, idx: int) -> int:
-        """Key of block ``idx`` of ``run``, derived from the run's first key on first need and kept."""
-        if idx == 0:
-            return run.head
-        bb, ps = self.block_bytes, self.page_size
-        if idx == run.size - 1:
-            if run.last is None:
-                run.last = self.hasher.last_key(run.tokens, bb, idx * ps, run.head)
-            return run.last
-        if run.keys is None:
-            rest = np.frombuffer(run.tokens, dtype=np.uint64, offset=bb)
-            run.keys = self.hasher.chain(rest, ps, run.head).tolist()
-        return run.keys[idx - 1]
+        """Key of block ``idx`` of ``run``: stored, or derived now and kept (see :meth:`_derive`)."""
+        if idx < run.hashed:
+            return run.head if idx == 0 else int(run.keys[idx])
+        return self._derive(run, idx)
 
-    def _agree(self, tokens: bytes, pos: int, run: Run, lo: int, hi: int) -> int:
+    def _head(self, run: Run, prev: int) -> int:
+        unpack, coeffs, q_block = self._step
+        run.head = (prev * q_block + sum(map(operator.mul, unpack(run.tokens, 0), coeffs))) & _MASK
+        run.hashed = 1
+        return run.head
+
+    def _derive(self, run: Run, idx: int) -> int:
+        """Hash blocks [run.hashed, idx] of ``run`` from its deepest known key and keep their keys.
+
+        A run that knows no key yet (a lone child) first gets its first block's key from the block
+        it hangs from, deriving upwards to the nearest run that knows one.  Only blocks never hashed
+        before are hashed: scalar steps for a few tokens, else one vectorised :meth:`ChainHasher.chain`.
+        """
+        if run.head is None:
+            up, at = [], run
+            while at is not None and at.head is None:
+                up.append(at)
+                at = at.parent  # a root run always knows its key
+            for r in reversed(up):
+                parent = r.parent
+                self._head(r, self.key_at(parent, r.pidx))
+            if idx == 0:
+                return run.head
+        a = run.hashed
+        keys = run.keys
+        if keys is None:
+            keys = run.keys = np.empty(run.size, dtype=np.uint64)
+            keys[0] = run.head
+            prev = run.head
+        else:
+            if len(keys) < run.size:  # the run was extended since (ChainIndex.insert)
+                keys = run.keys = np.concatenate([keys, np.empty(run.size - len(keys), dtype=np.uint64)])
+            prev = int(keys[a - 1])
+        ps, bb = self.page_size, self.block_bytes
+        n = idx + 1 - a
+        if n * ps <= SCALAR_TOKENS:
+            unpack, coeffs, q_block = self._step
+            mul, tokens = operator.mul, run.tokens
+            for b in range(a, idx + 1):
+                prev = (prev * q_block + sum(map(mul, unpack(tokens, b * bb), coeffs))) & _MASK
+                keys[b] = prev
+        else:
+            block = np.frombuffer(run.tokens, dtype=np.uint64, count=n * ps, offset=a * bb)
+            keys[a : idx + 1] = self.hasher.chain(block, ps, prev)
+            prev = int(keys[idx])
+        run.hashed = idx + 1
+        return prev
+
+    def _agree(self, tokens: Any, pos: int, run: Run, lo: int, hi: int) -> int:
         """How many of ``run``'s blocks [lo, hi) equal the query's blocks from byte ``pos`` on.
 
         The run's branch points are tried first, deepest first -- queries that share a run tend to
@@ -286,9 +344,13 @@ class ChainIndex:
         that parts there costs two memcmps.  Otherwise one memcmp settles a query that follows the
         run to ``hi``, and a gallop then a bisection find where it parts, so the bytes compared stay
         proportional to the agreeing part.
+
+        ``tokens`` is any byte buffer (a ``memoryview`` of the caller's array: never copied); each
+        comparison is one ``bytes.startswith`` of the run's bytes against a slice of the query.
         """
         bb = self.block_bytes
-        own = memoryview(run.tokens)  # bytes are immutable: a view blocks nothing
+        own = run.tokens.startswith  # own(q, at): run bytes from offset ``at`` start with q
+        base = pos - lo * bb  # query byte offset of the run's byte 0
         n = hi - lo
         good, top = 0, n  # blocks [lo, lo + good) agree; [lo, lo + top) do not all agree, if top < n
         if run.branches:
@@ -296,31 +358,35 @@ class ChainIndex:
             if len(points) > 1:
                 points.sort(reverse=True)
             for b in points:
-                if tokens.startswith(own[lo * bb : (b + 1) * bb], pos):
+                if own(tokens[pos : base + (b + 1) * bb], lo * bb):
                     good = b + 1 - lo
-                    at = lo + good
-                    if not tokens.startswith(own[at * bb : (at + 1) * bb], pos + good * bb):
+                    at = (lo + good) * bb
+                    if not own(tokens[base + at : base + at + bb], at):
                         return good
                     good += 1
                     break
                 top = b + 1 - lo
-        if top == n and tokens.startswith(own[(lo + good) * bb : hi * bb], pos + good * bb):
-            return n
+        if top == n:
+            at = (lo + good) * bb
+            if own(tokens[base + at : base + hi * bb], at):
+                return n
         step = 1
         while good + step < top:
-            if not tokens.startswith(own[(lo + good) * bb : (lo + good + step) * bb], pos + good * bb):
+            at = (lo + good) * bb
+            if not own(tokens[base + at : base + at + step * bb], at):
                 top = good + step
                 break
             good, step = good + step, step * 2
         while top - good > 1:
             mid = (good + top) >> 1
-            if tokens.startswith(own[(lo + good) * bb : (lo + mid) * bb], pos + good * bb):
+            at = (lo + good) * bb
+            if own(tokens[base + at : base + (lo + mid) * bb], at):
                 good = mid
             else:
                 top = mid
         return good
 
-    def longest(self, tokens: bytes, nb: int, ns: int, start: Block = ROOT) -> tuple[int, Block]:
+    def longest(self, tokens: Any, nb: int, ns: int, start: Block = ROOT) -> tuple[int, Block]:
         """Longest cached prefix of the query's first ``nb`` blocks: (blocks matched, deepest block).
 
         ``start`` is a live block whose path the caller knows equals the query's prefix (a request's
@@ -340,23 +406,31 @@ class ChainIndex:
         mul = operator.mul
         while depth < nb:
             if run is None:
-                prev = ns
-            elif not run.branches.get(idx):
-                break  # no run hangs from this block: nothing to look up, a dict hit could only collide
-            elif run.keys is not None and 0 < idx < run.size - 1:
-                prev = run.keys[idx - 1]  # derived earlier (key_at)
+                # The chain step for the query's next block, inlined (ChainHasher.next_key).
+                child = get((ns * q_block + sum(map(mul, unpack(tokens, depth * bb), coeffs))) & _MASK)
+                if child is None or child.parent is not None or child.start != 0 or child.ns != ns:
+                    break  # absent, or a colliding key: a miss, never a wrong hit
             else:
-                prev = self.key_at(run, idx)
-            # The chain step for the query's next block, inlined (ChainHasher.next_key).
-            child = get((prev * q_block + sum(map(mul, unpack(tokens, depth * bb), coeffs))) & _MASK)
-            if (
-                child is None
-                or child.start != depth
-                or child.parent is not run
-                or (run is None and child.ns != ns)
-                or (run is not None and child.pidx != idx)
-            ):
-                break  # absent, or a colliding key: a miss, never a wrong hit
+                count = run.branches.get(idx)
+                if not count:
+                    break  # no run hangs from this block: nothing to look up
+                child = None
+                kids = run.kids
+                lone = kids.get(idx) if kids is not None else None
+                if lone is not None:  # runs found by their first block's tokens
+                    at = depth * bb
+                    block = tokens[at : at + bb]
+                    for kid in lone:
+                        if kid.tokens.startswith(block):
+                            child = kid
+                            break
+                    if child is None and len(lone) == count:
+                        break  # no other run hangs here: a miss
+                if child is None:
+                    prev = run.head if idx == 0 else int(run.keys[idx])  # derived when they were keyed
+                    child = get((prev * q_block + sum(map(mul, unpack(tokens, depth * bb), coeffs))) & _MASK)
+                    if child is None or child.parent is not run or child.pidx != idx:
+                        break  # absent, or a colliding key: a miss, never a wrong hit
             hi = min(child.live, nb - depth)
             same = self._agree(tokens, depth * bb, child, 0, hi)
             if same == 0:
@@ -373,40 +447,97 @@ class ChainIndex:
 
     def insert(
         self,
-        tokens: bytes,
+        tokens: Any,
         nb: int,
         ns: int,
         pages: Callable[[int, int], Any],
         start: Block = ROOT,
+        extend: Callable[[Any, Any], Any] | None = None,
+        found: tuple[int, Block] | None = None,
     ) -> tuple[int, Block]:
-        """Cache the query's first ``nb`` blocks; ``pages(lo, hi)`` gives page ids of new blocks [lo, hi).
+        """Cache the query's first ``nb`` blocks; ``pages(lo, hi)`` gives the payload of new blocks [lo, hi).
 
         Returns (blocks that were already cached, deepest block now cached).  The deepest block is
-        at depth ``nb`` unless the new run's key is already taken (a collision the walk rejected):
-        then nothing is cached and the caller keeps its KV.  Only the new run's first block is
-        hashed, chained from the key of the deepest cached block.
+        at depth ``nb`` unless the new run would start at the root with a key already taken (a
+        collision the walk rejected): then nothing is cached and the caller keeps its KV.
+        ``tokens`` is any byte buffer; only the new blocks are copied.
+
+        When the walk ends on the last block of a whole run nothing else hangs from, the new blocks
+        extend that run instead of starting one (``extend(old_pages, new_pages)`` gives the run's
+        payload for both): a chunked prefill's checkpoints, each continuing the last, grow one run,
+        so its path stays one slice and its lookups one ``memcmp``.  ``found`` is what
+        :meth:`longest` would return, when the caller already knows it (nothing changed since).
         """
-        k, last = self.longest(tokens, nb, ns, start)
+        k, last = self.longest(tokens, nb, ns, start) if found is None else found
         now = self.tick()
         if k == nb:
             if last.run is not None:
                 last.run.times[last.idx] = now
             return k, last
-        bb, ps = self.block_bytes, self.page_size
-        prev = ns if last.run is None else self.key_at(last.run, last.idx)
-        head = self.hasher.next_key(prev, tokens, k * bb, ps)
-        if head in self.map:
-            return k, last  # the key belongs to another block (the walk rejected it): not cached
-        n = nb - k
+        bb = self.block_bytes
         parent, pidx = last
-        run = Run(tokens[k * bb : nb * bb], pages(k, nb), head, n, k, parent, pidx, ns, now)
-        self.map[head] = run
+        n = nb - k
+        if (
+            extend is not None
+            and parent is not None
+            and pidx == parent.size - 1
+            and parent.live == parent.size
+            and not parent.branches.get(pidx)
+        ):
+            parent.tokens += tokens[k * bb : nb * bb]  # a bytearray: amortised growth
+            parent.pages = extend(parent.pages, pages(k, nb))
+            parent.size += n
+            parent.live += n
+            parent.times += [now] * n
+            self.evictable += n
+            self.version += 1
+            self._push(parent)
+            return k, Block(parent, parent.size - 1)
+        head = None
+        if parent is None:
+            unpack, coeffs, q_block = self._step
+            head = (ns * q_block + sum(map(operator.mul, unpack(tokens, k * bb), coeffs))) & _MASK
+            if head in self.map:
+                return k, last  # the key belongs to another run (the walk rejected it): not cached
+        own = bytearray(tokens[k * bb : nb * bb])  # copies the new blocks only (a view's slice too)
+        run = Run(own, pages(k, nb), head, n, k, parent, pidx, ns, now)
+        if parent is None:
+            self.map[head] = run
+        else:
+            count = parent.branches.get(pidx, 0)
+            if count == 0:  # the only run hanging here: found by its tokens, nothing hashed
+                if parent.kids is None:
+                    parent.kids = {}
+                parent.kids[pidx] = [run]
+            else:
+                self._key_children(parent, pidx, run)
+            parent.branches[pidx] = count + 1
         self.runs.add(run)
-        if parent is not None:
-            parent.branches[pidx] = parent.branches.get(pidx, 0) + 1
         self.evictable += n
+        self.version += 1
         self._push(run)
         return k, Block(run, n - 1)
+
+    def _key_children(self, parent: Run, pidx: int, run: Run) -> None:
+        """``run`` comes to hang beside others from ``parent``'s block ``pidx``: enter all in the dict.
+
+        The block's key is derived (once), each child's first key chained from it.  A child whose key
+        is taken stays out of the dict and is found by its tokens.
+        """
+        prev = self.key_at(parent, pidx)
+        kids = parent.kids
+        lone = kids.pop(pidx, None) if kids is not None else None
+        left = []
+        for kid in (*(lone or ()), run):
+            head = kid.head if kid.head is not None else self._head(kid, prev)
+            if head in self.map:
+                left.append(kid)  # a colliding key: found by its tokens instead
+            else:
+                self.map[head] = kid
+        if left:
+            if parent.kids is None:
+                parent.kids = {}
+            parent.kids[pidx] = left
 
     # --- locks -----------------------------------------------------------------------------------
 
@@ -472,6 +603,7 @@ class ChainIndex:
         """
         freed: list[tuple[Run, int, int]] = []
         heap = self.heap
+        self.version += 1
         need = n_blocks
         while need > 0 and heap:
             stamp, _, run = heapq.heappop(heap)
@@ -479,21 +611,31 @@ class ChainIndex:
             if not run.tail_evictable():
                 continue
             times = run.times
-            if times[run.live - 1] != stamp:  # touched since it was queued
+            hi = run.live
+            if times[hi - 1] != stamp:  # touched since it was queued
                 self._push(run)
                 continue
-            hi = run.live
-            while True:
-                idx = run.live - 1
-                run.live = idx
-                need -= 1
-                if idx == 0:
-                    break
-                stamp = max(times[idx - 1], times[idx])  # a parent is never older than its child
-                times[idx - 1] = stamp
-                if need == 0 or not run.tail_evictable() or (heap and heap[0][0] < stamp):
-                    break
-            lo = run.live
+            # Blocks [lo, hi) go at once: unpinned, no run hanging from them, and none newer than
+            # the oldest other candidate (stamps carried down a run only grow: a parent is never
+            # older than its child).  The tail block itself always goes.
+            lo = max(run.protected, hi - need)
+            if run.branches:
+                lo = max(lo, max(run.branches) + 1)
+            if lo < hi - 1 and heap:
+                top = heap[0][0]
+                if max(times[lo:hi]) > top:
+                    carried, b = times[hi - 1], hi - 1
+                    while b > lo:
+                        nxt = times[b - 1] if times[b - 1] > carried else carried
+                        if nxt > top:
+                            break
+                        carried, b = nxt, b - 1
+                    lo = b
+            at = lo - 1 if lo else 0  # where the carried stamp lands (block 0 of a detached run)
+            if hi - at > 1:
+                times[at] = max(times[at:hi])
+            run.live = lo
+            need -= hi - lo
             freed.append((run, lo, hi))
             self.evictable -= hi - lo
             if lo == 0:
@@ -504,12 +646,17 @@ class ChainIndex:
 
     def _detach(self, run: Run) -> None:
         self.runs.discard(run)
-        if self.map.get(run.head) is run:
-            del self.map[run.head]
         parent = run.parent
+        pidx = run.pidx
+        if run.head is not None and self.map.get(run.head) is run:
+            del self.map[run.head]
+        elif parent is not None and parent.kids and pidx in parent.kids:
+            lone = parent.kids[pidx]
+            lone.remove(run)
+            if not lone:
+                del parent.kids[pidx]
         if parent is None:
             return
-        pidx = run.pidx
         left = parent.branches[pidx] - 1
         if left:
             parent.branches[pidx] = left
@@ -542,9 +689,38 @@ class ChainIndex:
         """
         branches: dict[int, dict[int, int]] = {}  # id(parent run) -> attach idx -> live child runs
         child_pins: dict[int, dict[int, int]] = {}  # the same, counting protected child runs only
+        keyed = 0
         for run in self.runs:
             assert 0 < run.live <= run.size, "a listed run has no live block"
-            assert self.map.get(run.head) is run, "a live run is not reachable through its key"
+            in_map = run.head is not None and self.map.get(run.head) is run
+            keyed += in_map
+            lone = run.parent.kids.get(run.pidx, ()) if run.parent is not None and run.parent.kids else ()
+            if run.parent is None:
+                assert in_map, "a live root run is not reachable through its key"
+            else:
+                assert in_map != any(r is run for r in lone), (
+                    "a live run is reachable through neither key nor tokens"
+                )
+                if in_map:
+                    assert run.parent.hashed > run.pidx, "a keyed child hangs from a block without a key"
+            assert (run.head is None) == (run.hashed == 0) and run.hashed <= run.size
+            if run.head is not None and run.parent is not None and run.parent.hashed > run.pidx:
+                want = self.hasher.next_key(self.key_at(run.parent, run.pidx), run.tokens, 0, self.page_size)
+                assert run.head == want, "a run's first key is not chained from its parent block's key"
+            for idx, kids in (run.kids or {}).items():
+                assert kids and all(k.parent is run and k.pidx == idx and k in self.runs for k in kids)
+                assert len(kids) == run.branches.get(idx, 0) or run.hashed > idx, (
+                    "keyed children without a key"
+                )
+            if run.keys is not None:  # the derived keys are the chain over the run's own tokens
+                rest = np.frombuffer(
+                    run.tokens,
+                    dtype=np.uint64,
+                    count=(run.hashed - 1) * self.page_size,
+                    offset=self.block_bytes,
+                )
+                want = [run.head, *self.hasher.chain(rest, self.page_size, run.head).tolist()]
+                assert run.keys[: run.hashed].tolist() == want, "a derived key is not the chain's"
             assert 0 <= run.protected <= run.live
             if run.parent is None:
                 assert run.start == 0
@@ -577,6 +753,6 @@ class ChainIndex:
             assert run.branches == branches.get(id(run), {}), "branch counts disagree with the runs"
             protected += run.protected
             evictable += run.live - run.protected
-        assert len(self.map) == len(self.runs), "the dict holds keys of evicted runs"
+        assert len(self.map) == keyed, "the dict holds keys of evicted runs"
         assert evictable == self.evictable, f"evictable {self.evictable} != recount {evictable}"
         assert protected == self.protected, f"protected {self.protected} != recount {protected}"

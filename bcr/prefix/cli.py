@@ -39,7 +39,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda _msg: None) if args.quiet else print
     df = bench.run(config["serving"], log=log)
     provenance.write_rows(df, args.out, config, "cpu")
-    print("bcr / unified_rust at p50 (target: ratio <= 1 for match and insert):")
+    print("bcr / unified_rust at p50 (target: ratio <= 1 on every op and the per-request total):")
     print(bench.describe(df))
     return 0
 

@@ -11,6 +11,10 @@ gets the same real SGLang objects -- ``Req``, ``ReqToTokenPool``, ``TokenToKVPoo
 * decode one token at a time (the last output token never gets KV);
 * finish: ``release_kv_cache(req, cache, checkpoint=True)`` (``common.py:400``).
 
+A timed engine also sums each request's cache calls (match, lock, path, prefill checkpoints,
+release) into its ``request`` total.  :meth:`Engine.plain` is the other caller: plain
+``match_prefix`` / ``path_device_indices`` / ``insert`` calls without request state.
+
 Slots are allocated like ``alloc_extend``: a partial last page is continued slot by slot, new
 tokens get whole pages; a failed allocation evicts through ``evict_from_tree_cache`` first.  An
 optional shadow records which request wrote each slot at which position, so a test can prove every
@@ -185,6 +189,7 @@ class Running:
     matched: int
     filled: int = 0
     decoded: int = 0
+    cost: float = 0.0  # seconds the scheduler's thread spent in cache calls for this request
 
 
 class Engine:
@@ -214,6 +219,10 @@ class Engine:
         self._seq = 0
         self.evicted_for_alloc = 0  # tokens the cache gave up because an allocation ran short
         self._sg = _sglang()
+        self.clock = timer.clock if timer is not None else time.perf_counter
+        from bcr.prefix.cache import BCRCache
+
+        self._reports_total = isinstance(cache, BCRCache)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -247,24 +256,27 @@ class Engine:
         )
         req.refresh_fill_ids()
         fill = req.full_untruncated_fill_ids
-        clock = self.timer.clock if self.timer is not None else time.perf_counter
+        clock = self.clock
         t0 = clock()
         common.match_kv_cache(req, self.cache, fill, max_prefix_len=req._compute_max_prefix_len(len(fill)))
         t1 = clock()
         req.kv.cache_protected_len = req.prefix_len  # init_next_round_input (schedule_batch.py:1743)
         if self.pools.req_to_token_pool.alloc([req]) is None:
             raise RuntimeError("out of request rows")
-        req.lock = self.cache.lock(req.last_node)
         t2 = clock()
-        prefix = self.cache.prefix_device_indices(req)
+        req.lock = self.cache.lock(req.last_node)
         t3 = clock()
-        if self.timer is not None:
-            self.timer.add("match", t1 - t0, req.prefix_len)
-            self.timer.add("path", t3 - t2, req.prefix_len)
+        prefix = self.cache.prefix_device_indices(req)
+        t4 = clock()
         n = req.prefix_len
+        if self.timer is not None:
+            self.timer.add("match", t1 - t0, n)
+            self.timer.add("lock", t3 - t2, n)
+            self.timer.add("path", t4 - t3, n)
         self.pools.req_to_token_pool.write((req.kv.req_pool_idx, slice(0, n)), prefix)
         req.kv.kv_committed_len = req.kv.kv_allocated_len = n
         run = Running(req, len(req.origin_input_ids), outputs, matched=n, filled=n)
+        run.cost = (t1 - t0) + (t4 - t2)
         if self.shadow is not None:
             self._writer_of[rid] = len(self.writers)
             self.writers.append(np.concatenate([np.asarray(req.origin_input_ids, dtype=np.int64), outputs]))
@@ -288,7 +300,9 @@ class Engine:
             self._extend(run, end)
             run.filled = end
             if end < run.prompt_len:
+                t0 = self.clock()
                 common.checkpoint_kv_cache(run.req, self.cache)
+                run.cost += self.clock() - t0
             if not all_chunks:
                 break
         return run.filled >= run.prompt_len
@@ -313,7 +327,12 @@ class Engine:
             raise RuntimeError("finish() before the request's prefill and decode are done")
         req = run.req
         req.finished_reason = schedule_batch.FINISH_LENGTH(length=len(run.outputs))
+        t0 = self.clock()
         common.release_kv_cache(req, self.cache, checkpoint=True)
+        took = self.clock() - t0
+        if self.timer is not None:
+            self.timer.add("release", took, run.prompt_len + len(run.outputs) - 1)
+            self.timer.add("request", run.cost + took, run.prompt_len + len(run.outputs))
         del self.running[req.rid]
 
     def serve(self, prompt: Iterable[int], outputs: Iterable[int], **kw: Any) -> int:
@@ -323,6 +342,56 @@ class Engine:
         self.decode(run)
         self.finish(run)
         return run.matched
+
+    def plain(self, tokens: Iterable[int], *, extra_key: str | None = None) -> int:
+        """One caller's plain calls, no request state: match, read the hit's slots, insert the whole key.
+
+        ``match_prefix(MatchPrefixParams(key=RadixKey(tokens)))``, ``path_device_indices`` of the
+        match node, slots for the rest, then ``insert(InsertParams(key=RadixKey(tokens), value=slots))``
+        -- the generic way a caller other than SGLang's scheduler uses a cache (SGLang's own tests
+        do), with ``prev_prefix_len`` saying the first ``m`` slots are the tree's own.  The key is
+        cut to whole pages; nothing is locked (one caller, no eviction meanwhile).  Timed as ``match``, ``path``, ``insert`` and their
+        sum ``request``.  Returns the matched length.
+        """
+        from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams
+        from sglang.srt.mem_cache.radix_cache import RadixKey
+
+        ids = array("q", tokens)
+        n = len(ids) // self.ps * self.ps
+        if n == 0:
+            return 0
+        del ids[n:]
+        clock, cache = self.clock, self.cache
+        key = RadixKey(ids, extra_key=extra_key)
+        t0 = clock()
+        hit = cache.match_prefix(MatchPrefixParams(key=key))
+        t1 = clock()
+        m = hit.device_prefix_len
+        prefix = cache.path_device_indices(hit.last_device_node)[:m]
+        t2 = clock()
+        if len(prefix) != m:
+            raise AssertionError(f"path of the match node holds {len(prefix)} slots, matched {m}")
+        fresh = self._alloc(n - m) if n > m else prefix[:0]
+        value = torch.cat([prefix, fresh]) if m else fresh
+        # prev_prefix_len: the first m slots are the tree's own (UnifiedRadixCache frees the
+        # duplicates of a cached prefix from there on; RadixCache and bcr free nothing).
+        params = InsertParams(key=RadixKey(ids, extra_key=extra_key), value=value, prev_prefix_len=m)
+        t3 = clock()
+        res = cache.insert(params)
+        t4 = clock()
+        if res.prefix_len != m:  # one caller, nothing inserted since its match
+            raise AssertionError(f"insert found {res.prefix_len} tokens cached, the match {m}")
+        # bcr reports what it took (a colliding key can stop its insert: the rest stays ours);
+        # SGLang's caches take the whole key and leave total_len unset.
+        taken = res.total_len if self._reports_total else n
+        if taken < n:
+            self.pools.allocator.free(value[taken:n])
+        if self.timer is not None:
+            self.timer.add("match", t1 - t0, m)
+            self.timer.add("path", t2 - t1, m)
+            self.timer.add("insert", t4 - t3, n)
+            self.timer.add("request", (t2 - t0) + (t4 - t3), n)
+        return m
 
     # --- slots -----------------------------------------------------------------------------------
 
@@ -480,6 +549,19 @@ def trace_steps(
         engine.finish(done)
         if on_step:
             on_step(engine)
+        yield
+    return matched
+
+
+def plain_steps(engine: Engine, requests: Iterable[Any]) -> Generator[None, None, list[int]]:
+    """:meth:`Engine.plain` for each request's tokens with KV (prompt and all outputs but the last),
+    yielding after each; returns matched lengths."""
+    matched: list[int] = []
+    for r in requests:
+        tokens = np.concatenate(
+            [np.asarray(r.prompt, dtype=np.int64), np.asarray(r.output[:-1], dtype=np.int64)]
+        )
+        matched.append(engine.plain(tokens.tolist()))
         yield
     return matched
 

@@ -1,8 +1,11 @@
 """Deterministic serving workloads as token traces, generated from the ``serving`` config section.
 
-Three shapes of prefix reuse (DESIGN.md, "Exact-prefix serving"):
+Four shapes of prefix reuse (DESIGN.md, "Exact-prefix serving"):
 
 * ``system_repeat`` -- a few long system prompts, many distinct questions after them;
+* ``system_prompts`` -- the same shape with many distinct long system prompts, each asked a few
+  times (the study's reference shape: 64 system prompts of 8K tokens at page 16), so most requests
+  insert or extend a prefix that is cold or cached once;
 * ``rag_fanout`` -- document sets (a few documents drawn from a shared pool, concatenated), many
   questions per set;
 * ``longctx`` -- prompts near the maximum context, each asked ``asks`` times.
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-WORKLOADS = ("system_repeat", "rag_fanout", "longctx")
+WORKLOADS = ("system_repeat", "system_prompts", "rag_fanout", "longctx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +57,24 @@ def _order(rng: np.random.Generator, groups: int, count: int) -> np.ndarray:
     return np.concatenate([head, tail]).astype(np.int64)
 
 
-def system_repeat(cfg: dict, token_range: tuple[int, int], seed: int) -> list[TraceRequest]:
-    rng = _rng(seed, "system_repeat")
+def _system(name: str, cfg: dict, token_range: tuple[int, int], seed: int) -> list[TraceRequest]:
+    rng = _rng(seed, name)
     systems = [_tokens(rng, cfg["system_len"], token_range) for _ in range(cfg["systems"])]
     out = []
     for i, g in enumerate(_order(rng, cfg["systems"], cfg["questions"])):
         prompt = np.concatenate([systems[g], _tokens(rng, cfg["question_len"], token_range)])
         out.append(
-            TraceRequest(
-                f"system_repeat-{i}",
-                "system_repeat",
-                int(g),
-                prompt,
-                _tokens(rng, cfg["output_len"], token_range),
-            )
+            TraceRequest(f"{name}-{i}", name, int(g), prompt, _tokens(rng, cfg["output_len"], token_range))
         )
     return out
+
+
+def system_repeat(cfg: dict, token_range: tuple[int, int], seed: int) -> list[TraceRequest]:
+    return _system("system_repeat", cfg, token_range, seed)
+
+
+def system_prompts(cfg: dict, token_range: tuple[int, int], seed: int) -> list[TraceRequest]:
+    return _system("system_prompts", cfg, token_range, seed)
 
 
 def rag_fanout(cfg: dict, token_range: tuple[int, int], seed: int) -> list[TraceRequest]:
@@ -105,7 +110,12 @@ def longctx(cfg: dict, token_range: tuple[int, int], seed: int) -> list[TraceReq
     return out
 
 
-BUILDERS = {"system_repeat": system_repeat, "rag_fanout": rag_fanout, "longctx": longctx}
+BUILDERS = {
+    "system_repeat": system_repeat,
+    "system_prompts": system_prompts,
+    "rag_fanout": rag_fanout,
+    "longctx": longctx,
+}
 
 
 def build_workload(name: str, serving: dict) -> list[TraceRequest]:
@@ -122,7 +132,7 @@ def build_workloads(serving: dict) -> dict[str, list[TraceRequest]]:
 
 def max_request_len(name: str, cfg: dict) -> int:
     """Longest prompt + output of a workload, from its settings alone."""
-    if name == "system_repeat":
+    if name in ("system_repeat", "system_prompts"):
         return cfg["system_len"] + cfg["question_len"] + cfg["output_len"]
     if name == "rag_fanout":
         return cfg["docs_per_set"] * cfg["doc_len"] + cfg["question_len"] + cfg["output_len"]
@@ -141,6 +151,9 @@ def check_config(config: dict) -> list[tuple[str, Any]]:
     vocab = config.get("model", {}).get("architecture", {}).get("vocab_size")
     if vocab is not None and high > vocab:
         problems.append(("serving.token_range", f"upper bound {high} exceeds model vocab_size {vocab}"))
+    for name in serving.get("cache_ops", {}).get("plain", []):
+        if name not in serving["workloads"]:
+            problems.append(("serving.cache_ops.plain", f"{name!r} is not a workload of this config"))
     max_context = config.get("model", {}).get("max_context")
     for name, cfg in serving["workloads"].items():
         if name == "rag_fanout" and cfg["docs_per_set"] > cfg["documents"]:

@@ -22,7 +22,16 @@ def tiny_serving(serving: dict) -> dict:
         "system_repeat": {"systems": 2, "system_len": 48, "questions": 6, "question_len": 5, "output_len": 3},
         "longctx": {"prompts": 2, "prompt_len": 70, "asks": 2, "output_len": 3},
     }
-    s["cache_ops"].update({"page_sizes": [4], "warmup": 1, "repeats": 2, "concurrency": 2, "chunk": 32})
+    s["cache_ops"].update(
+        {
+            "page_sizes": [4],
+            "warmup": 1,
+            "repeats": 2,
+            "concurrency": 2,
+            "chunk": 32,
+            "plain": ["system_repeat"],
+        }
+    )
     return s
 
 
@@ -31,18 +40,30 @@ def test_every_arm_every_op_with_equal_cached_tokens(default_config):
     df = bench.run(s, log=lambda _m: None)
     arms = s["cache_ops"]["arms"]
     assert set(df["arm"]) == set(arms)
-    assert set(df["op"]) == {"match", "insert", "checkpoint", "path", "evict"}
+    assert set(df["workload"]) == {"system_repeat", "longctx", "system_repeat:plain"}
+    sched = df[~df["workload"].str.endswith(":plain")]
+    plain = df[df["workload"] == "system_repeat:plain"]
+    assert set(sched["op"]) == set(bench.SCHEDULER_OPS)
+    assert set(plain["op"]) == set(bench.PLAIN_OPS)
     assert len(df) == len(df.drop_duplicates(["arm", "workload", "page_size", "op"]))
-    for (_workload, _op), g in df[df["op"].isin(["match", "path"])].groupby(["workload", "op"]):
+    per_request = df[df["op"].isin(["match", "lock", "path", "release", bench.REQUEST_TOTAL])]
+    for (_workload, _op), g in per_request.groupby(["workload", "op"]):
         requests = int(g["requests"].iloc[0])
         assert (g["n"] == requests * 2).all()  # measured replays only, warm-up excluded
         assert g["cached_tokens"].nunique() == 1  # identical reuse in every arm
-    match = df[(df["op"] == "match") & (df["workload"] == "system_repeat")]
-    assert (match["tokens"] == 2 * match["cached_tokens"]).all()
-    assert (match["cached_tokens"] > 0).all()
+    for workload in ("system_repeat", "system_repeat:plain"):
+        match = df[(df["op"] == "match") & (df["workload"] == workload)]
+        assert (match["tokens"] == 2 * match["cached_tokens"]).all()
+        assert (match["cached_tokens"] > 0).all()
     assert (df["us_p50"] > 0).all() and (df["us_p99"] >= df["us_p50"]).all()
+    # The per-request total is the sum of the request's ops: above each of them, in every arm.
+    wide = df.pivot_table(index=["arm", "workload"], columns="op", values="us_mean")
+    for op in ("match", "path", "release", "lock"):
+        got = wide[[bench.REQUEST_TOTAL, op]].dropna()
+        assert (got[bench.REQUEST_TOTAL] > got[op]).all(), op
     table = bench.target_table(df)
-    assert set(table["op"]) == {"match", "insert"} and "ratio" in table
+    assert set(table["op"]) == set(bench.SCHEDULER_OPS) and {"ratio", "n"} <= set(table)
+    assert len(table) == len(df[df["arm"] == "bcr"])  # every op of every workload, none left out
 
 
 class ForgetfulCache(BCRCache):
@@ -83,6 +104,7 @@ def test_cli_writes_parquet_with_provenance(default_config, tmp_path):
     cfg = copy.deepcopy(default_config)
     cfg["serving"] = tiny_serving(cfg["serving"])
     cfg["serving"]["workloads"].pop("longctx")
+    cfg["serving"]["cache_ops"]["plain"] = []
     cfg["serving"]["cache_ops"]["arms"] = ["bcr", "unified_rust"]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -53,10 +53,18 @@ class Model:
             self.paths.add(b[:i])
 
 
-def insert(index: ChainIndex, tokens, ns: int = 7, start: Block = ROOT):
+def extend_pages(old, new):
+    return np.concatenate([old, new])
+
+
+EXTENDS = [None, extend_pages]  # runs never extended, or extended where the walk ends on a run's end
+
+
+def insert(index: ChainIndex, tokens, ns: int = 7, start: Block = ROOT, extend=None):
     ps = index.page_size
     nb = len(tokens) // ps
-    return index.insert(as_bytes(tokens[: nb * ps]), nb, ns, lambda lo, hi: np.arange(lo, hi), start)
+    view = memoryview(as_bytes(tokens[: nb * ps]))  # any byte buffer: the cache passes views
+    return index.insert(view, nb, ns, lambda lo, hi: np.arange(lo, hi), start, extend)
 
 
 def longest(index: ChainIndex, tokens, ns: int = 7):
@@ -67,8 +75,11 @@ def longest(index: ChainIndex, tokens, ns: int = 7):
 
 def path_tokens(index: ChainIndex, block: Block) -> list[int]:
     out: list[int] = []
+    pages = []
     for run, n in index.path(block):
-        out.extend(np.frombuffer(run.tokens, dtype=np.int64)[: n * index.page_size].tolist())
+        out.extend(np.frombuffer(bytes(run.tokens), dtype=np.int64)[: n * index.page_size].tolist())
+        pages.extend(run.pages[:n].tolist())
+    assert pages == list(range(block.depth)), "a path's payload is not its blocks' (extended runs too)"
     return out
 
 
@@ -123,15 +134,16 @@ def test_keys_depend_on_every_token_position_and_namespace():
 seqs = st.lists(st.integers(0, 3), min_size=0, max_size=40)
 
 
+@pytest.mark.parametrize("extend", EXTENDS)
 @pytest.mark.parametrize("ps", PAGE_SIZES)
 @settings(max_examples=40, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), seqs), min_size=1, max_size=25))
-def test_longest_matches_reference_and_paths_are_exact(ps, ops):
+def test_longest_matches_reference_and_paths_are_exact(ps, extend, ops):
     index, model = ChainIndex(ps, ChainHasher(seed=0)), Model(ps)
     for is_insert, toks in ops:
         nb = len(toks) // ps
         if is_insert:
-            k, last = insert(index, toks)
+            k, last = insert(index, toks, extend=extend)
             assert k == model.longest(toks, nb)
             model.insert(toks, nb)
             assert last.depth == nb
@@ -141,15 +153,17 @@ def test_longest_matches_reference_and_paths_are_exact(ps, ops):
     index.sanity_check(locks={})
 
 
+@pytest.mark.parametrize("extend", EXTENDS)
 @pytest.mark.parametrize("ps", PAGE_SIZES)
 @settings(max_examples=25, deadline=None)
 @given(ops=st.lists(seqs, min_size=1, max_size=12), probe=st.integers(0, 10**6))
-def test_derived_block_keys_equal_the_chain_from_the_root(ps, ops, probe):
-    """Keys kept on runs (first block stored, the rest derived on demand) are the chain hash."""
+def test_derived_block_keys_equal_the_chain_from_the_root(ps, extend, ops, probe):
+    """Keys kept on runs (derived on demand, lone children's too) are the chain hash from the root."""
     h = ChainHasher(seed=4)
     index = ChainIndex(ps, h)
     for toks in ops:
-        insert(index, [t * 977 + probe for t in toks])  # large token values as well
+        insert(index, [t * 977 + probe for t in toks], extend=extend)  # large token values as well
+        index.sanity_check(locks={})
     for run in list(index.runs):
         for idx in (run.size - 1, *range(run.size)):  # the last key first: its own fast path
             block = Block(run, idx)
@@ -186,15 +200,16 @@ def test_namespaces_never_share_blocks():
     assert longest(index, toks, ns=1)[0] == 4
 
 
+@pytest.mark.parametrize("extend", EXTENDS)
 @pytest.mark.parametrize("ps", [1, 4])
 @settings(max_examples=30, deadline=None)
 @given(ops=st.lists(seqs, min_size=1, max_size=20))
-def test_forced_collisions_only_cause_misses(ps, ops):
+def test_forced_collisions_only_cause_misses(ps, extend, ops):
     index = ChainIndex(ps, ConstantHasher(seed=0))
     cached_any = False
     for toks in ops:
         nb = len(toks) // ps
-        k, last = insert(index, toks)
+        k, last = insert(index, toks, extend=extend)
         assert path_tokens(index, last) == list(toks[: last.depth * ps])
         cached_any |= last.depth > 0
         for probe in ops:
@@ -209,6 +224,7 @@ def test_forced_collisions_only_cause_misses(ps, ops):
 # --- pins and eviction -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("extend", EXTENDS)
 @pytest.mark.parametrize("ps", [1, 4])
 @settings(max_examples=40, deadline=None)
 @given(
@@ -218,12 +234,12 @@ def test_forced_collisions_only_cause_misses(ps, ops):
         max_size=40,
     )
 )
-def test_pins_protect_paths_and_eviction_is_leaf_first_lru(ps, script):
+def test_pins_protect_paths_and_eviction_is_leaf_first_lru(ps, extend, script):
     index = ChainIndex(ps, ChainHasher(seed=0))
     locks: dict[Block, int] = {}
     for op, toks, n in script:
         if op == "insert":
-            insert(index, toks)
+            insert(index, toks, extend=extend)
         elif op == "lock":
             _, block = longest(index, toks)
             if block.run is not None:
@@ -289,3 +305,96 @@ def test_lock_walks_only_until_protection_exists():
     assert index.unlock(a) == 0  # b still pins the path
     assert index.unlock(b) == 102
     assert index.protected == 0 and index.evictable == 102
+
+
+def test_a_lone_child_is_found_by_tokens_and_a_branch_point_gets_its_key_once():
+    ps = 4
+    index = ChainIndex(ps, ChainHasher(seed=0))
+    base = list(range(100, 132))  # 8 blocks
+    _, a = insert(index, base, extend=extend_pages)
+    _, ax = insert(index, [*base, 1, 1, 1, 1], extend=extend_pages)
+    assert ax.run is a.run and a.run.size == 9  # the walk ended on the run's end: extended
+    _, ay = insert(index, [*base, 2, 2, 2, 2], extend=extend_pages)
+    assert ay.run is not a.run and a.run.kids == {7: [ay.run]}  # a lone child, no key derived
+    assert a.run.hashed == 1 and ay.run.head is None and len(index.map) == 1
+    assert longest(index, [*base, 2, 2, 2, 2]) == (9, ay)
+    _, az = insert(index, [*base, 3, 3, 3, 3], extend=extend_pages)
+    assert not a.run.kids and a.run.hashed == 8  # the branch point's key, derived once
+    assert index.map[ay.run.head] is ay.run and index.map[az.run.head] is az.run
+    for toks, want in (([*base, 1, 1, 1, 1], ax), ([*base, 2, 2, 2, 2], ay), ([*base, 3, 3, 3, 3], az)):
+        assert longest(index, toks) == (9, want)
+    assert longest(index, [*base, 4, 4, 4, 4]) == (8, Block(a.run, 7))
+    index.sanity_check(locks={})
+    index.evict(1)  # the oldest leaf block: ax's, the extended run's tail
+    index.evict(2)  # then ay and az: both detach from the branch point
+    assert len(index.map) == 1 and not a.run.branches
+    index.sanity_check(locks={})
+
+
+def _evict_block_by_block(index: ChainIndex, n_blocks: int) -> list[tuple]:
+    """The eviction loop one block at a time (the reference the batched ChainIndex.evict must equal)."""
+    import heapq
+
+    freed, heap, need = [], index.heap, n_blocks
+    while need > 0 and heap:
+        stamp, _, run = heapq.heappop(heap)
+        run.in_heap = False
+        if not run.tail_evictable():
+            continue
+        times = run.times
+        if times[run.live - 1] != stamp:
+            index._push(run)
+            continue
+        hi = run.live
+        while True:
+            idx = run.live - 1
+            run.live = idx
+            need -= 1
+            if idx == 0:
+                break
+            stamp = max(times[idx - 1], times[idx])
+            times[idx - 1] = stamp
+            if need == 0 or not run.tail_evictable() or (heap and heap[0][0] < stamp):
+                break
+        lo = run.live
+        freed.append((run, lo, hi))
+        index.evictable -= hi - lo
+        if lo == 0:
+            index._detach(run)
+        else:
+            index._push(run)
+    return freed
+
+
+@pytest.mark.parametrize("ps", [1, 4])
+@settings(max_examples=40, deadline=None)
+@given(
+    script=st.lists(
+        st.tuples(st.sampled_from(["insert", "insert", "lock", "touch", "evict"]), seqs, st.integers(1, 30)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_batched_eviction_equals_block_by_block(ps, script):
+    import copy
+
+    index = ChainIndex(ps, ChainHasher(seed=0))
+    for op, toks, n in script:
+        if op == "insert":
+            insert(index, toks, extend=extend_pages if n % 2 else None)
+        elif op == "lock":
+            _, block = longest(index, toks)
+            if block.run is not None and n % 3 == 0:
+                index.lock(block)
+        elif op == "touch":
+            index.touch(longest(index, toks)[1])
+        else:
+            memo: dict = {}
+            twin = copy.deepcopy(index, memo)
+            got = index.evict(n)
+            want = _evict_block_by_block(twin, n)
+            assert [(memo[id(r)], lo, hi) for r, lo, hi in got] == want
+            assert [r.times[: r.live] for r in index.runs] == [
+                memo[id(r)].times[: r.live] for r in index.runs
+            ]
+            index.sanity_check()

@@ -15,6 +15,7 @@ def small(serving: dict) -> dict:
     s = copy.deepcopy(serving)
     s["workloads"] = {
         "system_repeat": {"systems": 2, "system_len": 40, "questions": 7, "question_len": 5, "output_len": 3},
+        "system_prompts": {"systems": 6, "system_len": 32, "questions": 10, "question_len": 4, "output_len": 2},
         "rag_fanout": {
             "documents": 5, "doc_len": 8, "docs_per_set": 3, "sets": 3, "questions": 9, "question_len": 4,
             "output_len": 2,
@@ -47,6 +48,12 @@ def test_trace_shapes(default_config):
         assert len(r.prompt) == 45 and len(r.output) == 3
         assert np.array_equal(r.prompt[:40], sr[r.group].prompt[:40])  # same system prompt per group
     assert len({r.prompt[40:].tobytes() for r in sr}) == 7  # distinct questions
+    sp = tr["system_prompts"]
+    assert len(sp) == 10 and [r.group for r in sp[:6]] == list(range(6))  # each system prompt cold once
+    assert len({r.prompt[:32].tobytes() for r in sp}) == 6  # many distinct system prompts
+    for r in sp:
+        assert len(r.prompt) == 36 and np.array_equal(r.prompt[:32], sp[r.group].prompt[:32])
+    assert not np.array_equal(sp[0].prompt[:32], sr[0].prompt[:32])  # its own token stream
     rag = tr["rag_fanout"]
     assert len(rag) == 9 and all(len(r.prompt) == 3 * 8 + 4 for r in rag)
     for r in rag:
@@ -80,6 +87,17 @@ def test_cross_field_checks_name_the_bad_key(default_config):
     assert "serving.token_range" in msg and "vocab_size" in msg
     assert "serving.workloads.longctx" in msg and "max_context" in msg
     assert "serving.workloads.rag_fanout.docs_per_set" in msg
+
+
+def test_plain_caller_must_name_a_defined_workload(default_config):
+    bad = copy.deepcopy(default_config)
+    bad["serving"]["workloads"].pop("system_prompts")
+    bad["serving"]["cache_ops"]["plain"] = ["system_prompts"]
+    with pytest.raises(cfgmod.ConfigError, match=r"serving\.cache_ops\.plain"):
+        cfgmod.validate(bad)
+    bad["serving"]["cache_ops"]["plain"] = ["nope"]
+    with pytest.raises(cfgmod.ConfigError, match=r"serving\.cache_ops\.plain"):
+        cfgmod.validate(bad)
 
 
 def test_schema_rejects_unknown_and_missing_keys(default_config):

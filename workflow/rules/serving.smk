@@ -3,7 +3,8 @@
 
 
 rule cache_ops:
-    """µs per match / insert / checkpoint / path / evict of bcr, radix and UnifiedRadixCache (both cores)."""
+    """µs per match / lock / path / checkpoint / insert / release / evict and per request (the total the
+    scheduler's thread pays), for the scheduler's calls and plain callers, of every arm."""
     conda:
         BCR_ENV
     input:
