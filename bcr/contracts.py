@@ -79,7 +79,10 @@ TIERED_COLUMNS = [
     "prompt_id",
     "decode_path",
     EXACT,
+    EXACT_ANSWER,
     "first_divergence",
+    "divergence_margin",  # the reference's top-1 minus top-2 logit where the trajectories part
+    "degenerate",  # the reference's continuation after its answer is one token repeated
     "max_logit_diff",
     "answer_correct",
     "logical_tokens",
@@ -101,9 +104,11 @@ _SUMMARY_COLUMNS = [
     "context",
     "decode_path",
     "n_prompts",
-    "n_exact",
+    "n_exact",  # exact over the answer span (the primary measure)
     "exact",
     "exactness",
+    "n_exact_trajectory",  # exact over the whole compared trajectory (the stronger test)
+    "n_degenerate",
     "compression",
     "stored_fraction",
 ]

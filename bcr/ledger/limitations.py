@@ -290,9 +290,11 @@ def limitations(
         _item(
             "info",
             "Exactness",
-            f"`exact` means greedy tokens identical to dense over the first "
-            f"{config['generation']['max_new_tokens']} generated tokens (stopping at EOS); it says nothing "
-            "about longer generations.",
+            "A prompt counts as exact when its answer span (the value and EOS here; the shortest reply "
+            "holding the answer for text prompts) is identical to dense, the note's claim; the whole "
+            f"trajectory of {config['generation']['max_new_tokens']} generated tokens"
+            f"{' (stopping at EOS)' if config['generation'].get('stop_at_eos', True) else ', past EOS,'} is "
+            "reported beside it as the stronger test. Neither says anything about longer generations.",
             "exactness",
         ),
     ]

@@ -371,9 +371,8 @@ def site_data(
         plot_files["ratios"] = "plots/latency_ratios.svg"
     if results["cache_ops"].present:
         pages = sorted(results["cache_ops"].df["page_size"].unique())
-        page = (
-            ops_claim.rule["page_size"] if ops_claim and ops_claim.rule["page_size"] in pages else pages[-1]
-        )
+        claimed = [p for p in (ops_claim.rule["page_sizes"] if ops_claim else []) if p in pages]
+        page = claimed[0] if claimed else pages[-1]
         plots.cache_ops_bars(results["cache_ops"].df, int(page), pdir / "cache_ops.svg")
         plot_files["cache_ops"] = "plots/cache_ops.svg"
         plot_files["cache_ops_page"] = str(int(page))
@@ -415,7 +414,7 @@ def site_data(
         "ops_pair": (ops_ours, ops_base),
         "ops_pages": sorted(
             {int(r["page_size"]) for r in _records(cache_ops)},
-            key=lambda p: (ops_claim is None or p != ops_claim.rule["page_size"], p),
+            key=lambda p: (ops_claim is None or p != ops_claim.rule["page_sizes"][0], p),
         ),
         "longctx": tables.longctx_summary(results["longctx"].df),
         "decomposition": _records(decomp),

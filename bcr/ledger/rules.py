@@ -257,54 +257,67 @@ def rule_quantile_ratio(rule: dict, ctx: EvalContext) -> Outcome:
 
 
 def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
+    """Every op (and the per-request total) of ``arm`` against ``baseline`` at p50, per workload and page.
+
+    The scheduler's workloads must show every op of ``ops``, the plain callers' (``<name>:plain``)
+    every op of ``plain_ops``: an expected op missing for either arm makes the claim ``not yet``, so
+    no operation where the arm loses can drop out of the verdict silently.
+    """
     table = ctx.results["cache_ops"]
     thr = rule["threshold"]
+    pages = [int(p) for p in rule["page_sizes"]]
+    arm, baseline = rule["arm"], rule["baseline"]
+    evidence = f"{table.pattern} · pages {', '.join(map(str, pages))} · p50 {arm}/{baseline}"
     if not table.present:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
-    arm, baseline = rule["arm"], rule["baseline"]
-    evidence = f"{table.pattern} · page {rule['page_size']} · p50 {arm}/{baseline}"
-    df = table.df[(table.df["page_size"] == rule["page_size"]) & table.df["op"].isin(rule["ops"])]
+    df = table.df[table.df["page_size"].isin(pages)]
     parts = []
-    for (workload, op), g in df.groupby(["workload", "op"], sort=True):
-        by = g.set_index("arm")
-        name = f"{workload}/{op}"
-        if arm not in by.index or baseline not in by.index:
-            parts.append(
-                (NOT_YET, name, Outcome(NOT_YET, f"{name}: arm {arm} or {baseline} missing", evidence))
-            )
-            continue
-        n = int(min(by.loc[arm, "n"], by.loc[baseline, "n"]))
-        ratio = float(by.loc[arm, "us_p50"]) / float(by.loc[baseline, "us_p50"])
-        if n < rule["min_n"]:
-            parts.append(
-                (
-                    NOT_YET,
-                    name,
-                    Outcome(NOT_YET, f"{name}: {n} operations (minimum {rule['min_n']})", evidence, n),
+    for (page, workload), w in df.groupby(["page_size", "workload"], sort=True):
+        expected = rule.get("plain_ops", rule["ops"]) if str(workload).endswith(":plain") else rule["ops"]
+        for op in expected:
+            name = f"p{int(page)} {workload}/{op}"
+            by = w[w["op"] == op].set_index("arm")
+            if arm not in by.index or baseline not in by.index:
+                parts.append(
+                    (
+                        NOT_YET,
+                        name,
+                        Outcome(NOT_YET, f"{name}: not measured for {arm} and {baseline}", evidence),
+                    )
                 )
-            )
-            continue
-        ok = ratio <= thr if rule["holds_when"] == "below" else ratio >= thr
-        verdict = SUPPORTED if ok else REJECTED
-        text = f"{name} {sig(ratio)}x"
-        parts.append((verdict, name, Outcome(verdict, text, evidence, n, ratio, thr, value_text=text)))
+                continue
+            n = int(min(by.loc[arm, "n"], by.loc[baseline, "n"]))
+            ratio = float(by.loc[arm, "us_p50"]) / float(by.loc[baseline, "us_p50"])
+            if n < rule["min_n"]:
+                out = Outcome(NOT_YET, f"{name}: {n} operations (minimum {rule['min_n']})", evidence, n)
+                parts.append((NOT_YET, name, out))
+                continue
+            ok = ratio <= thr if rule["holds_when"] == "below" else ratio >= thr
+            verdict = SUPPORTED if ok else REJECTED
+            text = f"{name} {sig(ratio)}x (n={n})"
+            parts.append((verdict, name, Outcome(verdict, text, evidence, n, ratio, thr, value_text=text)))
     if not parts:
-        return Outcome(
-            NOT_YET, f"no {'/'.join(rule['ops'])} rows at page {rule['page_size']}", evidence, threshold=thr
-        )
+        return Outcome(NOT_YET, f"no cache-operation rows at pages {pages}", evidence, threshold=thr)
     verdict, deciding = _combine(parts)
-    if verdict == SUPPORTED:
-        deciding = max((p[2] for p in parts), key=lambda o: o.value)
+    measured = [p[2] for p in parts if not math.isnan(p[2].value)]
+    pick = max if rule["holds_when"] == "below" else min
+    worst = pick(measured, key=lambda o: o.value) if measured else None
+    if worst is not None and verdict != NOT_YET:
+        deciding = worst
+    losing = [p[2].reason for p in parts if p[0] == REJECTED]
+    pending = [p[2].reason for p in parts if p[0] == NOT_YET]
     deciding.verdict = verdict
     deciding.threshold = thr
     deciding.n = min(p[2].n for p in parts)
+    side = "≤" if rule["holds_when"] == "below" else "≥"
     deciding.reason = (
-        "; ".join(p[2].reason for p in parts)
-        + f"; holds when every p50 ratio {'≤' if rule['holds_when'] == 'below' else '≥'} {thr:g}"
+        f"{len(parts)} (page, workload, op) cells, {len(losing)} outside the threshold"
+        + (f": {'; '.join(losing)}" if losing else "")
+        + (f"; not decidable: {'; '.join(pending)}" if pending else "")
+        + f"; holds when every p50 ratio {side} {thr:g}, the per-request total included"
         + " (the table holds per-operation quantiles, not samples, so no interval)"
     )
-    ratios = [p[2].value for p in parts if not math.isnan(p[2].value)]
-    deciding.value_text = f"max p50 ratio {sig(max(ratios))}x" if ratios else "—"
+    deciding.value_text = f"worst p50 ratio: {worst.value_text}" if measured else "—"
     return deciding
 
 
@@ -532,9 +545,10 @@ def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
         return Outcome(
             NOT_YET, f"no controls matched to {setting} at context {context}", evidence, threshold=thr
         )
+    exact_col = "exact_answer" if "exact_answer" in rows else "exact"  # the primary measure
     own = rows[rows["control"].isna()]
-    if not own["exact"].astype(bool).all():
-        bad = int((~own["exact"].astype(bool)).sum())
+    if not own[exact_col].astype(bool).all():
+        bad = int((~own[exact_col].astype(bool)).sum())
         return Outcome(
             NOT_YET,
             f"{setting} itself is not exact on {bad}/{len(own)} prompts here: nothing to tell apart",
@@ -544,7 +558,7 @@ def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
         )
     parts = []
     for kind, g in rows[rows["control"].notna()].groupby("control", sort=True):
-        k, n = int(g["exact"].astype(bool).sum()), len(g)
+        k, n = int(g[exact_col].astype(bool).sum()), len(g)
         iv = exact_rate_interval(k, n)
         stored = f"stored {g['stored_fraction'].mean():.3g} vs {own['stored_fraction'].mean():.3g}"
         text = f"{kind} exact {rate_text(k, n)} ({stored})"

@@ -48,9 +48,6 @@ QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
 
 DIAGNOSTIC_COLUMNS = [
     "query_mode",
-    "exact_answer",
-    "divergence_margin",
-    "degenerate",
     "prompt_tokens",
     "n_generated",
     "output_ids",

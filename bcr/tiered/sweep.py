@@ -22,8 +22,13 @@ class ControlFailedError(RuntimeError):
     """A control setting (nothing compressed) did not reproduce dense outputs: the harness is broken."""
 
 
+def _answer_exact(g: pd.DataFrame) -> pd.Series:
+    """Exact over the answer span (the primary measure); files without the column: the trajectory."""
+    return (g["exact_answer"] if "exact_answer" in g else g["exact"]).astype(bool)
+
+
 def _failure(g: pd.DataFrame) -> str | None:
-    bad = g[~g["exact"].astype(bool)]
+    bad = g[~_answer_exact(g)]
     if bad.empty:
         return None
     r = bad.iloc[0]
@@ -32,12 +37,14 @@ def _failure(g: pd.DataFrame) -> str | None:
 
 def _group_stats(g: pd.DataFrame) -> dict:
     n = len(g)
-    k = int(g["exact"].astype(bool).sum())
+    k = int(_answer_exact(g).sum())
     return {
         "n_prompts": n,
         "n_exact": k,
         "exact": bool(k == n and n > 0),
         "exactness": f"{k}/{n}",
+        "n_exact_trajectory": int(g["exact"].astype(bool).sum()),
+        "n_degenerate": int(g["degenerate"].astype(bool).sum()) if "degenerate" in g else 0,
         "compression": float(g["compression"].median()),
         "stored_fraction": float(g["stored_fraction"].median()),
         "first_failure": _failure(g),
@@ -71,7 +78,8 @@ def promote(
 ) -> dict:
     """The promotion decision (written as ``promoted.json``; the promotion rules read ``run``).
 
-    A setting is promoted when every tiered decode path was exact on every sweep prompt.  With
+    A setting is promoted when every tiered decode path was exact on every sweep prompt, over the
+    answer span (the primary measure); a control must reproduce the whole trajectory.  With
     ``max_settings``, only that many of the exact settings are promoted, highest sweep compression first
     (ties keep the sweep order): the ones the headline claims are about.  The exact settings held back
     are listed as ``held_back``, so the record still says what the sweep found.
@@ -80,8 +88,9 @@ def promote(
     if missing:
         raise ValueError(f"sweep rows lack settings {missing}")
     tiered = rows[rows["decode_path"] != DENSE_PATH]
-    exact = {s: bool(g["exact"].astype(bool).all()) and len(g) > 0 for s, g in tiered.groupby("setting")}
-    failed_controls = [c for c in controls if not exact.get(c, False)]
+    exact = {s: bool(_answer_exact(g).all()) and len(g) > 0 for s, g in tiered.groupby("setting")}
+    whole = {s: bool(g["exact"].astype(bool).all()) and len(g) > 0 for s, g in tiered.groupby("setting")}
+    failed_controls = [c for c in controls if not whole.get(c, False)]
     if failed_controls:
         detail = "; ".join(f"{c}: {_failure(tiered[tiered['setting'] == c])}" for c in failed_controls)
         raise ControlFailedError(

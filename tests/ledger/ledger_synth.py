@@ -82,7 +82,10 @@ def tiered_frame(
                     "prompt_id": pid,
                     "decode_path": path,
                     "exact": ok,
+                    "exact_answer": ok,
                     "first_divergence": None if ok else 3,
+                    "divergence_margin": None if ok else 2.5,
+                    "degenerate": False,
                     "max_logit_diff": 0.0 if ok else 1.7,
                     "answer_correct": ok,
                     "logical_tokens": context * 4,
@@ -214,14 +217,35 @@ def write_controls(
         io.write_parquet(pd.concat(frames, ignore_index=True), root / "tiered" / "controls" / f"{c}.parquet")
 
 
-def write_cache_ops(root: Path, *, bcr_factor: float = 0.8, n: int = 500) -> None:
-    base = {"match": 27.0, "insert": 37.0, "evict": 12.0}
+SCHEDULER_OPS = {"match": 27.0, "lock": 2.0, "path": 6.0, "checkpoint": 40.0, "insert": 37.0,
+                 "release": 9.0, "evict": 12.0, "request": 90.0}  # fmt: skip
+PLAIN_OPS = {"match": 20.0, "path": 6.0, "insert": 30.0, "evict": 12.0, "request": 56.0}
+
+
+def write_cache_ops(
+    root: Path,
+    *,
+    bcr_factor: float = 0.8,
+    n: int = 500,
+    slow: tuple[str, str, float] | None = None,
+    drop: tuple[str, str] | None = None,
+) -> None:
+    """Every op of the scheduler's workloads and of one plain caller, at pages 1 and 16.
+
+    ``slow`` = (workload, op, factor) makes bcr that much slower on one cell; ``drop`` = (workload, op)
+    leaves one op out for bcr (a bench that forgot to time it)."""
     arms = {"bcr": bcr_factor, "radix": 0.9, "unified_python": 1.6, "unified_rust": 1.0}
+    workloads = {w: SCHEDULER_OPS for w in ("system_repeat", "rag_fanout", "longctx")}
+    workloads["system_repeat:plain"] = PLAIN_OPS
     rows = []
-    for workload in ("system_repeat", "rag_fanout", "longctx"):
+    for workload, ops in workloads.items():
         for page in (1, 16):
-            for op, us in base.items():
+            for op, us in ops.items():
                 for arm, f in arms.items():
+                    if arm == "bcr" and drop == (workload, op):
+                        continue
+                    if arm == "bcr" and slow is not None and slow[:2] == (workload, op):
+                        f = slow[2]
                     rows.append(
                         {
                             "arm": arm,

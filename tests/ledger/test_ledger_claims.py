@@ -191,6 +191,20 @@ def test_cache_ops_verdict(results_dir, verdicts, factor, n, expected):
         assert row["value"] == pytest.approx(factor)
 
 
+def test_cache_ops_claim_reads_every_op_and_the_total(results_dir, verdicts):
+    """One losing cell anywhere (a plain caller's match, say) rejects the claim and is named; an
+    expected op that was not measured makes it undecidable rather than silently dropped."""
+    synth.write_cache_ops(results_dir, bcr_factor=0.8, slow=("system_repeat:plain", "match", 1.3))
+    row = verdicts(results_dir)["bcr_cache_ops_cheap"]
+    assert row["verdict"] == "rejected" and row["value"] == pytest.approx(1.3)
+    assert "system_repeat:plain/match 1.30x" in row["reason"]
+    synth.write_cache_ops(results_dir, bcr_factor=0.8, slow=("longctx", "request", 1.1))
+    assert verdicts(results_dir)["bcr_cache_ops_cheap"]["verdict"] == "rejected"
+    synth.write_cache_ops(results_dir, bcr_factor=0.8, drop=("rag_fanout", "lock"))
+    row = verdicts(results_dir)["bcr_cache_ops_cheap"]
+    assert row["verdict"] == "not yet" and "rag_fanout/lock: not measured" in row["reason"]
+
+
 @pytest.mark.parametrize(("ours", "peer", "expected"), [(1.0, 0.5, "supported"), (0.25, 0.75, "rejected")])
 def test_peers_verdict(results_dir, verdicts, ours, peer, expected):
     synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer)

@@ -172,7 +172,7 @@ def test_limitations_are_generated_from_the_data(tmp_path, spec, cpu_config, ref
     text = pages["limitations.md"]
     assert "2048 for 8192, 4096 for 16384, 8192 for 32768" in text
     assert "cpu:x86_64x2threads" in text
-    assert "8192 prompt tokens + 7 generated tokens exceed" in text  # max_context 8192
+    assert "8192 prompt tokens + 64 generated tokens exceed" in text  # max_context 8192
     assert "Promotion prompts per context/setting/path" in text
     assert "results/peers/kvpress.parquet" in text
 

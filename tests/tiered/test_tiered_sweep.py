@@ -105,3 +105,22 @@ def test_promotion_summary_has_the_note_columns():
     r8 = s[s["context"] == 8192].iloc[0]
     assert r8["exactness"] == "1/2" and pd.isna(r8["dense_peak_mem_bytes"]) and pd.isna(r8["delta_vram_pct"])
     assert promotion_summary(rows.iloc[0:0]).empty
+
+
+def test_promotion_decides_on_the_answer_span_and_checks_controls_on_the_whole_trajectory():
+    """A setting whose answers are exact but whose long continuation flips is promoted (the note's claim
+    is about the answer); a control that keeps everything must reproduce every token, or the harness is
+    broken."""
+    answers_ok = _rows("middle", 2048, [False, False]).assign(
+        exact_answer=True, degenerate=[False, False] * 2
+    )
+    keep_all = _rows("keep_all", 2048, [True, True]).assign(exact_answer=True, degenerate=True)
+    decision = promote(pd.concat([answers_ok, keep_all]), ["middle", "keep_all"], ["keep_all"], None)
+    assert decision["promoted"] == ["middle"]
+    summary = sweep_summary(pd.concat([answers_ok, keep_all]), ["keep_all"], ["middle"]).set_index("setting")
+    assert summary.loc["middle", "n_exact"] == 2 and summary.loc["middle", "n_exact_trajectory"] == 0
+    assert summary.loc["keep_all", "n_degenerate"] == 2
+
+    bad_control = _rows("keep_all", 2048, [True, False]).assign(exact_answer=True)
+    with pytest.raises(ControlFailedError):
+        promote(pd.concat([answers_ok, bad_control]), ["middle", "keep_all"], ["keep_all"], None)

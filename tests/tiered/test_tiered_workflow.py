@@ -35,6 +35,8 @@ def _rows(setting: str, context: int, exact: bool) -> pd.DataFrame:
                 prompt_id=f"c{context}-p{i:03d}",
                 decode_path=path,
                 exact=ok,
+                exact_answer=ok,
+                degenerate=False,
                 first_divergence=None if ok else 3,
                 max_logit_diff=0.0,
                 answer_correct=ok,
