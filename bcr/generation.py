@@ -40,6 +40,16 @@ def cache_nbytes(cache: Cache) -> int:
 
 
 @torch.inference_mode()
+def prefill_chunk(model, input_ids: torch.Tensor, a: int, b: int, cache: Cache) -> torch.Tensor:
+    """Feed prompt tokens ``[a, b)`` at their logical positions; the float32 logits at the last one."""
+    pos = torch.arange(a, b, device=input_ids.device).unsqueeze(0)
+    out = model(
+        input_ids=input_ids[:, a:b], position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+    )
+    return out.logits[0, -1].float()
+
+
+@torch.inference_mode()
 def decode_steps(
     model,
     cache: Cache,
@@ -108,15 +118,7 @@ def greedy(
         for i, (a, b) in enumerate(chunks):
             if i == 1 and after_context is not None:
                 after_context(cache)
-            pos = torch.arange(a, b, device=device).unsqueeze(0)
-            out = model(
-                input_ids=input_ids[:, a:b],
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        logits = out.logits[0, -1].float()
+            logits = prefill_chunk(model, input_ids, a, b, cache)
         if after_prefill is not None:
             after_prefill(cache)
         int(logits.argmax())  # the first token is chosen inside TTFT (on CUDA this also waits for it)

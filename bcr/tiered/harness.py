@@ -83,6 +83,21 @@ class TieredRun:
     compress_s: float | None
     manifests: list[LayerManifest]
 
+    @classmethod
+    def of(cls, result: GreedyResult, cache: TieredCache) -> TieredRun:
+        """A tiered run's accounting, read off its cache after decoding."""
+        stored = cache.nbytes()
+        return cls(
+            result,
+            stored,
+            cache.prefill_peak_bytes,
+            stored + cache.max_transient_bytes(),
+            cache.prompt_logical_tokens,
+            cache.prompt_stored_tokens,
+            cache.compress_s,
+            cache.manifests(),
+        )
+
 
 def _gen_kwargs(loaded: LoadedModel, generation: dict) -> dict:
     return dict(
@@ -127,17 +142,7 @@ def run_tiered(
         raise ValueError(f"unknown query mode {query_mode!r} (known: {', '.join(QUERY_MODES)})")
     with tiered_attention(loaded.model):
         res, cache = greedy(loaded.model, ids, cache=cache, split=split, **hooks, **kw)
-    stored = cache.nbytes()
-    return TieredRun(
-        res,
-        stored,
-        cache.prefill_peak_bytes,
-        stored + cache.max_transient_bytes(),
-        cache.prompt_logical_tokens,
-        cache.prompt_stored_tokens,
-        cache.compress_s,
-        cache.manifests(),
-    )
+    return TieredRun.of(res, cache)
 
 
 def compare(dense: GreedyResult, tiered: GreedyResult) -> tuple[bool, int | None, float]:
@@ -313,17 +318,7 @@ def measure_setting(
 def _shared_run(result: GreedyResult, cache) -> TieredRun:
     """A run from a shared prefill as the row builder takes it (untimed; the KV accounting is its own)."""
     if isinstance(cache, TieredCache):
-        stored = cache.nbytes()
-        return TieredRun(
-            result,
-            stored,
-            cache.prefill_peak_bytes,
-            stored + cache.max_transient_bytes(),
-            cache.prompt_logical_tokens,
-            cache.prompt_stored_tokens,
-            cache.compress_s,
-            cache.manifests(),
-        )
+        return TieredRun.of(result, cache)
     stored = cache_nbytes(cache)
     n, layers = cache.get_seq_length(), len(cache.layers)
     return TieredRun(result, stored, stored, stored, n * layers, n * layers, None, [])

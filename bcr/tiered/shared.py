@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from bcr.contracts import QUERY_MODES
-from bcr.generation import GreedyResult, decode_steps
+from bcr.generation import GreedyResult, decode_steps, prefill_chunk
 from bcr.models import LoadedModel
 from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache, TieredLayer
@@ -70,7 +70,7 @@ def _snapshot(cache: TieredCache, logits: torch.Tensor) -> Snapshot:
         values=[layer._values for layer in layers],
         obs_queries=[layer.obs_queries for layer in layers],
         scaling=float(layers[0].scaling),
-        logits=logits[0, -1].float().clone(),
+        logits=logits.clone(),
     )
 
 
@@ -84,15 +84,7 @@ def capture(
     snaps = []
     with tiered_attention(model):
         for a, b in ((0, split), (split, ids.shape[1])):
-            pos = torch.arange(a, b, device=ids.device).unsqueeze(0)
-            out = model(
-                input_ids=ids[:, a:b],
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            snaps.append(_snapshot(cache, out.logits))
+            snaps.append(_snapshot(cache, prefill_chunk(model, ids, a, b, cache)))
     return snaps[0], snaps[1]
 
 
@@ -160,15 +152,7 @@ def run_tiered_from(
         cache = tiered_from(model.config, context, setting, path, forced_phantom)
         cache.compress()
         with tiered_attention(model):
-            pos = torch.arange(context.length, prompt.length, device=ids.device).unsqueeze(0)
-            out = model(
-                input_ids=ids[:, context.length : prompt.length],
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        first = out.logits[0, -1].float().clone()
+            first = prefill_chunk(model, ids, context.length, prompt.length, cache).clone()
     else:
         raise ValueError(f"unknown query mode {mode!r} (known: {', '.join(QUERY_MODES)})")
     with tiered_attention(model):
