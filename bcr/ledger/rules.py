@@ -351,6 +351,29 @@ def rule_all_exact(rule: dict, ctx: EvalContext) -> Outcome:
     return out
 
 
+def _dense_correct_text(ctx: EvalContext, setting: str, decode_path: str) -> str:
+    """The setting's exact rate restricted to the prompts the dense model answers correctly (a prompt
+    dense gets wrong never used the retrieved value, so its exactness says less)."""
+    dense = ctx.results["dense"].df
+    if dense is None or len(dense) == 0 or len(ctx.tiered) == 0:
+        return ""
+    good = dense[dense["answer_correct"].astype(bool)]
+    ok = set(zip(good["context"].astype(int), good["prompt_id"], strict=True))
+    t = ctx.tiered
+    rows = t[
+        (t["setting"] == setting)
+        & (t["decode_path"] == decode_path)
+        & t["context"].isin(ctx.promotion_contexts)
+    ]
+    keep = [(int(c), p) in ok for c, p in zip(rows["context"], rows["prompt_id"], strict=True)]
+    sel = rows[keep]
+    return (
+        f"; on prompts dense answers correctly {rate_text(int(sel['exact'].sum()), len(sel))}"
+        if len(sel)
+        else ""
+    )
+
+
 def _ctx_text(s: tables.SettingStatus) -> str:
     """Exact prompts per context with the rate's 95% Clopper–Pearson interval: ``4096: 8/8 [0.631, 1.00]``."""
     return ", ".join(f"{c}: {rate_text(e, n)}" for c, (e, n) in sorted(s.per_context.items()))
@@ -371,10 +394,14 @@ def rule_exists_exact_setting(rule: dict, ctx: EvalContext) -> Outcome:
         for s in tables.setting_status(ctx.tiered, contexts, rule["decode_path"], rule["min_n"])
         if s.setting not in ctx.exclude
     ]
-    return _exactness_verdict(statuses, rule, evidence)
+    extra = {s.setting: _dense_correct_text(ctx, s.setting, rule["decode_path"]) for s in statuses}
+    return _exactness_verdict(statuses, rule, evidence, extra)
 
 
-def _exactness_verdict(statuses: list[tables.SettingStatus], rule: dict, evidence: str) -> Outcome:
+def _exactness_verdict(
+    statuses: list[tables.SettingStatus], rule: dict, evidence: str, extra: dict[str, str] | None = None
+) -> Outcome:
+    extra = extra or {}
     if not statuses:
         return Outcome(
             NOT_YET, f"no `{rule['decode_path']}` rows for a candidate setting", evidence, threshold=1.0
@@ -384,7 +411,7 @@ def _exactness_verdict(statuses: list[tables.SettingStatus], rule: dict, evidenc
     chosen = f"chosen from {len(statuses)} candidate setting(s): {', '.join(s.setting for s in statuses)}"
     if exact:
         n = min(min(n for _, n in s.per_context.values()) for s in exact)
-        names = "; ".join(f"{s.setting} ({_ctx_text(s)})" for s in exact)
+        names = "; ".join(f"{s.setting} ({_ctx_text(s)}{extra.get(s.setting, '')})" for s in exact)
         iv = exact_rate_interval(n, n)
         return Outcome(
             SUPPORTED,

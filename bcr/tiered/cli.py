@@ -102,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     provenance.write_rows(df, args.out, config, device)
     t = df[df["decode_path"] != DENSE_PATH]
     print(
-        f"tiered {args.setting} @ {args.context}: exact {int(t['exact'].sum())}/{len(t)}, "
+        f"tiered {args.setting} @ {args.context}: answer exact {int(t['exact_answer'].sum())}/{len(t)}, "
+        f"whole trajectory {int(t['exact'].sum())}/{len(t)}, "
         f"compression {t['compression'].median():.3f}, ttft x{t['ttft_ratio'].median():.2f}, "
         f"tpot x{t['tpot_ratio'].median():.2f} ({time.perf_counter() - t0:.1f}s)"
     )
@@ -157,7 +158,8 @@ def cmd_controls(args: argparse.Namespace) -> int:
     provenance.write_rows(df, args.out, config, device)
     for (setting, kind), g in df.groupby(["matched_to", df["control"].fillna("(the setting)")], sort=True):
         print(
-            f"{kind} ~ {setting} @ {args.context}: exact {int(g['exact'].sum())}/{len(g)}, "
+            f"{kind} ~ {setting} @ {args.context}: answer exact {int(g['exact_answer'].sum())}/{len(g)}, "
+            f"whole trajectory {int(g['exact'].sum())}/{len(g)}, "
             f"stored {g['stored_fraction'].mean():.3f}"
         )
     return 0
