@@ -304,14 +304,18 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
     worst = pick(measured, key=lambda o: o.value) if measured else None
     if worst is not None and verdict != NOT_YET:
         deciding = worst
-    losing = [p[2].reason for p in parts if p[0] == REJECTED]
+    # the worst cells first, at most five named (the site's table lists every one)
+    losing_parts = sorted((p[2] for p in parts if p[0] == REJECTED), key=lambda o: -o.value)
+    losing = [o.reason for o in losing_parts[:5]] + (
+        [f"and {len(losing_parts) - 5} more"] if len(losing_parts) > 5 else []
+    )
     pending = [p[2].reason for p in parts if p[0] == NOT_YET]
     deciding.verdict = verdict
     deciding.threshold = thr
     deciding.n = min(p[2].n for p in parts)
     side = "≤" if rule["holds_when"] == "below" else "≥"
     deciding.reason = (
-        f"{len(parts)} (page, workload, op) cells, {len(losing)} outside the threshold"
+        f"{len(parts)} (page, workload, op) cells, {len(losing_parts)} outside the threshold"
         + (f": {'; '.join(losing)}" if losing else "")
         + (f"; not decidable: {'; '.join(pending)}" if pending else "")
         + f"; holds when every p50 ratio {side} {thr:g}, the per-request total included"
