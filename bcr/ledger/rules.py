@@ -566,43 +566,39 @@ def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
     thr = rule["max_exact_rate"]
     if not table.present:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
-    df = table.df.copy()
-    df["context"] = df["context"].astype(int)
-    context = int(df["context"].max()) if rule["context"] == "largest" else int(rule["context"])
+    summary = tables.controls_table(table.df)
+    context = int(summary["context"].max()) if rule["context"] == "largest" else int(rule["context"])
     setting = ctx.headline.setting if rule["setting"] == "headline" else rule["setting"]
-    rows = df[(df["context"] == context) & (df["matched_to"] == setting)]
+    rows = summary[(summary["context"] == context) & (summary["matched_to"] == setting)]
     evidence = f"{table.pattern} · matched to {setting} · context {context}"
     if setting is None or len(rows) == 0:
         return Outcome(
             NOT_YET, f"no controls matched to {setting} at context {context}", evidence, threshold=thr
         )
-    exact_col = "exact_answer" if "exact_answer" in rows else "exact"  # the primary measure
     own = rows[rows["control"].isna()]
-    if not own[exact_col].astype(bool).all():
-        bad = int((~own[exact_col].astype(bool)).sum())
+    n_own, k_own = int(own["n"].sum()), int(own["n_exact"].sum())
+    if k_own < n_own:
         return Outcome(
             NOT_YET,
-            f"{setting} itself is not exact on {bad}/{len(own)} prompts here: nothing to tell apart",
+            f"{setting} itself is not exact on {n_own - k_own}/{n_own} prompts here: nothing to tell apart",
             evidence,
-            len(own),
+            n_own,
             threshold=thr,
         )
+    own_stored = float(own["stored_fraction"].mean())
     parts = []
-    for kind, g in rows[rows["control"].notna()].groupby("control", sort=True):
-        k, n = int(g[exact_col].astype(bool).sum()), len(g)
-        iv = exact_rate_interval(k, n)
-        stored = f"stored {g['stored_fraction'].mean():.3g} vs {own['stored_fraction'].mean():.3g}"
-        text = f"{kind} exact {rate_text(k, n)} ({stored})"
+    for r in rows[rows["control"].notna()].itertuples():
+        k, n = int(r.n_exact), int(r.n)
+        text = f"{r.control} exact {rate_text(k, n)} (stored {r.stored_fraction:.3g} vs {own_stored:.3g})"
         verdict = NOT_YET if n < rule["min_n"] else (SUPPORTED if k / n <= thr else REJECTED)
-        parts.append(
-            (verdict, kind, Outcome(verdict, text, evidence, n, k / n, thr, iv.low, iv.high, value_text=text))
-        )
+        out = Outcome(verdict, text, evidence, n, k / n, thr, r.exact_low, r.exact_high, value_text=text)
+        parts.append((verdict, r.control, out))
     if not parts:
         return Outcome(NOT_YET, f"only {setting} itself, no control rows", evidence, threshold=thr)
     verdict, deciding = _combine(parts)
     deciding.verdict = verdict
     deciding.reason = (
-        f"{setting} exact {rate_text(len(own), len(own))}; "
+        f"{setting} exact {rate_text(k_own, n_own)}; "
         + "; ".join(p[2].reason for p in parts)
         + f"; holds when every control is exact on at most {thr:.0%} of the prompts"
     )

@@ -379,19 +379,27 @@ def longctx_summary(df: pd.DataFrame | None) -> dict[str, Any] | None:
 
 
 def controls_table(df: pd.DataFrame | None) -> pd.DataFrame:
-    """Per (context, matched setting, control): exact prompts with the 95% Clopper–Pearson interval and
-    the stored fraction, the setting's own row first (the control is null on it)."""
-    cols = ["context", "matched_to", "control", "n", "n_exact", "exact_low", "exact_high", "stored_fraction"]
+    """Per (context, matched setting, control): prompts exact over the answer span (the primary
+    measure, as everywhere in the ledger) with the 95% Clopper–Pearson interval, over the whole
+    trajectory, and the stored fraction; the setting's own row first (its control is null)."""
+    cols = [
+        "context", "matched_to", "control", "n", "n_exact", "exact_low", "exact_high",
+        "n_exact_trajectory", "stored_fraction",
+    ]  # fmt: skip
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=cols)
     from bcr.ledger.stats import exact_rate_interval
 
     out = []
-    d = df.assign(control=df["control"].fillna(""), context=df["context"].astype(int))
+    answer = df["exact_answer"] if "exact_answer" in df else df["exact"]
+    d = df.assign(
+        control=df["control"].fillna(""), context=df["context"].astype(int), answer=answer.astype(bool)
+    )
     for (c, s, k), g in d.groupby(["context", "matched_to", "control"], sort=True):
-        n, e = len(g), int(g["exact"].astype(bool).sum())
+        n, e = len(g), int(g["answer"].sum())
         iv = exact_rate_interval(e, n)
-        out.append([c, s, k or None, n, e, iv.low, iv.high, float(g["stored_fraction"].mean())])
+        whole = int(g["exact"].astype(bool).sum())
+        out.append([c, s, k or None, n, e, iv.low, iv.high, whole, float(g["stored_fraction"].mean())])
     return pd.DataFrame(out, columns=cols)
 
 

@@ -320,3 +320,19 @@ def test_testbed_claim_reads_only_the_headline_settings_controls(results_dir, ve
     synth.write_controls(results_dir, setting="some_other_setting")
     row = verdicts(results_dir)["testbed_discriminates"]
     assert row["verdict"] == "not yet" and "no controls matched" in row["reason"]
+
+
+def test_controls_are_counted_on_the_answer_span_like_every_exactness(results_dir):
+    """The controls table (and the claim reading it) counts the primary measure; the whole trajectory
+    is reported beside it, never mixed in."""
+    from bcr.ledger import tables
+    from bcr.ledger.evidence import load_results
+
+    synth.write_controls(results_dir, controls={"random_pages": [True] * 8})
+    path = results_dir / "tiered" / "controls" / "8192.parquet"
+    df = pd.read_parquet(path)
+    df.loc[df["control"].notna(), "exact"] = False  # answers kept, continuations flipped
+    df.to_parquet(path)
+    t = tables.controls_table(load_results(results_dir)["tiered_controls"].df)
+    row = t[(t["context"] == 8192) & (t["control"] == "random_pages")].iloc[0]
+    assert row["n_exact"] == 8 and row["n_exact_trajectory"] == 0
