@@ -72,9 +72,10 @@ DENSE_COLUMNS = [
     "peak_decode_bytes",
     "repeats",
 ]
-# One row per (setting, context, prompt, decode path), written by the tiered harness.
+# One row per (setting, query mode, context, prompt, decode path), written by the tiered harness.
 TIERED_COLUMNS = [
     "setting",
+    QUERY_MODE,
     "context",
     "prompt_id",
     "decode_path",
@@ -101,6 +102,7 @@ TIERED_COLUMNS = [
 # Both summary tables start with a setting's exactness and compression at one context.
 _SUMMARY_COLUMNS = [
     "setting",
+    QUERY_MODE,
     "context",
     "decode_path",
     "n_prompts",
@@ -193,27 +195,31 @@ PROMPTS = _file(
 DENSE = _file(
     "dense/{context}.parquet", DENSE_COLUMNS, "dense baseline, one row per prompt", "dense_baseline"
 )
+# The tiered files of one query mode live under its name: each mode is swept, promoted and
+# controlled on its own (one shared prefill per prompt serves both modes in the sweep).
 TIERED_SWEEP = _file(
-    "tiered/sweep/{setting}.parquet", TIERED_COLUMNS, "one setting at the sweep context", "tiered_sweep"
+    "tiered/sweep/{mode}.parquet", TIERED_COLUMNS, "every sweep setting at the sweep context", "tiered_sweep"
 )
-TIERED_PROMOTED = _file("tiered/promoted.json", what="the sweep checkpoint's decision", rule="tiered_promote")
+TIERED_PROMOTED = _file(
+    "tiered/promoted/{mode}.json", what="the sweep checkpoint's decision for one mode", rule="tiered_promote"
+)
 TIERED_SWEEP_SUMMARY = _file(
-    "tiered/sweep_summary.parquet", SWEEP_SUMMARY_COLUMNS, "the note's table 1", "tiered_promote"
+    "tiered/sweep_summary/{mode}.parquet", SWEEP_SUMMARY_COLUMNS, "the note's table 1", "tiered_promote"
 )
 TIERED_PROMOTION = _file(
-    "tiered/promotion/{context}/{setting}.parquet",
+    "tiered/promotion/{mode}/{context}.parquet",
     TIERED_COLUMNS,
-    "a promoted setting at a larger context",
+    "the promoted settings at a larger context",
     "tiered_promotion",
 )
 TIERED_PROMOTION_SUMMARY = _file(
-    "tiered/promotion_summary.parquet",
+    "tiered/promotion_summary/{mode}.parquet",
     PROMOTION_SUMMARY_COLUMNS,
     "the note's table 2",
     "tiered_promotion_summary",
 )
 TIERED_CONTROLS = _file(
-    "tiered/controls/{context}.parquet",
+    "tiered/controls/{mode}/{context}.parquet",
     CONTROL_COLUMNS,
     "negative controls matched to the promoted settings",
     "tiered_controls",

@@ -24,21 +24,25 @@ class DeterminismError(RuntimeError):
     The gate every exactness claim rests on."""
 
 
-def rotated(names: list[str], k: int) -> list[str]:
+def rotated(names: list, k: int) -> list:
     """``names`` started at position ``k`` (mod len): round k's running order."""
     k %= len(names)
     return names[k:] + names[:k]
 
 
-def interleaved(arms: Mapping[str, Callable[[], T]], repeats: int, warmup: int = 0) -> dict[str, list[T]]:
-    """Each arm's ``repeats`` results, measured in rounds whose order rotates (see the module docstring)."""
+def interleaved(
+    arms: Mapping[Hashable, Callable[[], T]], repeats: int, warmup: int = 0, start: int = 0
+) -> dict[Hashable, list[T]]:
+    """Each arm's ``repeats`` results, measured in rounds whose order rotates (see the module docstring).
+
+    ``start`` offsets the rotation, so a caller timing one round per prompt keeps rotating across prompts."""
     names = list(arms)
     for w in range(warmup):
         for name in rotated(names, w):
             arms[name]()
     out: dict[str, list[T]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in rotated(names, r):
+        for name in rotated(names, start + r):
             out[name].append(arms[name]())
     return out
 

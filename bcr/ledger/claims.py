@@ -25,6 +25,8 @@ from bcr.ledger.rules import RULES, VERDICTS, EvalContext
 SCHEMA = Path(__file__).resolve().parent / "claims.schema.yaml"
 LEDGER_COLUMNS = [
     "claim_id",
+    "claim",  # the claim-file id (claim_id adds the query mode of a per-mode verdict)
+    "query_mode",
     "statement",
     "verdict",
     "note_verdict",
@@ -58,6 +60,11 @@ class Claim:
     caveats: tuple[str, ...] = ()
     # why the verdict is fixed by arithmetic, whatever is measured (then it is labelled, not a finding)
     by_construction: str | None = None
+    per_mode: bool = False  # one verdict per tiered query mode, each on that mode's files
+
+    def row_id(self, mode: str | None) -> str:
+        """The ledger row's id: the claim's, with the query mode of a per-mode verdict."""
+        return self.id if mode is None else f"{self.id}[{mode}]"
 
     @property
     def page(self) -> str:
@@ -102,6 +109,7 @@ def load_claims(path: str | Path) -> ClaimFile:
             c["note"]["says"],
             tuple(c.get("caveats") or ()),
             c.get("by_construction"),
+            bool(c.get("per_mode", False)),
         )
         for c in data["claims"]
     ]
@@ -113,7 +121,20 @@ def promotion_contexts(config: dict) -> list[int]:
     return [int(c) for c in config["prompts"]["contexts"][1:]]
 
 
-def eval_context(spec: ClaimFile, results: Results, config: dict) -> EvalContext:
+def query_modes(config: dict) -> list[str]:
+    """The tiered query modes the run measures (the per-mode claims get one verdict each)."""
+    return list((config.get("tiered") or {}).get("query_modes") or [])
+
+
+def ledger_rows(spec: ClaimFile, modes: list[str]) -> list[tuple[Claim, str | None]]:
+    """The ledger's rows in order: each claim once, a per-mode claim once per mode."""
+    return [(c, m) for c in spec.claims for m in (modes if c.per_mode else [None])]
+
+
+def eval_context(spec: ClaimFile, results: Results, config: dict, mode: str | None = None) -> EvalContext:
+    """What the rules read; with ``mode``, every tiered table cut to that query mode."""
+    if mode is not None:
+        results = results.for_mode(mode)
     dense = results["dense"].df
     tiered = tables.tiered_rows(results["tiered_promotion"].df, dense)
     contexts = promotion_contexts(config)
@@ -133,16 +154,21 @@ def eval_context(spec: ClaimFile, results: Results, config: dict) -> EvalContext
 
 
 def evaluate(spec: ClaimFile, results: Results, config: dict) -> pd.DataFrame:
-    """One row per claim, in claim-file order: the verdict and the numbers that decided it."""
-    ctx = eval_context(spec, results, config)
+    """One row per claim (per mode for a per-mode claim), in claim-file order: the verdict and the
+    numbers that decided it."""
+    modes = query_modes(config)
+    contexts = {m: eval_context(spec, results, config, m) for m in [None, *modes]}
     rows = []
-    for claim in spec.claims:
+    for claim, mode in ledger_rows(spec, modes):
+        ctx = contexts[mode]
         out = RULES[claim.rule["kind"]](claim.rule, ctx)
         if out.verdict not in VERDICTS:
             raise AssertionError(f"{claim.id}: rule returned verdict {out.verdict!r}")
         rows.append(
             {
-                "claim_id": claim.id,
+                "claim_id": claim.row_id(mode),
+                "claim": claim.id,
+                "query_mode": mode,
                 "statement": claim.statement,
                 "verdict": out.verdict,
                 "note_verdict": claim.note_verdict,
@@ -163,7 +189,7 @@ def evaluate(spec: ClaimFile, results: Results, config: dict) -> pd.DataFrame:
     df["n"] = df["n"].astype("int64")
     for c in ("value", "threshold", "ci_low", "ci_high"):
         df[c] = df[c].astype("float64")
-    df.attrs["headline"] = ctx.headline.setting
+    df.attrs["headline"] = {m: contexts[m].headline.setting for m in modes}
     return df
 
 

@@ -8,7 +8,7 @@ the track that wrote it has a bug, and a verdict computed from it would be meani
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ LEDGER_DENSE_COLUMNS = [
     "peak_mem_bytes",
 ]
 LEDGER_CACHE_OPS_COLUMNS = ["arm", C.WORKLOAD, "page_size", "op", "n", "us_p50", "us_p99"]
+# The tables with a query_mode column (one file family per mode).
+TIERED_TABLES = ("tiered_sweep", "tiered_promotion", "tiered_controls")
 __all__ = ["TIERED_COLUMNS", "Results", "Table", "load_results", "provenance_rows"]
 
 
@@ -55,12 +57,45 @@ class Results:
 
     root: Path
     card: dict[str, Any] | None
-    promoted: dict[str, Any] | None
+    promoted: dict[str, Any]  # query mode -> that mode's promoted.json
     tables: dict[str, Table]
     provenance: pd.DataFrame | None = None  # filled on first use by provenance_rows()
 
     def __getitem__(self, name: str) -> Table:
         return self.tables[name]
+
+    @property
+    def modes(self) -> list[str]:
+        """The query modes the tiered files hold, in the contract's order."""
+        seen = set(self.promoted)
+        for name in TIERED_TABLES:
+            t = self.tables.get(name)
+            if t is not None and t.present:
+                seen |= set(t.df[C.QUERY_MODE].dropna())
+        return [m for m in C.QUERY_MODES if m in seen]
+
+    def for_mode(self, mode: str) -> Results:
+        """The same results with every tiered table cut to one query mode (the per-mode claims)."""
+        tables = dict(self.tables)
+        for name in TIERED_TABLES:
+            t = tables.get(name)
+            if t is None or t.df is None:
+                continue
+            df = t.df[t.df[C.QUERY_MODE] == mode].reset_index(drop=True)
+            files = [f for f in t.files if mode in f.parts or f.stem == mode]
+            reason = t.reason or ("" if len(df) else f"`{t.pattern}` has no {mode} rows")
+            tables[name] = replace(t, df=df, files=files, reason=reason)
+        return replace(
+            self,
+            promoted={mode: self.promoted[mode]} if mode in self.promoted else {},
+            tables=tables,
+            provenance=None,
+        )
+
+    @property
+    def promoted_json(self) -> dict[str, Any] | None:
+        """The one mode's promoted.json of a :meth:`for_mode` view (None: several modes or none)."""
+        return next(iter(self.promoted.values())) if len(self.promoted) == 1 else None
 
     def rel(self, path: Path) -> str:
         """``path`` as the pages show it: relative to the results folder's parent, e.g. ``results/x``."""
@@ -123,7 +158,11 @@ def load_results(root: str | Path) -> Results:
     return Results(
         root=root,
         card=_optional_json(root / C.MODEL_CARD.pattern),
-        promoted=_optional_json(root / C.TIERED_PROMOTED.pattern),
+        promoted={
+            p.stem: io.read_json(p)
+            for p in sorted(root.glob(C.TIERED_PROMOTED.glob))
+            if p.stem in C.QUERY_MODES
+        },
         tables={t.name: t for t in tables},
     )
 

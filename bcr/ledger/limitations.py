@@ -143,11 +143,15 @@ def _samples(results: Results, ledger: pd.DataFrame, reference: dict) -> list[di
     out = []
     specs = [
         ("dense", ["context"], "Dense baseline prompts per context"),
-        ("tiered_sweep", ["setting", "decode_path"], "Sweep prompts per setting/decode path"),
+        (
+            "tiered_sweep",
+            ["query_mode", "setting", "decode_path"],
+            "Sweep prompts per mode/setting/decode path",
+        ),
         (
             "tiered_promotion",
-            ["context", "setting", "decode_path"],
-            "Promotion prompts per context/setting/path",
+            ["query_mode", "context", "setting", "decode_path"],
+            "Promotion prompts per mode/context/setting/path",
         ),
         ("serving_requests", ["workload", "arm"], "Serving requests per workload/arm"),
         ("longctx", [], "Long-context prompts checked"),

@@ -18,8 +18,9 @@ import jinja2
 import pandas as pd
 import yaml
 
+from bcr.contracts import QUERY_MODES
 from bcr.ledger import plots, stats, tables
-from bcr.ledger.claims import TRACK_PAGES, ClaimFile, eval_context, promotion_contexts
+from bcr.ledger.claims import TRACK_PAGES, ClaimFile, eval_context, promotion_contexts, query_modes
 from bcr.ledger.evidence import Results, provenance_rows
 from bcr.ledger.limitations import limitations
 from bcr.ledger.version import ledger_version
@@ -205,10 +206,11 @@ def _dense_summary(df: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _changes(claims: list[dict]) -> list[dict]:
-    """ "What changed since the note": each of the note's claims, its verdict there and here."""
+    """ "What changed since the note": each of the note's claims, its verdict there and here (a
+    per-mode claim in the note's own protocol, question-aware)."""
     out = []
     for r in claims:
-        if _missing(r["note_verdict"]):
+        if _missing(r["note_verdict"]) or r.get("query_mode") not in (None, QUERY_MODES[0]):
             continue
         if r["verdict"] == "not yet" and r["note_verdict"] != "not yet":
             status = "not yet re-tested here"
@@ -264,6 +266,12 @@ def with_note_contexts(text: str, note_ctx: dict[int, int]) -> str:
     return re.sub(r"\b(contexts?) (\d+(?:, \d+)*)\b(?! \(note)", sub, text)
 
 
+MODE_TITLES = {
+    "question_aware": "Question-aware (the question compressed with the context: the study's protocol)",
+    "question_agnostic": "Question-agnostic (compressed before the question arrives: kvpress's protocol)",
+}
+
+
 def _claims(
     ledger: pd.DataFrame,
     spec: ClaimFile,
@@ -277,7 +285,7 @@ def _claims(
     present = {item["id"]: item for item in lims}
     out = []
     for c in _records(ledger):
-        claim = by_id[c["claim_id"]]
+        claim = by_id[c["claim"]]
         ev = info.get(claim.evidence)
         c["page"] = TRACK_PAGES[c["track"]]
         decided = c["value_text"] if c["value_text"] not in (None, "—") else c["reason"]
@@ -306,6 +314,59 @@ def _claims(
     return out
 
 
+def _mode_section(
+    spec: ClaimFile,
+    results: Results,
+    config: dict,
+    reference: dict,
+    mode: str,
+    note_ctx: dict[int, int],
+    comp_claim,
+    cap,
+    pdir: Path,
+) -> dict:
+    """One query mode's sweep, promotion and controls tables, its headline and its plots."""
+    boot = spec.bootstrap
+    path = spec.headline["decode_path"]
+    view = results.for_mode(mode)
+    dense = view["dense"].df
+    promo = tables.tiered_rows(view["tiered_promotion"].df, dense)
+    sweep_rows = tables.tiered_rows(view["tiered_sweep"].df, dense)
+    promoted = tables.promoted_settings(view.promoted_json)
+    sweep = tables.sweep_table(sweep_rows, reference, promoted, boot)
+    promotion = tables.promotion_table(promo, reference, note_ctx, boot)
+    plot_files: dict[str, str] = {}
+    sweep_p = sweep[sweep["decode_path"] == path] if len(sweep) else sweep
+    promo_p = promotion[promotion["decode_path"] == path] if len(promotion) else promotion
+    if len(sweep_p) or len(promo_p):
+        name = f"compression_vs_exactness_{mode}.svg"
+        plots.compression_vs_exactness(
+            promo_p,
+            sweep_p,
+            reference,
+            pdir / name,
+            threshold=comp_claim.rule["threshold"] if comp_claim else None,
+            note_ctx=note_ctx,
+            cap=cap,
+        )
+        plot_files["compression"] = f"plots/{name}"
+    if len(promotion):
+        name = f"latency_ratios_{mode}.svg"
+        plots.latency_ratios(promotion, reference, pdir / name, note_ctx=note_ctx)
+        plot_files["ratios"] = f"plots/{name}"
+    return {
+        "mode": mode,
+        "title": MODE_TITLES.get(mode, mode),
+        "headline": eval_context(spec, results, config, mode).headline,
+        "sweep": _records(sweep),
+        "promotion": [{**r, "query_mode": mode} for r in _records(promotion)],
+        "negative_controls": _records(tables.controls_table(view["tiered_controls"].df)),
+        "dense_source": promo.attrs.get("dense_source", {}),
+        "plots": plot_files,
+        "tables": view.tables,
+    }
+
+
 def site_data(
     results: Results,
     config: dict,
@@ -318,12 +379,7 @@ def site_data(
     """Every table, plot and fact the templates use; plots are written under ``src/plots``."""
     dense = results["dense"].df
     boot = spec.bootstrap
-    promo = tables.tiered_rows(results["tiered_promotion"].df, dense)
-    sweep_rows = tables.tiered_rows(results["tiered_sweep"].df, dense)
-    promoted = tables.promoted_settings(results.promoted)
     note_ctx = note_context_map(config)
-    sweep = tables.sweep_table(sweep_rows, reference, promoted, boot)
-    promotion = tables.promotion_table(promo, reference, note_ctx, boot)
     path = spec.headline["decode_path"]
     serving_claim = next((c for c in spec.claims if c.rule["kind"] == "quantile_ratio"), None)
     ops_claim = next((c for c in spec.claims if c.rule["kind"] == "ops_ratio"), None)
@@ -339,10 +395,10 @@ def site_data(
     )
     cache_ops, ops_arms = tables.cache_ops_table(results["cache_ops"].df, ops_ours, ops_base)
     decomp = tables.decomposition_table(results["tiered_decomposition"].df)
-    negative_controls = tables.controls_table(results["tiered_controls"].df)
     peers_bin = next((c.rule["bin_width"] for c in spec.claims if c.rule["kind"] == "peer_exact"), 0.05)
     peers = tables.peers_table(results["peers"].df, peers_bin)
-    ectx = eval_context(spec, results, config)
+    modes = query_modes(config)
+    ectx = eval_context(spec, results, config, modes[0] if modes else None)
 
     study_path = repo / "config" / "a100.yaml" if repo is not None else None
     study = (
@@ -353,22 +409,9 @@ def site_data(
 
     plot_files: dict[str, str] = {}
     pdir = src / "plots"
-    sweep_p = sweep[sweep["decode_path"] == path] if len(sweep) else sweep
-    promo_p = promotion[promotion["decode_path"] == path] if len(promotion) else promotion
-    if len(sweep_p) or len(promo_p):
-        plots.compression_vs_exactness(
-            promo_p,
-            sweep_p,
-            reference,
-            pdir / "compression_vs_exactness.svg",
-            threshold=comp_claim.rule["threshold"] if comp_claim else None,
-            note_ctx=note_ctx,
-            cap=cap,
-        )
-        plot_files["compression"] = "plots/compression_vs_exactness.svg"
-    if len(promotion):
-        plots.latency_ratios(promotion, reference, pdir / "latency_ratios.svg", note_ctx=note_ctx)
-        plot_files["ratios"] = "plots/latency_ratios.svg"
+    mode_sections = [
+        _mode_section(spec, results, config, reference, m, note_ctx, comp_claim, cap, pdir) for m in modes
+    ]
     if results["cache_ops"].present:
         pages = sorted(results["cache_ops"].df["page_size"].unique())
         claimed = [p for p in (ops_claim.rule["page_sizes"] if ops_claim else []) if p in pages]
@@ -394,7 +437,7 @@ def site_data(
         "claims": claims,
         "by_track": {t: [c for c in claims if c["track"] == t] for t in TRACK_PAGES},
         "changes": _changes(claims),
-        "headline": ectx.headline,
+        "modes": mode_sections,
         "site_version": ledger_version(ledger, config),
         "headline_path": path,
         "contexts": [int(c) for c in config["prompts"]["contexts"]],
@@ -404,9 +447,7 @@ def site_data(
         "tables": results.tables,
         "evidence": info,
         "bootstrap_level": round(float(boot["level"]) * 100),
-        "sweep": _records(sweep),
-        "promotion": _records(promotion),
-        "dense_source": promo.attrs.get("dense_source", {}),
+        "promotion": [r for sec in mode_sections for r in sec["promotion"]],
         "serving": _records(serving),
         "serving_arms": (arm, baseline),
         "cache_ops": _records(cache_ops),
@@ -418,8 +459,7 @@ def site_data(
         ),
         "longctx": tables.longctx_summary(results["longctx"].df),
         "decomposition": _records(decomp),
-        "negative_controls": _records(negative_controls),
-        "paged": [r for r in _records(promotion) if r["decode_path"] != path],
+        "paged": [r for sec in mode_sections for r in sec["promotion"] if r["decode_path"] != path],
         "peers": _records(peers),
         "dense": _records(_dense_summary(dense)),
         "plots": plot_files,

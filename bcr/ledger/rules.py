@@ -555,20 +555,36 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
     return deciding
 
 
-def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
-    """The test bed discriminates: where the setting is exact, every matched control is mostly not.
+def _controlled_setting(rule: dict, ctx: EvalContext, summary: pd.DataFrame, context: int) -> str | None:
+    """The setting a controls claim is about: the headline, the promoted setting with controls at
+    ``context`` storing the least (``most_compressed``: chosen before the controls are read), or a name."""
+    if rule["setting"] == "headline":
+        return ctx.headline.setting
+    if rule["setting"] == "most_compressed":
+        own = summary[(summary["context"] == context) & summary["control"].isna()]
+        own = own[~own["matched_to"].isin(ctx.exclude)]
+        if own.empty:
+            return None
+        return str(own.sort_values(["stored_fraction", "matched_to"]).iloc[0]["matched_to"])
+    return rule["setting"]
 
-    Rejected when the setting is exact but some control at its stored fraction stays exact on more
-    than ``max_exact_rate`` of the prompts (then exactness here says little about the method); not
-    yet when the setting itself is not exact there (nothing to discriminate) or the sample is small.
+
+def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
+    """The test bed discriminates: where the setting is (mostly) exact, every matched control is not.
+
+    Rejected when the setting is exact on at least ``min_setting_rate`` of the prompts but some
+    control at its stored fraction stays exact on more than ``max_exact_rate`` of them (then
+    exactness here says little about the method); not yet when the setting itself falls short of
+    ``min_setting_rate`` (nothing to discriminate) or the sample is small.
     """
     table = ctx.results["tiered_controls"]
     thr = rule["max_exact_rate"]
+    floor = float(rule.get("min_setting_rate", 1.0))
     if not table.present:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
     summary = tables.controls_table(table.df)
     context = int(summary["context"].max()) if rule["context"] == "largest" else int(rule["context"])
-    setting = ctx.headline.setting if rule["setting"] == "headline" else rule["setting"]
+    setting = _controlled_setting(rule, ctx, summary, context)
     rows = summary[(summary["context"] == context) & (summary["matched_to"] == setting)]
     evidence = f"{table.pattern} · matched to {setting} · context {context}"
     if setting is None or len(rows) == 0:
@@ -577,10 +593,11 @@ def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
         )
     own = rows[rows["control"].isna()]
     n_own, k_own = int(own["n"].sum()), int(own["n_exact"].sum())
-    if k_own < n_own:
+    if n_own == 0 or k_own < floor * n_own:
         return Outcome(
             NOT_YET,
-            f"{setting} itself is not exact on {n_own - k_own}/{n_own} prompts here: nothing to tell apart",
+            f"{setting} itself is exact on only {rate_text(k_own, n_own)} here (needs {floor:.0%}): "
+            "nothing to tell apart",
             evidence,
             n_own,
             threshold=thr,
@@ -602,7 +619,7 @@ def rule_controls_fail(rule: dict, ctx: EvalContext) -> Outcome:
         + "; ".join(p[2].reason for p in parts)
         + f"; holds when every control is exact on at most {thr:.0%} of the prompts"
     )
-    deciding.value_text = "; ".join(p[2].value_text for p in parts)
+    deciding.value_text = f"{setting} {rate_text(k_own, n_own)}; " + "; ".join(p[2].value_text for p in parts)
     return deciding
 
 

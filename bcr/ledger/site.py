@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from bcr import io
-from bcr.ledger.claims import ClaimFile
+from bcr.ledger.claims import ClaimFile, ledger_rows, query_modes
 from bcr.ledger.evidence import Results
 from bcr.ledger.render import render_pages, site_data
 
@@ -31,9 +31,10 @@ class SiteBuildError(RuntimeError):
     """mkdocs refused the sources (strict mode: a broken link, a missing page, a warning)."""
 
 
-def check_ledger(ledger: pd.DataFrame, spec: ClaimFile) -> None:
-    """The ledger must hold exactly the claims of the claim file, in its order (no stale ledger)."""
-    want = [c.id for c in spec.claims]
+def check_ledger(ledger: pd.DataFrame, spec: ClaimFile, config: dict) -> None:
+    """The ledger must hold exactly the claims of the claim file (a per-mode claim once per query
+    mode), in its order (no stale ledger)."""
+    want = [c.row_id(m) for c, m in ledger_rows(spec, query_modes(config))]
     have = list(ledger["claim_id"])
     if have != want:
         raise SiteBuildError(
@@ -45,7 +46,7 @@ def assemble_sources(
     repo: Path, results: Results, config: dict, ledger: pd.DataFrame, spec: ClaimFile, reference: dict
 ) -> Path:
     """Copy ``site/``, render pages and plots into ``results/site_src``; write ``results/mkdocs.yml``."""
-    check_ledger(ledger, spec)
+    check_ledger(ledger, spec, config)
     out = results.root
     src = out / "site_src"
     if src.exists():

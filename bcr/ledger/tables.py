@@ -53,7 +53,7 @@ def _dense_baseline(df: pd.DataFrame, dense: pd.DataFrame | None, col: str) -> t
     """
     if f"{col}_dense" in df.columns:
         return pd.to_numeric(df[f"{col}_dense"], errors="coerce").astype(float), "same row"
-    keys = ["setting", "context", "prompt_id"]
+    keys = [k for k in ("setting", "query_mode", "context", "prompt_id") if k in df.columns]
     rows = df[df["decode_path"] == DENSE_PATH]
     if len(rows):
         base = rows.drop_duplicates(keys).set_index(keys)[col]

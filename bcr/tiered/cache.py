@@ -144,7 +144,8 @@ class TieredLayer(DynamicLayer):
             phantoms = summaries.build_phantoms(page_k, page_v, s.phantoms_per_page, s.cluster_iters)
             errors = summaries.phantom_error(obs, values, cand, ps, phantoms)
             scores = mf.control_scores(s, self.layer_idx, m.n_pages)
-            mf.finish(m, cand, errors.tolist(), s.surprise_pages, self.forced_phantom, scores)
+            surprise = 0 if s.selection == "recent_only" else s.surprise_pages  # its window holds them
+            mf.finish(m, cand, errors.tolist(), surprise, self.forced_phantom, scores)
         col = {p: i for i, p in enumerate(cand)}
         phantom = set(m.phantom)
         if phantom:  # one cast for all summaries; each page's part is then its own small tensor

@@ -17,19 +17,29 @@ def register(tracks: argparse._SubParsersAction) -> None:
     tiered = tracks.add_parser(
         "tiered", help="tiered KV compression: sweep, promotion, summaries"
     ).add_subparsers(dest="command", required=True)
-    p = tiered.add_parser("run", help="one setting on one context's prompts: dense vs tiered, interleaved")
+    p = tiered.add_parser(
+        "run", help="tiered settings on one context's prompts: one shared prefill per prompt, dense beside"
+    )
     add_config_arg(p)
-    p.add_argument("--setting", required=True, help="a name under tiered.settings")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--settings", nargs="+", help="names under tiered.settings")
+    which.add_argument("--promoted", help="a checkpoint's promoted.json: run its 'run' list")
     p.add_argument("--context", type=int, required=True)
     p.add_argument("--prompts", required=True, help="prompt set Parquet (results/prompts/{context}.parquet)")
     p.add_argument("--dense", help="dense baseline Parquet: its tokens must equal the in-process dense run")
     p.add_argument(
-        "--query-mode",
+        "--query-modes",
+        nargs="+",
         choices=QUERY_MODES,
-        default=QUERY_MODES[0],
+        default=[QUERY_MODES[0]],
         help="compress with the question in view (question_aware) or before it arrives (question_agnostic)",
     )
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--timed-prompts",
+        type=int,
+        help="time fresh interleaved runs on the first N prompts (default: tiered.timed_prompts; 0: none)",
+    )
+    p.add_argument("--out", nargs="+", required=True, help="one Parquet per --query-modes entry, in order")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -43,13 +53,17 @@ def register(tracks: argparse._SubParsersAction) -> None:
         "--dense", help="dense baseline Parquet: its tokens must equal the shared-prefill dense run"
     )
     p.add_argument("--promoted", required=True, help="the checkpoint's promoted.json (its promoted settings)")
+    p.add_argument(
+        "--query-mode", choices=QUERY_MODES, required=True, help="the mode the checkpoint promoted for"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_controls)
 
     p = tiered.add_parser("promote", help="the sweep checkpoint: promoted.json and the sweep summary")
     add_config_arg(p)
-    p.add_argument("--sweep", nargs="+", required=True, help="sweep Parquet files, one per setting")
+    p.add_argument("--sweep", nargs="+", required=True, help="the sweep's Parquet file(s) of one query mode")
+    p.add_argument("--query-mode", choices=QUERY_MODES, required=True, help="the mode the sweep files hold")
     p.add_argument("--out", required=True, help="promoted.json")
     p.add_argument("--summary", required=True, help="sweep summary Parquet")
     p.set_defaults(func=cmd_promote)
@@ -63,50 +77,82 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_summarize)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from bcr.tiered.harness import measure_setting
+def _settings(config: dict, names: list[str]) -> list:
     from bcr.tiered.settings import resolve
+
+    known = config["tiered"]["settings"]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise cfgmod.ConfigError(
+            f"--settings {unknown} are not tiered settings (known: {', '.join(sorted(known))})"
+        )
+    return [resolve(config, n) for n in names]
+
+
+def _summary_line(what: str, context: int, t: pd.DataFrame) -> str:
+    """One line per (setting, mode): answer and whole-trajectory exact counts, compression, ratios."""
+    line = (
+        f"{what} @ {context}: answer exact {int(t['exact_answer'].sum())}/{len(t)}, "
+        f"whole trajectory {int(t['exact'].sum())}/{len(t)}, stored {t['stored_fraction'].median():.3f}"
+    )
+    timed = t["tpot_ratio"].dropna()
+    if len(timed):
+        line += (
+            f", ttft x{t['ttft_ratio'].dropna().median():.2f}, tpot x{timed.median():.2f} "
+            f"({len(timed)} timed)"
+        )
+    return line
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bcr.tiered.harness import measure
 
     config = load_config(args)
     tcfg = config["tiered"]
-    if args.setting not in tcfg["settings"]:
+    names = args.settings if args.settings else list(io.read_json(args.promoted)["run"])
+    settings = _settings(config, names)
+    if len(args.out) != len(args.query_modes):
         raise cfgmod.ConfigError(
-            f"--setting {args.setting!r} is not a tiered setting (known: {', '.join(sorted(tcfg['settings']))})"
+            f"--out names {len(args.out)} files for {len(args.query_modes)} --query-modes (one each)"
         )
-    setting = resolve(config, args.setting)
     device, prompts, reference, loaded = _load_run_inputs(args, config)
 
     def progress(row: dict) -> None:
         if not args.quiet:
             print(
-                f"{row['prompt_id']} {row['decode_path']}: exact={row['exact']} C={row['compression']:.3f} "
-                f"ttft x{row['ttft_ratio']:.2f} tpot x{row['tpot_ratio']:.2f}",
+                f"{row['prompt_id']} {row['setting']} {row['query_mode']} {row['decode_path']}: "
+                f"answer exact={row['exact_answer']} exact={row['exact']} C={row['compression']:.3f}",
                 flush=True,
             )
 
     generation = dict(config["generation"])
     if tcfg.get("repeats") is not None:
         generation["repeats"] = int(tcfg["repeats"])
+    timed = args.timed_prompts if args.timed_prompts is not None else tcfg.get("timed_prompts")
     t0 = time.perf_counter()
-    df = measure_setting(
-        loaded,
-        prompts,
-        setting,
-        list(tcfg["decode_paths"]),
-        generation,
-        device,
-        dense_reference=reference,
-        progress=progress,
-        query_mode=args.query_mode,
+    frames = (
+        measure(
+            loaded,
+            prompts,
+            settings,
+            list(tcfg["decode_paths"]),
+            generation,
+            device,
+            args.query_modes,
+            timed_prompts=timed,
+            dense_reference=reference,
+            progress=progress,
+        )
+        if settings
+        else {m: pd.DataFrame(columns=TIERED_COLUMNS) for m in args.query_modes}  # nothing promoted
     )
-    provenance.write_rows(df, args.out, config, device)
-    t = df[df["decode_path"] != DENSE_PATH]
-    print(
-        f"tiered {args.setting} @ {args.context}: answer exact {int(t['exact_answer'].sum())}/{len(t)}, "
-        f"whole trajectory {int(t['exact'].sum())}/{len(t)}, "
-        f"compression {t['compression'].median():.3f}, ttft x{t['ttft_ratio'].median():.2f}, "
-        f"tpot x{t['tpot_ratio'].median():.2f} ({time.perf_counter() - t0:.1f}s)"
-    )
+    for mode, out in zip(args.query_modes, args.out, strict=True):
+        df = frames[mode]
+        provenance.write_rows(df, out, config, device)
+        t = df[df["decode_path"] != DENSE_PATH]
+        for (setting, path), g in t.groupby(["setting", "decode_path"], sort=False):
+            print(_summary_line(f"tiered {setting} ({mode}, {path})", args.context, g))
+    print(f"({time.perf_counter() - t0:.1f}s)")
     return 0
 
 
@@ -133,15 +179,13 @@ def _load_run_inputs(args: argparse.Namespace, config: dict):
 
 def cmd_controls(args: argparse.Namespace) -> int:
     from bcr.tiered.harness import measure_controls
-    from bcr.tiered.settings import resolve
 
     config = load_config(args)
     spec = config["tiered"].get("negative_controls")
     if not spec or not spec["kinds"]:
         raise cfgmod.ConfigError("tiered.negative_controls: no control kinds configured")
     device, prompts, reference, loaded = _load_run_inputs(args, config)
-    promoted = io.read_json(args.promoted)["promoted"]
-    settings = [resolve(config, s) for s in promoted]
+    settings = _settings(config, list(io.read_json(args.promoted)["run"]))  # those measured at promotion
     if settings:
         df = measure_controls(
             loaded,
@@ -150,18 +194,15 @@ def cmd_controls(args: argparse.Namespace) -> int:
             list(spec["kinds"]),
             config["generation"],
             device,
+            [args.query_mode],
             dense_reference=reference,
             seed=int(spec["seed"]),
-        )
+        )[args.query_mode]
     else:  # nothing promoted: nothing to match a control to (the file says so by having no rows)
         df = pd.DataFrame(columns=CONTROL_COLUMNS)
     provenance.write_rows(df, args.out, config, device)
     for (setting, kind), g in df.groupby(["matched_to", df["control"].fillna("(the setting)")], sort=True):
-        print(
-            f"{kind} ~ {setting} @ {args.context}: answer exact {int(g['exact_answer'].sum())}/{len(g)}, "
-            f"whole trajectory {int(g['exact'].sum())}/{len(g)}, "
-            f"stored {g['stored_fraction'].mean():.3f}"
-        )
+        print(_summary_line(f"{kind} ~ {setting} ({args.query_mode})", args.context, g))
     return 0
 
 
@@ -185,6 +226,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     context = ts.sweep_context(config)
     if set(rows["context"].astype(int)) != {context}:
         raise ValueError(f"sweep files are not all at the sweep context {context}")
+    if set(rows["query_mode"]) != {args.query_mode}:
+        raise ValueError(f"sweep files hold modes {sorted(set(rows['query_mode']))}, not {args.query_mode}")
     decision = promote(
         rows,
         ts.sweep_settings(config),
@@ -193,12 +236,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
         ts.promotion_max_settings(config),
     )
     decision["promotion_contexts"] = ts.promotion_contexts(config)
+    decision["query_mode"] = args.query_mode
     summary = sweep_summary(rows, ts.control_settings(config), decision["promoted"])
     prov = provenance.write_rows(summary, args.summary, config, "cpu", measured_on=_measured_on(rows))
     decision["run_id"] = prov["run_id"]
     io.write_json(decision, args.out)
     print(
-        f"promoted at {context}: {decision['promoted']} (runs: {decision['run']}, source {decision['source']})"
+        f"promoted at {context} ({args.query_mode}): {decision['promoted']} (runs: {decision['run']}, source {decision['source']})"
     )
     return 0
 

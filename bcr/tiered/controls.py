@@ -13,26 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from bcr.tiered import manifest as mf
 from bcr.tiered.settings import TieredSetting
 
 CONTROLS = ("recent_only", "random_pages")
 
 
-def matched(setting: TieredSetting, kind: str, n_tokens: int, seed: int = 0) -> TieredSetting:
-    """The ``kind`` control matched to ``setting`` on ``n_tokens``-token prompts."""
+def matched(setting: TieredSetting, kind: str, seed: int = 0) -> TieredSetting:
+    """The ``kind`` control matched to ``setting`` (on any prompt length: :func:`manifest.select_exact`
+    sizes a ``recent_only`` window from the pages the setting's retention and surprise would keep)."""
     name = f"{kind}~{setting.name}"
     if kind == "random_pages":
         return dataclasses.replace(setting, name=name, selection="random", selection_seed=seed)
     if kind == "recent_only":
-        total = mf.n_pages(n_tokens, setting.page_size)
-        retained = len(mf.select_exact(0, n_tokens, setting, [0.0] * total).important)
-        return dataclasses.replace(
-            setting,
-            name=name,
-            selection="recent_only",
-            recent_pages=setting.recent_pages + retained + setting.surprise_pages,
-            retain=0.0,
-            surprise_pages=0,
-        )
+        return dataclasses.replace(setting, name=name, selection="recent_only")
     raise ValueError(f"unknown control {kind!r} (known: {', '.join(CONTROLS)})")

@@ -1,27 +1,33 @@
-"""One setting over a prompt set: dense and tiered greedy runs interleaved in one process.
+"""Tiered settings over a prompt set: exactness from one shared prefill, latency from fresh runs.
 
-Per prompt, after a warm-up of every path (first prompt only), each repeat runs dense and each
-tiered decode path once, on fresh caches, the order rotating from repeat to repeat (dense first,
-then a tiered path first: the shared loop of :mod:`bcr.measure`).  Rows: one ``dense`` row (the stock ``DynamicCache`` reference)
-and one row per tiered decode path.  Tokens must agree across repeats (determinism gate) and the
-in-process dense tokens must equal the dense baseline file when one is given: otherwise nothing
-downstream could be trusted, so the run fails loudly.
+:func:`measure` is the one entry point (the sweep, the promotion runs and the controls call it).
+Per prompt, the prompt is prefilled once -- context, then question -- and every (query mode, setting,
+decode path) compresses a copy of that prefill (:mod:`bcr.tiered.shared`), beside the dense reference
+decoded from the same prefill: exactness and the KV accounting come from these runs, on every prompt.
+The first ``timed_prompts`` prompts are also timed: fresh dense and tiered runs, in rounds whose order
+rotates from round to round and from prompt to prompt (the shared loop of :mod:`bcr.measure`); every
+fresh run must reproduce the shared run's tokens and page manifests (the determinism gate), and the
+dense tokens must equal the dense baseline file when one is given, or the run fails loudly.
 
-Definitions (DESIGN.md, "Tiered compression"):
+Rows: per prompt and setting, one ``dense`` row (the stock ``DynamicCache`` reference) and one row per
+tiered decode path; one frame per query mode.  Definitions (DESIGN.md, "Tiered compression"):
 
-* ``exact`` — greedy tokens identical to dense over ``max_new_tokens`` (EOS stops both);
-* ``first_divergence`` — index of the first differing token (null when exact);
-* ``max_logit_diff`` — max |logit_tiered - logit_dense| over the steps both runs took from the same
+* ``exact`` -- greedy tokens identical to dense over ``max_new_tokens`` (the whole trajectory);
+  ``exact_answer`` -- identical over the reference's answer span (the primary measure);
+* ``first_divergence`` -- index of the first differing token (null when exact), with
+  ``divergence_margin``, the reference's top-1 minus top-2 logit there;
+* ``max_logit_diff`` -- max |logit_tiered - logit_dense| over the steps both runs took from the same
   prefix (every step when exact; up to and including the diverging step otherwise);
-* ``logical_tokens`` / ``stored_tokens`` — summed over layers, for the prompt (after compression,
+* ``logical_tokens`` / ``stored_tokens`` -- summed over layers, for the prompt (after compression,
   before decode); ``compression`` = logical / stored, ``stored_fraction`` = stored / logical;
-* ``ttft_ratio`` / ``tpot_ratio`` — median tiered / median dense over the interleaved repeats;
-* ``kv_bytes_stored`` — cache bytes after the last decode step;
-* ``kv_bytes_peak`` — max of the prefill high-water mark (all dense prefill K/V plus the layer being
-  compressed) and the decode one (stored bytes plus the largest transient a layer's decode step
-  builds: densify's concatenated views, GQA copies and bias row, or a dense layer's ``torch.cat``);
-* ``peak_mem_bytes`` — CUDA ``max_memory_allocated`` (max of prefill and decode, reset between them),
-  null on CPU.
+* ``ttft_ratio`` / ``tpot_ratio`` -- median tiered / median dense over the timed rounds (null on an
+  untimed prompt; ``repeats`` says how many rounds a row's latency has);
+* ``kv_bytes_stored`` -- cache bytes after the last decode step;
+* ``kv_bytes_peak`` -- max of the prefill high-water mark (all dense prefill K/V plus the layer being
+  compressed) and the decode one, ``kv_bytes_peak_decode`` (stored bytes plus the largest transient a
+  layer's decode step builds: densify's concatenated views, GQA copies and bias row, or a dense
+  layer's ``torch.cat``);
+* ``peak_mem_bytes`` -- CUDA ``max_memory_allocated`` over the timed runs, null on CPU.
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ from bcr.tiered.settings import TieredSetting
 QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
 
 DIAGNOSTIC_COLUMNS = [
-    "query_mode",
     "prompt_tokens",
     "n_generated",
     "output_ids",
@@ -64,6 +69,7 @@ DIAGNOSTIC_COLUMNS = [
     "repeats",
 ]
 COLUMNS = TIERED_COLUMNS + DIAGNOSTIC_COLUMNS
+FLOAT_COLUMNS = ["ttft_s", "tpot_s", "ttft_ratio", "tpot_ratio", "compress_s", "divergence_margin"]
 INT_COLUMNS = [
     "first_divergence",
     "peak_mem_bytes",
@@ -111,12 +117,7 @@ def _gen_kwargs(loaded: LoadedModel, generation: dict) -> dict:
 def run_dense(loaded: LoadedModel, ids: torch.Tensor, kw: dict, split: int | None = None) -> TieredRun:
     cache = DynamicCache(config=loaded.model.config)
     res, cache = greedy(loaded.model, ids, cache=cache, split=split, **kw)
-    stored = cache_nbytes(cache)
-    n = ids.shape[1]
-    n_layers = len(cache.layers)
-    grow = max(layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
-    prefill = stored * n // cache.get_seq_length()  # all layers at the prompt length
-    return TieredRun(res, stored, prefill, stored + grow, n * n_layers, n * n_layers, None, [])
+    return _dense_account(res, cache, ids.shape[1])
 
 
 def run_tiered(
@@ -198,67 +199,217 @@ def _row(
     setting: TieredSetting,
     prompt: dict,
     path: str,
-    runs: list[TieredRun],
-    dense: list[TieredRun],
+    run: TieredRun,
+    dense: TieredRun,
     tok,
     query_mode: str,
+    timed: list[TieredRun] | None = None,
+    dense_timed: list[TieredRun] | None = None,
 ):
-    r0 = runs[0]
+    """One result row: exactness and KV accounting from ``run`` against ``dense``; latency and CUDA
+    peaks from the ``timed`` repeats and ``dense_timed`` (None: an untimed row)."""
+    timed = timed or []
+    dense_timed = dense_timed or []
     if path == DENSE_PATH:
         exact, first, diff = True, None, 0.0
     else:
-        exact, first, diff = compare(dense[0].result, r0.result)
-    reference = dense[0].result.tokens
+        exact, first, diff = compare(dense.result, run.result)
+    reference = dense.result.tokens
     span = answer_span(reference, prompt, tok)
-    ttft = median_present([r.result.ttft_s for r in runs])
-    tpot = median_present([r.result.tpot_s for r in runs])
-    peak_pre = max_present([r.result.peak_prefill_bytes for r in runs])
-    peak_dec = max_present([r.result.peak_decode_bytes for r in runs])
+    ttft = median_present([r.result.ttft_s for r in timed])
+    tpot = median_present([r.result.tpot_s for r in timed])
+    peak_pre = max_present([r.result.peak_prefill_bytes for r in timed])
+    peak_dec = max_present([r.result.peak_decode_bytes for r in timed])
     needle = pages_of_span(int(prompt["needle_start"]), int(prompt["needle_end"]), setting.page_size)
     if int(prompt["needle_start"]) < 0:
         needle = []
-    needle_layers, account = lost_pages(r0.manifests, needle)
+    needle_layers, account = lost_pages(run.manifests, needle)
     return {
         "setting": setting.name,
+        "query_mode": query_mode,
         "context": int(prompt["context"]),
         "prompt_id": prompt["prompt_id"],
         "decode_path": path,
         "exact": exact,
         "first_divergence": first,
         "max_logit_diff": diff,
-        "answer_correct": answer_correct(r0.result.tokens, prompt, tok),
-        "logical_tokens": r0.logical_tokens,
-        "stored_tokens": r0.stored_tokens,
-        "compression": r0.logical_tokens / r0.stored_tokens,
-        "stored_fraction": r0.stored_tokens / r0.logical_tokens,
+        "answer_correct": answer_correct(run.result.tokens, prompt, tok),
+        "logical_tokens": run.logical_tokens,
+        "stored_tokens": run.stored_tokens,
+        "compression": run.logical_tokens / run.stored_tokens,
+        "stored_fraction": run.stored_tokens / run.logical_tokens,
         "ttft_s": ttft,
         "tpot_s": tpot,
-        "ttft_ratio": _ratio(ttft, median_present([r.result.ttft_s for r in dense])),
-        "tpot_ratio": _ratio(tpot, median_present([r.result.tpot_s for r in dense])),
-        "kv_bytes_stored": r0.stored_bytes,
-        "kv_bytes_peak": max(r0.peak_bytes_prefill, r0.peak_bytes_decode),
+        "ttft_ratio": _ratio(ttft, median_present([r.result.ttft_s for r in dense_timed])),
+        "tpot_ratio": _ratio(tpot, median_present([r.result.tpot_s for r in dense_timed])),
+        "kv_bytes_stored": run.stored_bytes,
+        "kv_bytes_peak": max(run.peak_bytes_prefill, run.peak_bytes_decode),
         "peak_mem_bytes": max_present([peak_pre, peak_dec]),
         "prompt_tokens": len(prompt["input_ids"]),
-        "n_generated": len(r0.result.tokens),
-        "output_ids": list(r0.result.tokens),
-        "band_layers": [m.layer for m in r0.manifests] if path != DENSE_PATH else [],
-        "compress_s": median_present([r.compress_s for r in runs]),
-        "kv_bytes_peak_prefill": r0.peak_bytes_prefill,
-        "kv_bytes_peak_decode": r0.peak_bytes_decode,
+        "n_generated": len(run.result.tokens),
+        "output_ids": list(run.result.tokens),
+        "band_layers": [m.layer for m in run.manifests] if path != DENSE_PATH else [],
+        "compress_s": median_present([r.compress_s for r in timed]),
+        "kv_bytes_peak_prefill": run.peak_bytes_prefill,
+        "kv_bytes_peak_decode": run.peak_bytes_decode,
         "peak_prefill_bytes": peak_pre,
         "peak_decode_bytes": peak_dec,
         "needle_pages": needle,
         "needle_phantom_layers": needle_layers if path != DENSE_PATH else [],
         "lost": None if exact else account,
-        "manifest": json.dumps([m.to_json() for m in r0.manifests]) if path != DENSE_PATH else "[]",
+        "manifest": json.dumps([m.to_json() for m in run.manifests]) if path != DENSE_PATH else "[]",
         "setting_json": json.dumps(setting.as_dict(), sort_keys=True),
-        "query_mode": query_mode,
         "exact_answer": first is None or first >= span,
-        "divergence_margin": margin_at(dense[0].result, first),
+        "divergence_margin": margin_at(dense.result, first),
         # the reference continues after its answer with one token repeated (EOS, say): a flat tail
         "degenerate": len(set(reference[span:])) <= 1,
-        "repeats": len(runs),
+        "repeats": len(timed),
     }
+
+
+def _frame(rows: list[dict], extra: list[str] = ()) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
+    for c in INT_COLUMNS:
+        df[c] = df[c].astype("Int64")
+    for c in FLOAT_COLUMNS:
+        df[c] = df[c].astype("float64")
+    return df
+
+
+def _dense_account(result: GreedyResult, cache: DynamicCache, n_prompt: int) -> TieredRun:
+    """A dense run's KV accounting: every layer at the prompt length after prefill; while decoding,
+    the stored bytes plus the largest layer's ``torch.cat`` growth."""
+    stored = cache_nbytes(cache)
+    n_layers = len(cache.layers)
+    grow = max(layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
+    prefill = stored * n_prompt // cache.get_seq_length()
+    return TieredRun(
+        result, stored, prefill, stored + grow, n_prompt * n_layers, n_prompt * n_layers, None, []
+    )
+
+
+def _check_dense_reference(pid: str, tokens: list[int], reference: dict[str, list[int]] | None) -> None:
+    if reference is None:
+        return
+    ref = reference.get(pid)
+    if ref is None:
+        raise DeterminismError(f"prompt {pid} is missing from the dense baseline file")
+    if list(ref) != tokens:
+        raise DeterminismError(
+            f"prompt {pid}: in-process dense tokens {tokens} differ from the dense baseline file "
+            f"{list(ref)}; the runs are not comparable"
+        )
+
+
+def _check_fresh(fresh: list[TieredRun], shared_run: TieredRun, what: str, pid: str) -> None:
+    """Timed fresh runs must compute what the shared-prefill run computed (tokens and manifests)."""
+    _check_same(fresh, what, pid)
+    want = [m.to_json() for m in shared_run.manifests]
+    if (
+        fresh[0].result.tokens != shared_run.result.tokens
+        or [m.to_json() for m in fresh[0].manifests] != want
+    ):
+        raise DeterminismError(
+            f"prompt {pid}: {what}: a fresh run {fresh[0].result.tokens} differs from the run from the "
+            f"shared prefill {shared_run.result.tokens}"
+        )
+
+
+def measure(
+    loaded: LoadedModel,
+    prompts: pd.DataFrame,
+    settings: list[TieredSetting],
+    decode_paths: list[str],
+    generation: dict,
+    device: torch.device,
+    modes: Iterable[str] = (QUESTION_AWARE,),
+    timed_prompts: int | None = None,
+    dense_reference: dict[str, list[int]] | None = None,
+    forced_phantom: dict[str, dict[int, list[int]]] | None = None,
+    progress=None,
+) -> dict[str, pd.DataFrame]:
+    """Rows for every (mode, prompt, setting, path), a ``dense`` row first per prompt; one frame per mode.
+
+    Exactness on every prompt from one prefill per prompt (:mod:`bcr.tiered.shared`: captured once,
+    compressed per setting and mode).  The first ``timed_prompts`` prompts (None: all; 0: none) are
+    also timed: fresh dense and tiered runs, ``generation["repeats"]`` rounds in rotating order (the
+    rotation continuing from prompt to prompt), each of which must reproduce the shared run's tokens
+    and page manifests, and whose medians fill the latency columns.  The dense tokens must equal the
+    dense baseline file when one is given.  ``forced_phantom`` maps prompt_id -> {layer: pages} that
+    must be summarised (tests, diagnosis).
+    """
+    from bcr.tiered import shared
+
+    modes = list(modes)
+    unknown = [m for m in modes if m not in QUERY_MODES]
+    if unknown:
+        raise ValueError(f"unknown query mode(s) {unknown} (known: {', '.join(QUERY_MODES)})")
+    kw = _gen_kwargs(loaded, generation)
+    rows: dict[str, list[dict]] = {m: [] for m in modes}
+    w = max((s.obs_window for s in settings), default=1)
+    page = settings[0].page_size if settings else 16
+    timed_so_far = 0
+    for i, prompt in enumerate(prompts.to_dict("records")):
+        pid = prompt["prompt_id"]
+        ids = torch.tensor([list(prompt["input_ids"])], device=device)
+        split = question_split(prompt)
+        if split is None:
+            raise ValueError(f"prompt {pid}: the shared prefill needs its question_start")
+        forced = (forced_phantom or {}).get(pid)
+        ctx, full = shared.capture(loaded, ids, split, w, page)
+        ref, ref_cache = shared.run_dense_from(loaded, full, kw)
+        _check_dense_reference(pid, ref.tokens, dense_reference)
+        dense = _dense_account(ref, ref_cache, ids.shape[1])
+        runs = {}
+        for mode in modes:
+            for s in settings:
+                for path in decode_paths:
+                    result, cache = shared.run_tiered_from(loaded, ctx, full, ids, s, mode, kw, path, forced)
+                    runs[mode, s.name, path] = TieredRun.of(result, cache)
+        timed: dict = {}
+        if timed_prompts is None or i < timed_prompts:
+            arms = {DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw, split)}
+            for mode in modes:
+                for s in settings:
+                    for path in decode_paths:
+                        arms[mode, s.name, path] = lambda ids=ids, s=s, p=path, m=mode, f=forced, q=split: (
+                            run_tiered(loaded, ids, s, p, kw, f, m, q)
+                        )
+            warm = generation["warmup"] if timed_so_far == 0 else 0
+            timed = interleaved(arms, generation["repeats"], warm, start=timed_so_far)
+            timed_so_far += 1
+            _check_same(timed[DENSE_PATH], "dense", pid)
+            if timed[DENSE_PATH][0].result.tokens != ref.tokens:
+                raise DeterminismError(f"prompt {pid}: a fresh dense run differs from the shared prefill's")
+            for key, run in runs.items():
+                _check_fresh(timed[key], run, f"tiered ({key[1]}, {key[0]}, {key[2]})", pid)
+        dense_timed = timed.get(DENSE_PATH)
+        for mode in modes:
+            out = rows[mode]
+            for s in settings:  # each setting's rows start with the dense reference (as one file each did)
+                out.append(
+                    _row(
+                        s, prompt, DENSE_PATH, dense, dense, loaded.tokenizer, mode, dense_timed, dense_timed
+                    )
+                )
+                for path in decode_paths:
+                    key = (mode, s.name, path)
+                    out.append(
+                        _row(
+                            s,
+                            prompt,
+                            path,
+                            runs[key],
+                            dense,
+                            loaded.tokenizer,
+                            mode,
+                            timed.get(key),
+                            dense_timed,
+                        )
+                    )
+                    if progress is not None:
+                        progress(out[-1])
+    return {m: _frame(r) for m, r in rows.items()}
 
 
 def measure_setting(
@@ -268,60 +419,13 @@ def measure_setting(
     decode_paths: list[str],
     generation: dict,
     device: torch.device,
-    dense_reference: dict[str, list[int]] | None = None,
-    forced_phantom: dict[str, dict[int, list[int]]] | None = None,
-    progress=None,
     query_mode: str = QUESTION_AWARE,
+    **kw,
 ) -> pd.DataFrame:
-    """Rows for every prompt and path (``dense`` first); see the module docstring for the columns.
-
-    ``forced_phantom`` maps prompt_id -> {layer: pages} that must be summarised (tests, diagnosis).
-    """
-    kw = _gen_kwargs(loaded, generation)
-    rows = []
-    for i, prompt in enumerate(prompts.to_dict("records")):
-        ids = torch.tensor([list(prompt["input_ids"])], device=device)
-        forced = (forced_phantom or {}).get(prompt["prompt_id"])
-        split = question_split(prompt)  # dense and tiered prefill the same chunks
-        arms = {DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw, split)}
-        for path in decode_paths:
-            arms[path] = lambda ids=ids, path=path, forced=forced, split=split: run_tiered(
-                loaded, ids, setting, path, kw, forced, query_mode, split
-            )
-        runs = interleaved(arms, generation["repeats"], generation["warmup"] if i == 0 else 0)
-        dense = runs[DENSE_PATH]
-        tiered = {path: runs[path] for path in decode_paths}
-        pid = prompt["prompt_id"]
-        _check_same(dense, "dense", pid)
-        for path in decode_paths:
-            _check_same(tiered[path], f"tiered ({setting.name}, {path})", pid)
-        if dense_reference is not None:
-            ref = dense_reference.get(pid)
-            if ref is None:
-                raise DeterminismError(f"prompt {pid} is missing from the dense baseline file")
-            if list(ref) != dense[0].result.tokens:
-                raise DeterminismError(
-                    f"prompt {pid}: in-process dense tokens {dense[0].result.tokens} differ from the dense "
-                    f"baseline file {list(ref)}; the runs are not comparable"
-                )
-        rows.append(_row(setting, prompt, DENSE_PATH, dense, dense, loaded.tokenizer, query_mode))
-        for path in decode_paths:
-            rows.append(_row(setting, prompt, path, tiered[path], dense, loaded.tokenizer, query_mode))
-        if progress is not None:
-            progress(rows[-1])
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    for c in INT_COLUMNS:
-        df[c] = df[c].astype("Int64")
-    return df
-
-
-def _shared_run(result: GreedyResult, cache) -> TieredRun:
-    """A run from a shared prefill as the row builder takes it (untimed; the KV accounting is its own)."""
-    if isinstance(cache, TieredCache):
-        return TieredRun.of(result, cache)
-    stored = cache_nbytes(cache)
-    n, layers = cache.get_seq_length(), len(cache.layers)
-    return TieredRun(result, stored, stored, stored, n * layers, n * layers, None, [])
+    """One setting in one mode, every prompt timed (:func:`measure` with defaults for one frame)."""
+    return measure(loaded, prompts, [setting], decode_paths, generation, device, [query_mode], **kw)[
+        query_mode
+    ]
 
 
 def measure_controls(
@@ -331,48 +435,39 @@ def measure_controls(
     kinds: list[str],
     generation: dict,
     device: torch.device,
+    modes: Iterable[str] = (QUESTION_AWARE,),
     dense_reference: dict[str, list[int]] | None = None,
     seed: int = 0,
     progress=None,
-) -> pd.DataFrame:
-    """Negative controls matched to each of ``settings`` (question-aware, like the sweep): one row per
-    (control, prompt), plus the matched setting's own row from the same shared prefill, for comparison.
+) -> dict[str, pd.DataFrame]:
+    """Negative controls matched to each of ``settings``, untimed, one frame per mode: a row per
+    (control, prompt) plus the matched setting's own row from the same shared prefill, and the
+    dense reference rows (``control`` and ``matched_to`` say which is which)."""
+    from bcr.tiered import controls
 
-    Every run starts from one prefill per prompt (:mod:`bcr.tiered.shared`): controls are about
-    exactness, not time, so they are untimed; the dense reference from the shared prefill must equal
-    the dense baseline file, which is the cross-process determinism gate.
-    """
-    from bcr.tiered import controls, shared
-
-    kw = _gen_kwargs(loaded, generation)
-    rows = []
-    for prompt in prompts.to_dict("records"):
-        ids = torch.tensor([list(prompt["input_ids"])], device=device)
-        split = question_split(prompt)
-        if split is None:
-            raise ValueError(f"prompt {prompt['prompt_id']}: controls need its question_start")
-        n = ids.shape[1]  # question-aware: the whole prompt is compressed
-        specs = [(s, None, s.name) for s in settings]
-        specs += [(controls.matched(s, k, n, seed), k, s.name) for s in settings for k in kinds]
-        w = max(s.obs_window for s, _, _ in specs)
-        ctx, full = shared.capture(loaded, ids, split, w, settings[0].page_size)
-        ref, ref_cache = shared.run_dense_from(loaded, full, kw)
-        pid = prompt["prompt_id"]
-        if dense_reference is not None and list(dense_reference.get(pid, [])) != ref.tokens:
-            raise DeterminismError(
-                f"prompt {pid}: dense tokens from the shared prefill {ref.tokens} differ from the dense "
-                f"baseline file {dense_reference.get(pid)}"
-            )
-        dense = [_shared_run(ref, ref_cache)]
-        for spec, kind, matched_to in specs:
-            result, cache = shared.run_tiered_from(loaded, ctx, full, ids, spec, QUESTION_AWARE, kw)
-            row = _row(
-                spec, prompt, "densify", [_shared_run(result, cache)], dense, loaded.tokenizer, QUESTION_AWARE
-            )
-            rows.append({**row, "control": kind, "matched_to": matched_to})
-            if progress is not None:
-                progress(rows[-1])
-    df = pd.DataFrame(rows, columns=[*COLUMNS, "control", "matched_to"])
-    for c in INT_COLUMNS:
-        df[c] = df[c].astype("Int64")
-    return df
+    specs = {s.name: (None, s.name) for s in settings}
+    all_settings = list(settings)
+    for s in settings:
+        for k in kinds:
+            c = controls.matched(s, k, seed)
+            specs[c.name] = (k, s.name)
+            all_settings.append(c)
+    frames = measure(
+        loaded,
+        prompts,
+        all_settings,
+        ["densify"],
+        generation,
+        device,
+        modes,
+        timed_prompts=0,
+        dense_reference=dense_reference,
+        progress=progress,
+    )
+    out = {}
+    for mode, df in frames.items():
+        df = df[df["decode_path"] != DENSE_PATH].reset_index(drop=True)
+        df["control"] = df["setting"].map(lambda n: specs[n][0])
+        df["matched_to"] = df["setting"].map(lambda n: specs[n][1])
+        out[mode] = df
+    return out

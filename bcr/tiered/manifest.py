@@ -12,6 +12,7 @@ The manifest is kept so that a non-exact result can name the page that was lost.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -101,7 +102,8 @@ def select_exact(
     importance: list[float],
     forced_phantom: Iterable[int] = (),
 ) -> LayerManifest:
-    """Steps 1-2: sink, recent window, then pages by importance (ties: lower page first) up to ``retain``.
+    """Steps 1-2: sink, recent window, then pages by importance (ties: lower page first) up to ``retain``,
+    each with its next ``neighbour_pages`` pages.
 
     ``forced_phantom`` pages are never chosen (a test and diagnosis hook: "what if this page were lost").
     """
@@ -110,7 +112,13 @@ def select_exact(
     forced = set(forced_phantom)
     score = control_scores(setting, layer, total) or importance
     sink = list(range(min(setting.sink_pages, total)))
-    recent = list(range(max(0, total - setting.recent_pages), total))
+    recent_pages = setting.recent_pages
+    if setting.selection == "recent_only":
+        # the control keeps as many exact pages as the method, all of them at the end of the prompt
+        method = dataclasses.replace(setting, selection="importance")
+        m = select_exact(layer, n_tokens, method, [0.0] * total)
+        recent_pages += len(m.important) + min(setting.surprise_pages, len(candidates(m)))
+    recent = list(range(max(0, total - recent_pages), total))
     clash = forced & (set(sink) | set(recent))
     if clash:
         raise ValueError(
@@ -126,10 +134,13 @@ def select_exact(
             break
         if p in exact or p in forced:
             continue
-        m.important.append(p)
-        exact.add(p)
-        a, b = page_span(p, ps, n_tokens)
-        tokens += b - a
+        for q in range(p, min(total, p + 1 + setting.neighbour_pages)):
+            if q in exact or q in forced:
+                continue
+            m.important.append(q)
+            exact.add(q)
+            a, b = page_span(q, ps, n_tokens)
+            tokens += b - a
     return m
 
 

@@ -46,6 +46,7 @@ class TieredSetting:
     # for the negative controls (bcr.tiered.controls), at random (seeded) or not at all (recent_only).
     selection: str = "importance"
     selection_seed: int = 0
+    neighbour_pages: int = 0  # pages after each importance-retained page kept with it (optional knob)
 
     def layers(self, num_layers: int) -> list[int]:
         """Compressed layer indices: layer ``i`` is in the band when its depth centre (i+0.5)/L is in [lo, hi)."""
@@ -84,6 +85,7 @@ def resolve(config: dict, name: str) -> TieredSetting:
         surprise_pages=int(knobs["surprise_pages"]),
         phantoms_per_page=int(knobs["phantoms_per_page"]),
         cluster_iters=int(knobs["cluster_iters"]),
+        neighbour_pages=int(knobs.get("neighbour_pages", 0)),
     )
 
 

@@ -55,10 +55,12 @@ def sweep_summary(rows: pd.DataFrame, controls: list[str], promoted: list[str]) 
     """One row per (setting, tiered decode path): exact on every prompt?"""
     out = []
     tiered = rows[rows["decode_path"] != DENSE_PATH]
-    for (setting, context, path), g in tiered.groupby(["setting", "context", "decode_path"], sort=False):
+    keys = ["setting", "query_mode", "context", "decode_path"]
+    for (setting, mode, context, path), g in tiered.groupby(keys, sort=False):
         out.append(
             {
                 "setting": setting,
+                "query_mode": mode,
                 "context": int(context),
                 "decode_path": path,
                 **_group_stats(g),
@@ -87,6 +89,10 @@ def promote(
     missing = sorted(set(settings) - set(rows["setting"]))
     if missing:
         raise ValueError(f"sweep rows lack settings {missing}")
+    if rows["query_mode"].nunique() > 1:
+        raise ValueError(
+            f"sweep rows mix query modes {sorted(set(rows['query_mode']))}; each is promoted alone"
+        )
     tiered = rows[rows["decode_path"] != DENSE_PATH]
     exact = {s: bool(_answer_exact(g).all()) and len(g) > 0 for s, g in tiered.groupby("setting")}
     whole = {s: bool(g["exact"].astype(bool).all()) and len(g) > 0 for s, g in tiered.groupby("setting")}
@@ -124,7 +130,7 @@ def promotion_summary(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     if rows.empty:
         return pd.DataFrame(out, columns=PROMOTION_SUMMARY_COLUMNS)
-    for (setting, context), g in rows.groupby(["setting", "context"], sort=True):
+    for (setting, mode, context), g in rows.groupby(["setting", "query_mode", "context"], sort=True):
         dense = g[g["decode_path"] == DENSE_PATH]
         for path, t in g[g["decode_path"] != DENSE_PATH].groupby("decode_path", sort=False):
             dense_peak = dense["peak_mem_bytes"].max() if dense["peak_mem_bytes"].notna().any() else None
@@ -135,6 +141,7 @@ def promotion_summary(rows: pd.DataFrame) -> pd.DataFrame:
             out.append(
                 {
                     "setting": setting,
+                    "query_mode": mode,
                     "context": int(context),
                     "decode_path": path,
                     **{k: v for k, v in stats.items() if k != "first_failure"},

@@ -10,35 +10,44 @@ from bcr import config as cfgmod
 from bcr.contracts import TIERED_PROMOTION, TIERED_SWEEP
 from bcr.tiered import settings as ts
 
+# The tiered keys every tiered run reads besides its settings.
+_SHARED = ("decode_paths", "n_prompts", "repeats", "timed_prompts", "query_modes")
 
-def run_hash(config: dict, setting: str) -> str:
-    """A run reruns when its own resolved setting, the decode paths or the shared sections change."""
-    shared = {k: config["tiered"].get(k) for k in ("decode_paths", "n_prompts", "repeats")}
+
+def _hash(config: dict, names: list[str]) -> str:
     return cfgmod.config_hash(
         {
-            "setting": ts.resolve(config, setting).as_dict(),
-            "tiered": shared,
+            "settings": {n: ts.resolve(config, n).as_dict() for n in names},
+            "tiered": {k: config["tiered"].get(k) for k in _SHARED},
+            "negative_controls": config["tiered"].get("negative_controls"),
             **{k: config.get(k) for k in ("runtime", "model", "generation")},
         }
     )
 
 
-def promotion_files(promoted_json: str | Path, contexts: list[int]) -> list[str]:
-    """The promotion results the checkpoint's ``promoted.json`` asks for (its ``run`` list x contexts)."""
+def sweep_hash(config: dict) -> str:
+    """The sweep reruns when a sweep setting's resolved knobs, the shared keys or sections change."""
+    return _hash(config, ts.sweep_settings(config))
+
+
+def run_hash(config: dict) -> str:
+    """A promotion or control run reruns when any setting it could be asked to run changes (which
+    ones it runs is promoted.json's, an input), or the shared keys and sections."""
+    return _hash(config, sorted(config["tiered"]["settings"]))
+
+
+def promotion_files(promoted_json: str | Path, mode: str, contexts: list[int]) -> list[str]:
+    """One mode's promotion results: one file per promotion context, none when nothing runs."""
     run = json.loads(Path(promoted_json).read_text())["run"]
-    return [TIERED_PROMOTION.path(context=c, setting=s) for c in contexts for s in run]
-
-
-def run_files(config: dict, promoted_json: str | Path) -> list[str]:
-    """Every per-prompt tiered result of the run: the sweep's and the promotions the checkpoint asked for."""
-    return [
-        *(TIERED_SWEEP.path(setting=s) for s in ts.sweep_settings(config)),
-        *promotion_files(promoted_json, ts.promotion_contexts(config)),
-    ]
+    return [TIERED_PROMOTION.path(mode=mode, context=c) for c in contexts] if run else []
 
 
 def checkpoint_results(checkpoint: Any, config: dict) -> list[str]:
-    """``promoted.json`` and the tiered runs it implies; asking the checkpoint makes Snakemake
-    re-evaluate this input after the sweep has run."""
-    promoted = checkpoint.get().output.promoted
-    return [promoted, *run_files(config, promoted)]
+    """Every mode's ``promoted.json``, sweep file and the promotion runs it implies; asking the
+    checkpoint makes Snakemake re-evaluate this input after the sweep has run."""
+    out = []
+    for mode in config["tiered"]["query_modes"]:
+        promoted = checkpoint.get(mode=mode).output.promoted
+        out += [promoted, TIERED_SWEEP.path(mode=mode)]
+        out += promotion_files(promoted, mode, ts.promotion_contexts(config))
+    return out

@@ -44,11 +44,15 @@ def results_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def verdicts(spec, cpu_config) -> Callable[[Path], dict[str, pd.Series]]:
-    """Evaluate the real claim file on a results folder; claim id -> its ledger row."""
+    """Evaluate the real claim file on a results folder; ledger row id -> its row, and a per-mode
+    claim's plain id -> its first mode's row (question_aware: the study's protocol)."""
 
     def run(root: Path) -> dict[str, pd.Series]:
         ledger = evaluate(spec, load_results(root), cpu_config)
-        return {r["claim_id"]: r for _, r in ledger.iterrows()}
+        out = {r["claim_id"]: r for _, r in ledger.iterrows()}
+        for _, r in ledger.iterrows():
+            out.setdefault(r["claim"], r)
+        return out
 
     return run
 

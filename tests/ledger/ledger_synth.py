@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bcr import io
+from bcr.contracts import QUERY_MODES
 from bcr.ledger.claims import ClaimFile, evaluate, ledger_with_provenance
 from bcr.ledger.evidence import TIERED_COLUMNS, load_results
 from bcr.ledger.site import build
@@ -59,6 +60,7 @@ def tiered_frame(
     noise: float = 0.02,
     seed: int = 0,
     model: str = "tiny-needle",
+    mode: str = "question_aware",
 ) -> pd.DataFrame:
     """One setting at one context: a dense row and one row per tiered decode path for each prompt."""
     rng = np.random.default_rng(seed + context)
@@ -78,6 +80,7 @@ def tiered_frame(
             rows.append(
                 {
                     "setting": setting,
+                    "query_mode": mode,
                     "context": context,
                     "prompt_id": pid,
                     "decode_path": path,
@@ -173,25 +176,33 @@ def write_tiered(
     promotion: dict[str, dict] | None = None,
     sweep: dict[str, dict] | None = None,
     contexts: list[int] = CONTEXTS,
+    modes: tuple[str, ...] = QUERY_MODES,
 ) -> None:
-    """Sweep at ``contexts[0]``; ``promotion`` maps setting -> tiered_frame kwargs at the other contexts."""
+    """Per mode: the sweep at ``contexts[0]``; ``promotion`` maps setting -> tiered_frame kwargs at
+    the other contexts (the same numbers in every mode)."""
     sweep = SWEEP if sweep is None else sweep
-    for setting, kw in sweep.items():
-        kw = dict(kw)
-        ex = kw.pop("exact")
-        flags = ex if isinstance(ex, list) else [True] * 7 + [ex]
-        io.write_parquet(
-            tiered_frame(setting, contexts[0], exact=flags, **kw),
-            root / "tiered" / "sweep" / f"{setting}.parquet",
-        )
     promoted = [s for s, kw in sweep.items() if kw["exact"] is True]
-    io.write_json({"context": contexts[0], "promoted": promoted}, root / "tiered" / "promoted.json")
     if promotion is None:
         promotion = {s: {k: v for k, v in sweep[s].items() if k != "exact"} for s in promoted}
-    for setting, kw in promotion.items():
+    for mode in modes:
+        frames = []
+        for setting, kw in sweep.items():
+            kw = dict(kw)
+            ex = kw.pop("exact")
+            flags = ex if isinstance(ex, list) else [True] * 7 + [ex]
+            frames.append(tiered_frame(setting, contexts[0], exact=flags, mode=mode, **kw))
+        io.write_parquet(pd.concat(frames, ignore_index=True), root / "tiered" / "sweep" / f"{mode}.parquet")
+        io.write_json(
+            {"context": contexts[0], "promoted": promoted, "run": promoted, "query_mode": mode},
+            root / "tiered" / "promoted" / f"{mode}.json",
+        )
         for c in contexts[1:]:
-            frame = tiered_frame(setting, c, **kw)
-            io.write_parquet(frame, root / "tiered" / "promotion" / str(c) / f"{setting}.parquet")
+            frames = [tiered_frame(s, c, mode=mode, **kw) for s, kw in promotion.items()]
+            if frames:
+                io.write_parquet(
+                    pd.concat(frames, ignore_index=True),
+                    root / "tiered" / "promotion" / mode / f"{c}.parquet",
+                )
 
 
 def write_controls(
@@ -201,20 +212,33 @@ def write_controls(
     own: bool | list[bool] = True,
     controls: dict[str, list[bool]] | None = None,
     contexts: list[int] = (CONTEXTS[0], CONTEXTS[-1]),
+    modes: tuple[str, ...] = QUERY_MODES,
+    compression: float = 1.9,
+    append: bool = False,
 ) -> None:
-    """Negative controls matched to ``setting``: its own rows and each control's exact flags per prompt."""
+    """Negative controls matched to ``setting``: its own rows and each control's exact flags per prompt
+    (``append``: added to the controls already written)."""
     controls = (
         {"recent_only": [False] * 7 + [True], "random_pages": [False] * 8} if controls is None else controls
     )
-    for c in contexts:
-        frames = []
-        for kind, flags in [(None, own), *controls.items()]:
-            f = tiered_frame(
-                f"{kind}~{setting}" if kind else setting, c, paths=("densify",), exact=flags, compression=1.9
-            )
-            f["control"], f["matched_to"] = kind, setting
-            frames.append(f)
-        io.write_parquet(pd.concat(frames, ignore_index=True), root / "tiered" / "controls" / f"{c}.parquet")
+    for mode in modes:
+        for c in contexts:
+            frames = []
+            for kind, flags in [(None, own), *controls.items()]:
+                f = tiered_frame(
+                    f"{kind}~{setting}" if kind else setting,
+                    c,
+                    paths=("densify",),
+                    exact=flags,
+                    compression=compression,
+                    mode=mode,
+                )
+                f["control"], f["matched_to"] = kind, setting
+                frames.append(f)
+            path = root / "tiered" / "controls" / mode / f"{c}.parquet"
+            if append and path.is_file():
+                frames.insert(0, pd.read_parquet(path))
+            io.write_parquet(pd.concat(frames, ignore_index=True), path)
 
 
 SCHEDULER_OPS = {"match": 27.0, "lock": 2.0, "path": 6.0, "checkpoint": 40.0, "insert": 37.0,

@@ -36,6 +36,7 @@ import pytest
 from ledger_synth import REPO
 from webdriver import Browser, BrowserMissing, executables, serve
 
+from bcr.contracts import QUERY_MODES
 from bcr.ledger.claims import evaluate
 from bcr.ledger.evidence import load_results
 from bcr.ledger.render import PAGES
@@ -47,12 +48,16 @@ ALL_PAGES = GENERATED + HAND_WRITTEN
 # Key tables each page must show when its evidence is present (id of the .key-table wrapper).
 KEY_TABLES = {
     "index": ["ledger-wrap"],
-    "tiered": [
-        "sweep-table",
-        "promotion-exactness",
-        "promotion-latency",
-        "promotion-memory",
-        "negative-controls",
+    "tiered": [  # one set per query mode
+        f"{table}-{mode}"
+        for mode in QUERY_MODES
+        for table in (
+            "sweep-table",
+            "promotion-exactness",
+            "promotion-latency",
+            "promotion-memory",
+            "negative-controls",
+        )
     ],
     "serving": ["cache-ops-16", "cache-ops-1"],
     "provenance": ["provenance-files"],

@@ -7,7 +7,8 @@ import re
 import ledger_synth as synth
 import pytest
 
-from bcr.ledger.claims import evaluate
+from bcr.contracts import QUERY_MODES
+from bcr.ledger.claims import evaluate, ledger_rows
 from bcr.ledger.evidence import load_results
 from bcr.ledger.render import ADMONITION, PAGES, render_pages, site_data
 
@@ -17,6 +18,11 @@ NOTE_NUMBERS = [
     "2.26x", "2.27x", "1.27x", "2.24x", "2.21x", "1.19x",
     "17.3", "17.1", "17.2", "20.3", "1.20x", "1.29x", "331,999", "0.910%", "1.55%",
 ]  # fmt: skip
+
+
+def row_ids(spec) -> list[str]:
+    """The ledger's row ids: each claim, a per-mode claim once per query mode of the default config."""
+    return [c.row_id(m) for c, m in ledger_rows(spec, list(QUERY_MODES))]
 
 
 def render(root, spec, config, reference, tmp_path):
@@ -66,7 +72,7 @@ def test_the_ledger_table_has_one_row_and_one_verdict_per_claim(rendered, spec):
     index = pages["index.md"]
     table = index[index.index('<table id="ledger-table"') : index.index("</table>")]
     rows = re.findall(r'<tr data-claim="([^"]+)">(.*?)</tr>', table, flags=re.S)
-    assert [cid for cid, _ in rows] == [c.id for c in spec.claims]
+    assert [cid for cid, _ in rows] == row_ids(spec)
     verdict_of = dict(zip(ledger["claim_id"], ledger["verdict"], strict=True))
     for cid, body in rows:
         cell = re.search(r'<td class="verdict-cell">(.*?)</td>', body, flags=re.S).group(1)
@@ -78,10 +84,10 @@ def test_every_claim_has_an_admonition_of_its_verdict_on_the_overview_and_its_pa
     _, ledger, pages = rendered
     for row in ledger.itertuples():
         kind = ADMONITION[row.verdict]
-        claim = next(c for c in spec.claims if c.id == row.claim_id)
+        claim = next(c for c in spec.claims if c.id == row.claim)
         for page in ("index.md", claim.page):
             text = pages[page]
-            box = re.search(rf'!!! (\w+) "[^"]*"\n    `{row.claim_id}`', text)
+            box = re.search(rf'!!! (\w+) "[^"]*"\n    `{re.escape(row.claim_id)}`', text)
             assert box, (row.claim_id, page)
             assert box.group(1) == kind, (row.claim_id, page)
 
@@ -157,7 +163,7 @@ def test_a_verdict_decided_by_a_stand_in_property_links_its_limitation(tmp_path,
     root = synth.write_default(tmp_path / "results")
     _, pages = render(root, spec, cpu_config, reference, tmp_path)
     index, lims = pages["index.md"], pages["limitations.md"]
-    row = index[index.index('<tr data-claim="tiered_compression_large">') :].split("</tr>")[0]
+    row = index[index.index('<tr data-claim="tiered_compression_large[question_aware]">') :].split("</tr>")[0]
     assert 'href="limitations/#lim-tiered-budget"' in row
     assert 'id="lim-tiered-budget"' in lims
     assert "2 phantom tokens of its 16" in lims and "C ≤ 1/(0.25 + 0.75·f)" in lims
@@ -237,11 +243,13 @@ def test_a_verdict_fixed_by_construction_is_labelled_so(tmp_path, spec, cpu_conf
     claim = next(c for c in spec.claims if c.by_construction)
     root = synth.write_default(tmp_path / "results")
     _, pages = render(root, spec, cpu_config, reference, tmp_path)
-    row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{claim.id}">') :].split("</tr>")[0]
+    rid = claim.row_id(QUERY_MODES[0] if claim.per_mode else None)
+    row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{rid}">') :].split("</tr>")[0]
     assert "fixed by construction" in row
-    box = pages[claim.page][pages[claim.page].index(f"`{claim.id}`") :]
+    box = pages[claim.page][pages[claim.page].index(f"`{rid}`") :]
     assert "**Fixed by construction, not a finding:**" in box.split("!!!")[0]
     others = [c for c in spec.claims if not c.by_construction]
     for c in others:
-        row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{c.id}">') :].split("</tr>")[0]
+        cid = c.row_id(QUERY_MODES[0] if c.per_mode else None)
+        row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{cid}">') :].split("</tr>")[0]
         assert "fixed by construction" not in row, c.id

@@ -109,9 +109,21 @@ def test_compression_and_stored_fraction_match_a_hand_count(random_tiny_model):
     )
     prompt = {"context": 100, "prompt_id": "p", "needle_start": -1, "needle_end": -1, "input_ids": [0] * 100,
               "renderer": "synthetic", "answer_ids": [1]}  # fmt: skip
-    row = _row(setting, prompt, "densify", [run], [run], None, "question_aware")
+    row = _row(setting, prompt, "densify", run, run, None, "question_aware")
     assert row["compression"] == pytest.approx(400 / 344)
     assert row["stored_fraction"] == pytest.approx(0.86)
+
+
+def test_neighbour_pages_keep_the_page_after_each_retained_one_inside_the_budget():
+    """The page after an attended one (a needle's values after its key) is kept with it; the retain
+    budget counts both, so fewer distinct hot spots are kept, never more tokens."""
+    imp = [0.05, 0.30, 0.02, 0.40, 0.03, 0.10, 0.10]
+    setting = dataclasses.replace(BASE, recent_pages=1, retain=0.5, surprise_pages=1, neighbour_pages=1)
+    m = select_exact(5, 100, setting, imp)
+    assert (m.sink, m.recent) == ([0], [6])
+    assert sorted(m.important) == [3, 4]  # page 3 (most attended) and its neighbour: 16 + 32 + 32 >= 50
+    plain = select_exact(5, 100, dataclasses.replace(setting, neighbour_pages=0), imp)
+    assert sorted(plain.important) == [1, 3] and plain.exact_tokens == m.exact_tokens
 
 
 def test_manifest_selection_by_hand():

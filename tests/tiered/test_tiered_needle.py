@@ -187,15 +187,16 @@ def test_controls_match_the_settings_exact_page_budget():
     m = mf.select_exact(0, n, base, list(range(total)))
     budget = len(m.exact) + base.surprise_pages  # exact pages after the surprise step
     for kind in controls.CONTROLS:
-        ctrl = controls.matched(base, kind, n, seed=3)
+        ctrl = controls.matched(base, kind, seed=3)
         c = mf.select_exact(0, n, ctrl, list(range(total)))
-        assert len(c.exact) + ctrl.surprise_pages == budget, kind
+        surprise = 0 if kind == "recent_only" else ctrl.surprise_pages  # its window holds them
+        assert len(c.exact) + surprise == budget, kind
         assert (ctrl.band, ctrl.page_size, ctrl.phantoms_per_page) == (
             base.band,
             base.page_size,
             base.phantoms_per_page,
         )
-    rnd = controls.matched(base, "random_pages", n, seed=3)
+    rnd = controls.matched(base, "random_pages", seed=3)
     assert mf.select_exact(0, n, rnd, [0.0] * total).important != m.important  # not chosen by importance
 
 
@@ -211,9 +212,8 @@ def test_negative_controls_lose_exactness_where_the_method_keeps_it(needle_setup
     )
     ours = run(base)
     ours = ours[ours["decode_path"] == "densify"]
-    # matched on the tokens compressed: the context, before the question (question-agnostic mode)
-    n_ctx = int(prompts["question_start"].iloc[0])
-    recent = run(controls.matched(base, "recent_only", n_ctx))
+    # matched on the tokens compressed (the context, before the question, in this mode)
+    recent = run(controls.matched(base, "recent_only"))
     recent = recent[recent["decode_path"] == "densify"]
     assert recent["stored_fraction"].sub(ours["stored_fraction"].to_numpy()).abs().max() <= 0.01
     far = recent["needle_pages"].map(lambda pages: max(pages) < CONTEXT // base.page_size - 12)
@@ -222,7 +222,7 @@ def test_negative_controls_lose_exactness_where_the_method_keeps_it(needle_setup
     # a seeded random draw that leaves the needle's pages out of every layer's exact set
     p0 = prompts.head(1)
     for seed in range(40):
-        rnd = run(controls.matched(base, "random_pages", n_ctx, seed=seed), p0)
+        rnd = run(controls.matched(base, "random_pages", seed=seed), p0)
         rnd = rnd[rnd["decode_path"] == "densify"].iloc[0]
         if list(rnd["needle_phantom_layers"]) == base.layers(loaded.model.config.num_hidden_layers):
             break
@@ -245,7 +245,7 @@ def test_runs_from_a_shared_prefill_equal_fresh_runs(needle_setup, mode):
     config, loaded, prompts, generation = needle_setup
     kw = _gen_kwargs(loaded, dict(generation, **LONG))
     settings = [resolve(config, "middle"), resolve(config, "keep_all"), resolve(config, "front_ret25")]
-    settings.append(controls.matched(settings[0], "random_pages", CONTEXT - 4, seed=1))
+    settings.append(controls.matched(settings[0], "random_pages", seed=1))
     w = max(s.obs_window for s in settings)
     for p in prompts.head(2).to_dict("records"):
         ids = torch.tensor([list(p["input_ids"])])
@@ -276,16 +276,52 @@ def test_measure_controls_rows_and_the_dense_gate(needle_setup):
     config, loaded, prompts, generation = needle_setup
     p = prompts.head(2)
     settings = [resolve(config, "front_ret25")]
-    df = measure_controls(
-        loaded, p, settings, ["recent_only", "random_pages"], generation, torch.device("cpu")
+    modes = ["question_aware", "question_agnostic"]
+    frames = measure_controls(
+        loaded, p, settings, ["recent_only", "random_pages"], generation, torch.device("cpu"), modes
     )
-    assert len(df) == 2 * 3 and set(df["matched_to"]) == {"front_ret25"}
-    assert set(df["control"].dropna()) == {"recent_only", "random_pages"} and df["control"].isna().sum() == 2
-    own = df[df["control"].isna()].set_index("prompt_id")["stored_fraction"]
-    for _, r in df[df["control"].notna()].iterrows():
-        assert abs(r["stored_fraction"] - own[r["prompt_id"]]) <= 0.01, r["setting"]
-    assert df["ttft_s"].isna().all()  # untimed: exactness only, from the shared prefill
+    assert set(frames) == set(modes)
+    for mode, df in frames.items():
+        assert len(df) == 2 * 3 and set(df["matched_to"]) == {"front_ret25"}
+        assert (df["query_mode"] == mode).all()
+        assert set(df["control"].dropna()) == {"recent_only", "random_pages"}
+        assert df["control"].isna().sum() == 2
+        own = df[df["control"].isna()].set_index("prompt_id")["stored_fraction"]
+        for _, r in df[df["control"].notna()].iterrows():
+            assert abs(r["stored_fraction"] - own[r["prompt_id"]]) <= 0.01, (mode, r["setting"])
+        assert df["ttft_s"].isna().all()  # untimed: exactness only, from the shared prefill
     # the shared-prefill dense reference must equal the dense baseline file
     wrong = {pid: [0, 0, 0] for pid in p["prompt_id"]}
     with pytest.raises(DeterminismError, match="dense baseline file"):
-        measure_controls(loaded, p, settings, ["recent_only"], generation, torch.device("cpu"), wrong)
+        measure_controls(
+            loaded, p, settings, ["recent_only"], generation, torch.device("cpu"), dense_reference=wrong
+        )
+
+
+def test_one_run_of_several_settings_and_modes_times_a_subset_and_gates_it(needle_setup):
+    """The promotion runs' shape: every prompt exact from the shared prefill, the first ``timed_prompts``
+    also timed on fresh runs that must reproduce it; one frame per mode, dense rows per setting."""
+    from bcr.tiered.harness import measure
+
+    config, loaded, prompts, generation = needle_setup
+    settings = [resolve(config, "middle"), resolve(config, "keep_all")]
+    modes = ["question_aware", "question_agnostic"]
+    frames = measure(
+        loaded,
+        prompts,
+        settings,
+        ["densify"],
+        dict(generation, repeats=1),
+        torch.device("cpu"),
+        modes,
+        timed_prompts=1,
+    )
+    first = prompts["prompt_id"].iloc[0]
+    for mode in modes:
+        df = frames[mode]
+        assert len(df) == len(prompts) * len(settings) * 2 and (df["query_mode"] == mode).all()
+        t = df[df["decode_path"] == "densify"]
+        timed = t[t["tpot_ratio"].notna()]
+        assert set(timed["prompt_id"]) == {first} and len(timed) == len(settings)
+        assert (t[t["prompt_id"] != first]["repeats"] == 0).all()
+        assert t[t["setting"] == "keep_all"]["exact"].all()

@@ -78,9 +78,10 @@ def test_unknown_setting_in_promotion_override(default_config):
 def test_unknown_base_and_sweep_names(default_config):
     default_config["tiered"]["settings"]["middle_ret35"]["base"] = "midle"
     default_config["tiered"]["sweep"]["settings"].append("nope")
+    at = len(default_config["tiered"]["sweep"]["settings"]) - 1
     msg = _error(default_config)
     assert "tiered.settings.middle_ret35.base" in msg
-    assert "tiered.sweep.settings[7]" in msg
+    assert f"tiered.sweep.settings[{at}]" in msg
 
 
 def test_obs_window_must_fit_the_recent_window(default_config):

@@ -23,6 +23,7 @@ def _rows(setting, context, exact_per_prompt, peak=None):
             rows.append(
                 {
                     "setting": setting,
+                    "query_mode": "question_aware",
                     "context": context,
                     "prompt_id": f"p{i}",
                     "decode_path": path,

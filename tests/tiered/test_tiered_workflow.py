@@ -23,7 +23,7 @@ from bcr.contracts import TIERED_COLUMNS
 pytestmark = pytest.mark.workflow
 
 
-def _rows(setting: str, context: int, exact: bool) -> pd.DataFrame:
+def _rows(setting: str, context: int, exact: bool, mode: str = "question_aware") -> pd.DataFrame:
     rows = []
     for i in range(2):
         for path in ("dense", "densify"):
@@ -31,6 +31,7 @@ def _rows(setting: str, context: int, exact: bool) -> pd.DataFrame:
             row = {c: None for c in TIERED_COLUMNS}
             row.update(
                 setting=setting,
+                query_mode=mode,
                 context=context,
                 prompt_id=f"c{context}-p{i:03d}",
                 decode_path=path,
@@ -80,12 +81,27 @@ def _snakemake(repo: Path, work: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def _planned_promotions(repo: Path, work: Path) -> set[tuple[int, str]]:
-    out = _snakemake(repo, work, "-n", "results/tiered/promotion_summary.parquet")
-    return {(int(c), s) for c, s in re.findall(r"results/tiered/promotion/(\d+)/([\w.-]+)\.parquet", out)}
+def _planned_promotions(repo: Path, work: Path) -> set[tuple[str, int]]:
+    """The promotion jobs the dry run plans, as (mode, context)."""
+    targets = [f"results/tiered/promotion_summary/{m}.parquet" for m in MODES]
+    out = _snakemake(repo, work, "-n", *targets)
+    return {(m, int(c)) for m, c in re.findall(r"results/tiered/promotion/(\w+)/(\d+)\.parquet", out)}
+
+
+MODES = ("question_aware", "question_agnostic")
+
+
+def _write_sweep(path: Path, config: dict, exact: dict[str, bool], mode: str) -> None:
+    sweep = config["tiered"]["sweep"]["settings"]
+    context = config["prompts"]["contexts"][0]
+    pd.concat([_rows(s, context, exact[s], mode) for s in sweep], ignore_index=True).to_parquet(path)
 
 
 def test_checkpoint_output_decides_promotion_jobs(tmp_path, repo, default_config):
+    """Per mode: promotion jobs exist only where the checkpoint promoted something, and the list it
+    promoted follows the sweep rows."""
+    import json
+
     work = tmp_path
     model = work / "model"
     model.mkdir()
@@ -107,21 +123,33 @@ def test_checkpoint_output_decides_promotion_jobs(tmp_path, repo, default_config
     time.sleep(1.1)
     sweep = config["tiered"]["sweep"]["settings"]
     exact = {s: s in ("front_ret25", "middle_phantom8", "keep_all") for s in sweep}
+    nothing = {s: s == "keep_all" for s in sweep}  # only the control is exact: nothing is promoted
     sweep_dir = work / "results" / "tiered" / "sweep"
     sweep_dir.mkdir(parents=True)
-    for s in sweep:
-        _rows(s, contexts[0], exact[s]).to_parquet(sweep_dir / f"{s}.parquet")
+    _write_sweep(sweep_dir / "question_aware.parquet", config, exact, "question_aware")
+    _write_sweep(sweep_dir / "question_agnostic.parquet", config, nothing, "question_agnostic")
 
-    _snakemake(repo, work, "results/tiered/promoted.json")
+    promoted = [f"results/tiered/promoted/{m}.json" for m in MODES]
+    _snakemake(repo, work, *promoted)
     first = _planned_promotions(repo, work)
-    assert first == {(c, s) for c in contexts[1:] for s in ("front_ret25", "middle_phantom8")}
+    assert first == {("question_aware", c) for c in contexts[1:]}
+    aware = json.loads((work / promoted[0]).read_text())
+    assert aware["run"] == ["middle_phantom8", "front_ret25"] or set(aware["run"]) == {
+        "front_ret25",
+        "middle_phantom8",
+    }
+    assert aware["query_mode"] == "question_aware"
+    assert json.loads((work / promoted[1]).read_text())["run"] == []
 
-    # middle_phantom8 stops being exact: the checkpoint reruns and its promotion jobs disappear.
+    # middle_phantom8 stops being exact: the checkpoint reruns and promotes front_ret25 only; the
+    # agnostic sweep gains an exact setting and its promotion jobs appear.
     time.sleep(1.1)
-    _rows("middle_phantom8", contexts[0], False).to_parquet(sweep_dir / "middle_phantom8.parquet")
-    _snakemake(repo, work, "results/tiered/promoted.json")
-    second = _planned_promotions(repo, work)
-    assert second == {(c, "front_ret25") for c in contexts[1:]}
-    summary = pd.read_parquet(work / "results" / "tiered" / "sweep_summary.parquet")
+    exact["middle_phantom8"] = False
+    _write_sweep(sweep_dir / "question_aware.parquet", config, exact, "question_aware")
+    _write_sweep(sweep_dir / "question_agnostic.parquet", config, exact, "question_agnostic")
+    _snakemake(repo, work, *promoted)
+    assert _planned_promotions(repo, work) == {(m, c) for m in MODES for c in contexts[1:]}
+    assert json.loads((work / promoted[0]).read_text())["run"] == ["front_ret25"]
+    summary = pd.read_parquet(work / "results" / "tiered" / "sweep_summary" / "question_aware.parquet")
     assert set(summary.loc[summary["promoted"], "setting"]) == {"front_ret25"}
     assert "layer 1 pages [7]" in summary.set_index("setting").loc["middle", "first_failure"]

@@ -8,10 +8,10 @@
 SITE_RESULTS = [
     *rules.model_card.output,
     *expand(rules.dense_baseline.output[0], context=CONTEXTS),
-    rules.tiered_promote.output.summary,
-    *rules.tiered_promotion_summary.output,
+    *expand(rules.tiered_promote.output.summary, mode=TIERED_MODES),
+    *expand(rules.tiered_promotion_summary.output[0], mode=TIERED_MODES),
     *rules.cache_ops.output,
-    *expand(rules.tiered_controls.output[0], context=TIERED_CONTROL_CONTEXTS),
+    *expand(rules.tiered_controls.output[0], mode=TIERED_MODES, context=TIERED_CONTROL_CONTEXTS),
 ]
 CLAIMS_FILE = str(REPO / "config" / "claims.yaml")
 REFERENCE_FILE = str(REPO / "config" / "reference.yaml")
