@@ -43,7 +43,11 @@ def run(argv: list[str]) -> None:
 
 def override(out: Path, dtype: str, device: str, n_prompts: int | None) -> Path:
     path = out / f"{device}_{dtype}.yaml"
-    cfg: dict = {"runtime": {"device": device}, "model": {"dtype": dtype}, "tiered": {"repeats": 3}}
+    cfg: dict = {
+        "runtime": {"device": device},
+        "model": {"dtype": dtype},
+        "tiered": {"repeats": 3, "timed_prompts": None},
+    }
     if n_prompts is not None:
         cfg["prompts"] = {"n_prompts": n_prompts}
     path.write_text(yaml.safe_dump(cfg))
@@ -107,7 +111,7 @@ def main() -> int:
                  "--out", str(out / f"dense_{dtype}_{c}.parquet"), "--quiet"])  # fmt: skip
         c = CONTEXTS[-1]
         for s in SETTINGS if dtype == "float32" else SETTINGS[:2]:
-            run(["tiered", "run", *cfg, "--setting", s, "--context", str(c),
+            run(["tiered", "run", *cfg, "--settings", s, "--context", str(c),
                  "--prompts", str(out / f"prompts_{c}.parquet"),
                  "--dense", str(out / f"dense_{dtype}_{c}.parquet"),
                  "--out", str(out / f"tiered_{dtype}_{s}_{c}.parquet"), "--quiet"])  # fmt: skip

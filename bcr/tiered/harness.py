@@ -345,6 +345,7 @@ def measure(
     if unknown:
         raise ValueError(f"unknown query mode(s) {unknown} (known: {', '.join(QUERY_MODES)})")
     kw = _gen_kwargs(loaded, generation)
+    kw_t = dict(kw, keep_logits=False)  # timed runs: tokens and clocks (the shared runs compare logits)
     rows: dict[str, list[dict]] = {m: [] for m in modes}
     w = max((s.obs_window for s in settings), default=1)
     page = settings[0].page_size if settings else 16
@@ -358,6 +359,7 @@ def measure(
         forced = (forced_phantom or {}).get(pid)
         ctx, full = shared.capture(loaded, ids, split, w, page)
         ref, ref_cache = shared.run_dense_from(loaded, full, kw)
+        ref.step_logits = [x.cpu() for x in ref.step_logits]  # [V] per step: off the accelerator
         _check_dense_reference(pid, ref.tokens, dense_reference)
         dense = _dense_account(ref, ref_cache, ids.shape[1])
         runs = {}
@@ -365,15 +367,17 @@ def measure(
             for s in settings:
                 for path in decode_paths:
                     result, cache = shared.run_tiered_from(loaded, ctx, full, ids, s, mode, kw, path, forced)
+                    result.step_logits = [x.cpu() for x in result.step_logits]
                     runs[mode, s.name, path] = TieredRun.of(result, cache)
+        del ctx, full  # the snapshots' K/V go before the timed runs allocate their own
         timed: dict = {}
         if timed_prompts is None or i < timed_prompts:
-            arms = {DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw, split)}
+            arms = {DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split)}
             for mode in modes:
                 for s in settings:
                     for path in decode_paths:
                         arms[mode, s.name, path] = lambda ids=ids, s=s, p=path, m=mode, f=forced, q=split: (
-                            run_tiered(loaded, ids, s, p, kw, f, m, q)
+                            run_tiered(loaded, ids, s, p, kw_t, f, m, q)
                         )
             warm = generation["warmup"] if timed_so_far == 0 else 0
             timed = interleaved(arms, generation["repeats"], warm, start=timed_so_far)

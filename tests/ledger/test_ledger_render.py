@@ -179,7 +179,7 @@ def test_limitations_are_generated_from_the_data(tmp_path, spec, cpu_config, ref
     assert "2048 for 8192, 4096 for 16384, 8192 for 32768" in text
     assert "cpu:x86_64x2threads" in text
     assert "8192 prompt tokens + 64 generated tokens exceed" in text  # max_context 8192
-    assert "Promotion prompts per context/setting/path" in text
+    assert "Promotion prompts per mode/context/setting/path" in text
     assert "results/peers/kvpress.parquet" in text
 
     cpu_config["model"]["max_context"] = 16384
