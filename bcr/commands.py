@@ -15,7 +15,7 @@ from bcr import config as cfgmod
 from bcr import io, provenance
 from bcr.cliutil import add_config_arg, load_config
 from bcr.codehash import command_hash
-from bcr.contracts import ACCURACY_COLUMNS, PROMPT_COLUMNS
+from bcr.contracts import ACCURACY_COLUMNS, PROMPT_COLUMNS, PROMPT_WORKLOADS
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -40,6 +40,12 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p = prompts_p.add_parser("build", help="build the prompt set for one context length")
     add_config_arg(p)
     p.add_argument("--context", type=int, required=True)
+    p.add_argument(
+        "--workload",
+        choices=PROMPT_WORKLOADS,
+        default=PROMPT_WORKLOADS[0],
+        help="prompt family: one needle, its value scattered, or several needles (text renderer)",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_prompts_build)
 
@@ -182,16 +188,21 @@ def cmd_prompts_build(args: argparse.Namespace) -> int:
                 "prompts.renderer: 'synthetic' prompts need the local tiny model's vocabulary"
             )
         spec = training.needle_spec(pcfg, config["model"]["architecture"])
-        df = prompts.synthetic_prompt_set(args.context, pcfg["n_prompts"], pcfg["seed"], spec)
+        df = prompts.synthetic_prompt_set(args.context, pcfg["n_prompts"], pcfg["seed"], spec, args.workload)
     else:
         tok = models.load_tokenizer(config["model"])
         if tok is None:
             raise cfgmod.ConfigError("prompts.renderer: 'text' prompts need a hub model with a tokenizer")
         df = prompts.text_prompt_set(
-            tok, args.context, pcfg["n_prompts"], pcfg["seed"], config["generation"]["max_new_tokens"]
+            tok,
+            args.context,
+            pcfg["n_prompts"],
+            pcfg["seed"],
+            config["generation"]["max_new_tokens"],
+            args.workload,
         )
     io.write_parquet(df, args.out)
-    print(f"{len(df)} prompts of {args.context} tokens -> {args.out}")
+    print(f"{len(df)} {args.workload} prompts of {args.context} tokens -> {args.out}")
     return 0
 
 

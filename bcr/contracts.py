@@ -22,6 +22,10 @@ RESULTS_ROOT = "results"
 QUERY_MODES = ("question_aware", "question_agnostic")
 QUERY_MODE = "query_mode"
 WORKLOAD = "workload"  # the prompt family (or serving workload) a row belongs to
+# Prompt families: one needle (key and value together); its value tokens scattered over the context
+# (the answer needs several far-apart pages); several needles, one queried (text renderer: keeping the
+# wrong page gives a plausible wrong answer).
+PROMPT_WORKLOADS = ("needle", "scattered", "distractor")
 EXACT = "exact"  # greedy tokens identical to the dense reference over the whole compared trajectory
 EXACT_ANSWER = "exact_answer"  # identical over the answer span only (the note's claim)
 
@@ -55,6 +59,8 @@ PROMPT_COLUMNS = [
     "question_start",  # index of the question's first token: context before it, question from it
     "depth",
     "renderer",
+    WORKLOAD,
+    "value_positions",  # where each answer token sits in the prompt (diagnostics; no compressor reads it)
 ]
 ACCURACY_COLUMNS = ["context", "n", "accuracy", "metric"]
 DENSE_COLUMNS = [

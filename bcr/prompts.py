@@ -12,13 +12,14 @@ shallow, middle and deep needles; the rest (filler, key, value) comes from a see
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from bcr.contracts import PROMPT_COLUMNS
+from bcr.contracts import PROMPT_COLUMNS, PROMPT_WORKLOADS, WORKLOAD
 
 # Synthetic vocabulary: a handful of control tokens, then content tokens.
 PAD, BOS, KEY, VAL, QUERY, EOS = 0, 1, 2, 3, 4, 5
@@ -65,12 +66,22 @@ class SyntheticExample:
     answer_ids: np.ndarray  # int64 [answer_len]
     needle_start: int
     needle_end: int
+    value_positions: list[int]  # where each value token sits
 
 
 def synthetic_example(
-    rng: np.random.Generator, context: int, spec: NeedleSpec, depth: float | None = None
+    rng: np.random.Generator,
+    context: int,
+    spec: NeedleSpec,
+    depth: float | None = None,
+    scattered: bool = False,
 ) -> SyntheticExample:
-    """One prompt of exactly ``context`` tokens; ``depth`` in [0, 1] places the needle (random if None)."""
+    """One prompt of exactly ``context`` tokens; ``depth`` in [0, 1] places the needle (random if None).
+
+    ``scattered``: the needle keeps its key and first value token (``KEY k1..kK VAL v1``) and every
+    further value token sits alone at its own random position elsewhere in the context, so the answer
+    needs several far-apart pages (each value token is still the only one of its band in the prompt).
+    """
     min_len = 1 + spec.needle_len + spec.query_len
     if context < min_len:
         raise ValueError(f"context {context} is shorter than the needle task needs ({min_len})")
@@ -85,11 +96,18 @@ def synthetic_example(
     last_start = context - spec.query_len - spec.needle_len
     frac = rng.random() if depth is None else depth
     start = 1 + round(frac * (last_start - 1))
-    needle = np.concatenate([[KEY], key, [VAL], value])
-    ids[start : start + spec.needle_len] = needle
+    kept = spec.value_len if not scattered else 1
+    needle = np.concatenate([[KEY], key, [VAL], value[:kept]])
+    ids[start : start + len(needle)] = needle
+    positions = list(range(start + 2 + spec.key_len, start + len(needle)))
+    if scattered and spec.value_len > 1:
+        free = np.setdiff1d(np.arange(1, context - spec.query_len), np.arange(start, start + len(needle)))
+        rest = rng.choice(free, size=spec.value_len - 1, replace=False)
+        ids[rest] = value[1:]
+        positions += [int(p) for p in rest]
     ids[context - spec.query_len :] = np.concatenate([[QUERY], key, [VAL]])
     answer = np.concatenate([value, [EOS]])
-    return SyntheticExample(ids, answer, start, start + spec.needle_len)
+    return SyntheticExample(ids, answer, start, start + len(needle), positions)
 
 
 def synthetic_batch(
@@ -108,15 +126,30 @@ def evenly_spread_depths(n: int) -> list[float]:
     return [(i + 0.5) / n for i in range(n)]
 
 
-def synthetic_prompt_set(context: int, n: int, seed: int, spec: NeedleSpec) -> pd.DataFrame:
-    """The evaluation set for one context length (seeded by (seed, context), so sets are independent)."""
-    rng = np.random.default_rng([seed, context])
+def _workload_rng(seed: int, context: int, workload: str) -> np.random.Generator:
+    """The needle family keeps the seed its prompt sets always had; each other family has its own."""
+    if workload not in PROMPT_WORKLOADS:
+        raise ValueError(f"unknown prompt workload {workload!r} (known: {', '.join(PROMPT_WORKLOADS)})")
+    key = [seed, context] if workload == "needle" else [seed, context, PROMPT_WORKLOADS.index(workload)]
+    return np.random.default_rng(key)
+
+
+def synthetic_prompt_set(
+    context: int, n: int, seed: int, spec: NeedleSpec, workload: str = "needle"
+) -> pd.DataFrame:
+    """The evaluation set for one context length and family (seeded by (seed, context[, family]))."""
+    if workload == "distractor":
+        raise ValueError(
+            "the synthetic renderer has no distractor family: the committed tiny model ignores the key "
+            "(it answers the value band), so a second needle could not be told apart (issue: harder workloads)"
+        )
+    rng = _workload_rng(seed, context, workload)
     rows = []
     for i, depth in enumerate(evenly_spread_depths(n)):
-        ex = synthetic_example(rng, context, spec, depth=depth)
+        ex = synthetic_example(rng, context, spec, depth=depth, scattered=workload == "scattered")
         rows.append(
             {
-                "prompt_id": f"c{context}-p{i:03d}",
+                "prompt_id": _prompt_id(context, i, workload),
                 "context": context,
                 "input_ids": ex.input_ids.tolist(),
                 "answer_ids": ex.answer_ids.tolist(),
@@ -126,9 +159,16 @@ def synthetic_prompt_set(context: int, n: int, seed: int, spec: NeedleSpec) -> p
                 "question_start": context - spec.query_len,
                 "depth": depth,
                 "renderer": "synthetic",
+                WORKLOAD: workload,
+                "value_positions": ex.value_positions,
             }
         )
     return pd.DataFrame(rows, columns=PROMPT_COLUMNS)
+
+
+def _prompt_id(context: int, i: int, workload: str) -> str:
+    """``c2048-p003`` for the needle family (as always), ``c2048-scattered-p003`` for the others."""
+    return f"c{context}-p{i:03d}" if workload == "needle" else f"c{context}-{workload}-p{i:03d}"
 
 
 # --- natural-text rendering (cluster: real tokenizer, chat template) -------------------------------
@@ -211,30 +251,68 @@ def _filler_sentences(rng: np.random.Generator) -> Iterator[str]:
         yield " ".join(p[rng.integers(len(p))] for p in parts)
 
 
-def text_prompt_set(tokenizer, context: int, n: int, seed: int, max_new_tokens: int) -> pd.DataFrame:
+_ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth"]
+DISTRACTOR_VAULTS = 4  # needles per distractor prompt, one of them queried
+
+
+def _text_needles(
+    rng: np.random.Generator, depth: float, workload: str
+) -> tuple[list[tuple[float, str]], str, str]:
+    """(the (depth, sentence) inserts, the question, the answer) of one text prompt.
+
+    ``needle``: one pass-code sentence.  ``scattered``: the code's six digits, each in its own
+    sentence at its own depth (one at ``depth``).  ``distractor``: several vaults' codes at different
+    depths, one of them asked for, so keeping the wrong page gives a plausible wrong code.
+    """
+    vault = _VAULTS[rng.integers(len(_VAULTS))]
+    code = str(rng.integers(100000, 999999))
+    question = f"What is the pass code of the {vault} vault? Answer with the number only."
+    if workload == "needle":
+        return [(depth, f" The pass code of the {vault} vault is {code}. ")], question, code
+    if workload == "scattered":
+        others = rng.random(len(code) - 1).tolist()
+        depths = [depth, *others]
+        inserts = [
+            (d, f" The {_ORDINALS[i]} digit of the {vault} vault's pass code is {c}. ")
+            for i, (d, c) in enumerate(zip(depths, code, strict=True))
+        ]
+        return inserts, question, code
+    if workload == "distractor":
+        names = [vault, *rng.choice([v for v in _VAULTS if v != vault], DISTRACTOR_VAULTS - 1, replace=False)]
+        codes = [code, *(str(rng.integers(100000, 999999)) for _ in names[1:])]
+        depths = [depth, *rng.random(len(names) - 1).tolist()]
+        inserts = [
+            (d, f" The pass code of the {n} vault is {c}. ")
+            for d, n, c in zip(depths, names, codes, strict=True)
+        ]
+        return inserts, question, code
+    raise ValueError(f"unknown prompt workload {workload!r} (known: {', '.join(PROMPT_WORKLOADS)})")
+
+
+def text_prompt_set(
+    tokenizer, context: int, n: int, seed: int, max_new_tokens: int, workload: str = "needle"
+) -> pd.DataFrame:
     """Needle-in-filler prompts rendered with ``tokenizer``'s chat template.
 
     The prompt is sized so that prompt + ``max_new_tokens`` fits in ``context`` (the note's 32K run
     overran the model's length by its generation steps; we budget for them up front).
     """
-    rng = np.random.default_rng([seed, context])
+    rng = _workload_rng(seed, context, workload)
     budget = context - max_new_tokens
     rows = []
     for i, depth in enumerate(evenly_spread_depths(n)):
-        vault = _VAULTS[rng.integers(len(_VAULTS))]
-        code = str(rng.integers(100000, 999999))
-        needle = f" The pass code of the {vault} vault is {code}. "
-        question = f"What is the pass code of the {vault} vault? Answer with the number only."
+        inserts, question, code = _text_needles(rng, depth, workload)
+        inserts = sorted(inserts)
 
-        def render(filler_ids: list[int], cut: int, *, needle=needle, question=question) -> list[int]:
-            before = tokenizer.decode(filler_ids[:cut])
-            after = tokenizer.decode(filler_ids[cut:])
-            doc = before + needle + after
+        def render(filler_ids: list[int], *, inserts=inserts, question=question) -> list[int]:
+            cuts = [0, *(round(d * len(filler_ids)) for d, _ in inserts), len(filler_ids)]
+            parts = [tokenizer.decode(filler_ids[a:b]) for a, b in itertools.pairwise(cuts)]
+            doc = parts[0] + "".join(text + part for (_, text), part in zip(inserts, parts[1:], strict=True))
             msgs = [{"role": "user", "content": f"{doc}\n\n{question}"}]
             text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             return tokenizer.encode(text, add_special_tokens=False)
 
-        fixed = len(render([], 0))
+        fixed = len(render([]))
         sentences = _filler_sentences(rng)
         filler: list[int] = []
         while len(filler) < budget - fixed:
@@ -242,27 +320,32 @@ def text_prompt_set(tokenizer, context: int, n: int, seed: int, max_new_tokens: 
         filler = filler[: max(0, budget - fixed)]
         # Trim until the rendered prompt fits (detokenise/retokenise can merge tokens either way).
         while True:
-            cut = round(depth * len(filler))
-            ids = render(filler, cut)
+            ids = render(filler)
             if len(ids) <= budget:
                 break
             filler = filler[: len(filler) - (len(ids) - budget) - 1]
-        needle_ids = tokenizer.encode(needle.strip(), add_special_tokens=False)
-        start = _find_subsequence(ids, needle_ids[1:-1]) if len(needle_ids) > 2 else -1
-        answer_ids = tokenizer.encode(code, add_special_tokens=False)
-        question_start = _question_start(tokenizer, ids, question)
+        found = []
+        for _, text in inserts:
+            sent = tokenizer.encode(text.strip(), add_special_tokens=False)
+            at = _find_subsequence(ids, sent[1:-1]) if len(sent) > 2 else -1
+            found.append((at, at + len(sent) if at >= 0 else -1))
+        queried = next(j for j, (d, _) in enumerate(inserts) if d == depth)
+        start, end = found[queried]
         rows.append(
             {
-                "prompt_id": f"c{context}-p{i:03d}",
+                "prompt_id": _prompt_id(context, i, workload),
                 "context": context,
                 "input_ids": ids,
-                "answer_ids": answer_ids,
+                "answer_ids": tokenizer.encode(code, add_special_tokens=False),
                 "answer_text": code,
                 "needle_start": start,
-                "needle_end": start + len(needle_ids) if start >= 0 else -1,
-                "question_start": question_start,
+                "needle_end": end,
+                "question_start": _question_start(tokenizer, ids, question),
                 "depth": depth,
                 "renderer": "text",
+                WORKLOAD: workload,
+                # the sentences holding the answer: the queried one, or every digit's (scattered)
+                "value_positions": [a for a, _ in (found if workload == "scattered" else [found[queried]])],
             }
         )
     return pd.DataFrame(rows, columns=PROMPT_COLUMNS)

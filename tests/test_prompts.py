@@ -60,3 +60,34 @@ def test_answer_span_is_the_value_and_eos():
     ans = list(row["answer_ids"])
     assert prompts.answer_span([*ans, 7, 7, 7], row) == len(ans)
     assert prompts.answer_span(ans[:3], row) == 3  # a short trajectory: all of it
+
+
+# --- the scattered family: the answer's tokens over several far-apart pages -------------------------
+
+
+def test_scattered_values_sit_alone_where_the_row_says_and_the_needle_family_is_unchanged():
+    needle = prompts.synthetic_prompt_set(2048, 4, seed=1, spec=SPEC)
+    again = prompts.synthetic_prompt_set(2048, 4, seed=1, spec=SPEC, workload="needle")
+    assert needle.equals(again) and (needle["workload"] == "needle").all()
+    df = prompts.synthetic_prompt_set(2048, 4, seed=1, spec=SPEC, workload="scattered")
+    assert (df["workload"] == "scattered").all() and df["prompt_id"].str.contains("-scattered-").all()
+    for row in df.to_dict("records"):
+        ids = np.asarray(row["input_ids"])
+        assert len(ids) == 2048
+        key_block = ids[row["needle_start"] : row["needle_end"]]
+        assert key_block[0] == prompts.KEY and key_block[1 + SPEC.key_len] == prompts.VAL
+        assert len(key_block) == 2 + SPEC.key_len + 1  # KEY k1 k2 VAL v1: the rest is scattered
+        pos = row["value_positions"]
+        assert ids[pos].tolist() == row["answer_ids"][:-1]  # each answer token where the row says
+        assert len(set(pos)) == SPEC.value_len and max(pos) < row["question_start"]
+        # every value token is still the only token of its band in the prompt
+        assert (ids >= SPEC.value_start).sum() == SPEC.value_len
+        # far apart: the six value tokens span several 16-token pages
+        assert len({p // 16 for p in pos}) >= 4
+
+
+def test_the_synthetic_renderer_refuses_the_distractor_family():
+    with pytest.raises(ValueError, match="distractor"):
+        prompts.synthetic_prompt_set(512, 2, seed=1, spec=SPEC, workload="distractor")
+    with pytest.raises(ValueError, match="unknown prompt workload"):
+        prompts.synthetic_prompt_set(512, 2, seed=1, spec=SPEC, workload="needles")

@@ -73,3 +73,36 @@ def test_answer_span_of_a_text_reply(tokenizer):
     k = prompts.answer_span(reply, row, tokenizer)
     assert row["answer_text"] in tokenizer.decode(reply[:k])
     assert row["answer_text"] not in tokenizer.decode(reply[: k - 1])
+
+
+def test_the_needle_family_is_the_default_and_unchanged(tokenizer):
+    a = prompts.text_prompt_set(tokenizer, 768, 2, seed=3, max_new_tokens=8)
+    b = prompts.text_prompt_set(tokenizer, 768, 2, seed=3, max_new_tokens=8, workload="needle")
+    assert a.equals(b) and (a["workload"] == "needle").all()
+    assert [r["value_positions"] for r in a.to_dict("records")] == [
+        [r["needle_start"]] for r in a.to_dict("records")
+    ]
+
+
+def test_scattered_text_spreads_the_digits_over_the_document(tokenizer):
+    df = prompts.text_prompt_set(tokenizer, 1024, 3, seed=4, max_new_tokens=8, workload="scattered")
+    for row in df.to_dict("records"):
+        text = tokenizer.decode(row["input_ids"])
+        code = row["answer_text"]
+        for i, digit in enumerate(code):
+            assert f"{prompts._ORDINALS[i]} digit of the" in text and f"pass code is {digit}." in text
+        assert f"vault is {code}" not in text  # the whole code appears nowhere
+        pos = row["value_positions"]
+        assert len(pos) == 6 and all(0 <= p < row["question_start"] for p in pos)
+        assert len({p // 64 for p in pos}) >= 3  # several far-apart pages (64-token pages)
+
+
+def test_distractor_text_has_several_vaults_and_asks_one(tokenizer):
+    df = prompts.text_prompt_set(tokenizer, 1024, 3, seed=5, max_new_tokens=8, workload="distractor")
+    for row in df.to_dict("records"):
+        ids, q = row["input_ids"], row["question_start"]
+        doc, question = tokenizer.decode(ids[:q]), tokenizer.decode(ids[q:])
+        assert doc.count("The pass code of the") == prompts.DISTRACTOR_VAULTS
+        vault = question.split("pass code of the ")[1].split(" vault")[0]
+        assert f"The pass code of the {vault} vault is {row['answer_text']}." in doc
+        assert row["value_positions"] == [row["needle_start"]] and row["needle_start"] >= 0

@@ -195,6 +195,17 @@ def lost_pages(manifests: list[LayerManifest], needle: list[int]) -> tuple[list[
     return layers, f"{kept}; most-attended phantom pages: " + ("; ".join(tops) or "none")
 
 
+def answer_pages(prompt: dict, page_size: int) -> list[int]:
+    """The pages holding the answer: the needle's span and, where the family scatters it, every
+    value token's page (diagnostics only: the compressor never reads this)."""
+    start, end = int(prompt["needle_start"]), int(prompt["needle_end"])
+    pages = set(pages_of_span(start, end, page_size)) if start >= 0 else set()
+    positions = prompt.get("value_positions")
+    if positions is not None and not (isinstance(positions, float) and pd.isna(positions)):
+        pages |= {int(p) // page_size for p in positions if int(p) >= 0}
+    return sorted(pages)
+
+
 def _row(
     setting: TieredSetting,
     prompt: dict,
@@ -220,9 +231,7 @@ def _row(
     tpot = median_present([r.result.tpot_s for r in timed])
     peak_pre = max_present([r.result.peak_prefill_bytes for r in timed])
     peak_dec = max_present([r.result.peak_decode_bytes for r in timed])
-    needle = pages_of_span(int(prompt["needle_start"]), int(prompt["needle_end"]), setting.page_size)
-    if int(prompt["needle_start"]) < 0:
-        needle = []
+    needle = answer_pages(prompt, setting.page_size)
     needle_layers, account = lost_pages(run.manifests, needle)
     return {
         "setting": setting.name,

@@ -23,6 +23,7 @@ from bcr.training import needle_spec
 
 CONTEXT = 512
 CANDIDATES = 8
+PPP = 1  # phantoms per page where one summary must lose a lone token
 USED = 3
 
 
@@ -325,3 +326,52 @@ def test_one_run_of_several_settings_and_modes_times_a_subset_and_gates_it(needl
         assert set(timed["prompt_id"]) == {first} and len(timed) == len(settings)
         assert (t[t["prompt_id"] != first]["repeats"] == 0).all()
         assert t[t["setting"] == "keep_all"]["exact"].all()
+
+
+# --- the scattered family: the answer needs several far-apart pages -----------------------------
+
+
+def test_summarising_one_page_that_holds_a_scattered_value_token_changes_the_answer(needle_setup):
+    """keep_all except the page of the fourth value token (far from the key), summarised by one
+    phantom: the answer diverges at that token, and the row names the page it lost.  (With two
+    phantoms per 16-token page the lone value token usually becomes its own cluster and survives:
+    the shortcut the scattered family's recent_only control has to rule out.)"""
+    from bcr.prompts import synthetic_prompt_set
+    from bcr.training import needle_spec
+
+    config, loaded, _, generation = needle_setup
+    spec = needle_spec(config["prompts"], config["model"]["architecture"])
+    candidates = synthetic_prompt_set(CONTEXT, CANDIDATES, config["prompts"]["seed"], spec, "scattered")
+    keep_all = resolve(config, "keep_all")
+    dense = measure_setting(loaded, candidates, keep_all, [], generation, torch.device("cpu"))
+    prompts = candidates[candidates["prompt_id"].isin(set(dense.loc[dense["answer_correct"], "prompt_id"]))]
+    require_retrieval(prompts)
+    layers = keep_all.layers(loaded.model.config.num_hidden_layers)
+    forced, lost_page, first_on_page = {}, {}, {}
+    for p in prompts.to_dict("records"):
+        page = int(p["value_positions"][3]) // keep_all.page_size
+        key_pages = set(pages_of_span(p["needle_start"], p["needle_end"], keep_all.page_size))
+        last = (CONTEXT - 1) // keep_all.page_size
+        if page in key_pages or page == 0 or page >= last - keep_all.recent_pages + 1:
+            continue  # the fourth value shares the key's, the sink's or the recent window's page
+        forced[p["prompt_id"]] = {layer: [page] for layer in layers}
+        lost_page[p["prompt_id"]] = page
+        # the answer must part at the first value token on that page (another may share it)
+        first_on_page[p["prompt_id"]] = min(
+            j for j, pos in enumerate(p["value_positions"]) if int(pos) // keep_all.page_size == page
+        )
+    assert len(forced) >= 2, "too few answered scattered prompts with a far fourth value token"
+    chosen = prompts[prompts["prompt_id"].isin(forced)]
+    lost = dataclasses.replace(keep_all, name="value_page_lost", phantoms_per_page=PPP)
+    df = measure_setting(
+        loaded, chosen, lost, ["densify"], generation, torch.device("cpu"), forced_phantom=forced
+    )
+    t = df[df["decode_path"] == "densify"]
+    diverged = t[~t["exact_answer"]]
+    assert len(diverged) * 2 >= len(t), t[["prompt_id", "exact_answer", "first_divergence"]]
+    want = diverged["prompt_id"].map(first_on_page)
+    assert (diverged["first_divergence"] == want).all(), diverged[["prompt_id", "first_divergence"]]
+    for row in t.to_dict("records"):
+        assert lost_page[row["prompt_id"]] in list(row["needle_pages"])
+    for row in diverged.to_dict("records"):
+        assert f"pages [{lost_page[row['prompt_id']]}]" in row["lost"]
