@@ -15,7 +15,7 @@ from bcr import config as cfgmod
 from bcr import io, provenance
 from bcr.cliutil import add_config_arg, load_config
 from bcr.codehash import command_hash
-from bcr.contracts import ACCURACY_COLUMNS, PROMPT_COLUMNS, PROMPT_WORKLOADS
+from bcr.contracts import ACCURACY_COLUMNS, PROMPT_COLUMNS, PROMPT_WORKLOADS, WORKLOAD
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -158,15 +158,24 @@ def cmd_model_card(args: argparse.Namespace) -> int:
             card["training"] = io.read_json(train_report)
         spec = training.needle_spec(config["prompts"], mcfg["architecture"])
         n = mcfg["training"]["eval_prompts"]
-        for c in config["prompts"]["contexts"]:
-            acc = training.needle_accuracy(m, spec, c, n, config["runtime"]["seed"] + 1)
-            rows.append({"context": c, "n": n, "accuracy": acc, "metric": "teacher_forced_needle"})
+        for workload in config["prompts"]["workloads"]:
+            for c in config["prompts"]["contexts"]:
+                acc = training.needle_accuracy(m, spec, c, n, config["runtime"]["seed"] + 1, workload)
+                rows.append(
+                    {
+                        WORKLOAD: workload,
+                        "context": c,
+                        "n": n,
+                        "accuracy": acc,
+                        "metric": "teacher_forced_answer",
+                    }
+                )
     card["accuracy"] = rows
     df = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
     provenance.write_rows(df, args.accuracy, config, device)
     io.write_json(card, args.out)
     for r in rows:
-        print(f"context {r['context']}: needle accuracy {r['accuracy']:.3f} (n={r['n']})")
+        print(f"{r[WORKLOAD]} @ {r['context']}: answer accuracy {r['accuracy']:.3f} (n={r['n']})")
     return 0
 
 
@@ -181,6 +190,10 @@ def cmd_prompts_build(args: argparse.Namespace) -> int:
     if args.context not in pcfg["contexts"]:
         raise cfgmod.ConfigError(
             f"--context {args.context} is not one of prompts.contexts {pcfg['contexts']}"
+        )
+    if args.workload not in pcfg["workloads"]:
+        raise cfgmod.ConfigError(
+            f"--workload {args.workload} is not one of prompts.workloads {pcfg['workloads']}"
         )
     if pcfg["renderer"] == "synthetic":
         if config["model"]["source"] != "local":

@@ -62,9 +62,10 @@ PROMPT_COLUMNS = [
     WORKLOAD,
     "value_positions",  # where each answer token sits in the prompt (diagnostics; no compressor reads it)
 ]
-ACCURACY_COLUMNS = ["context", "n", "accuracy", "metric"]
+ACCURACY_COLUMNS = [WORKLOAD, "context", "n", "accuracy", "metric"]
 DENSE_COLUMNS = [
     "prompt_id",
+    WORKLOAD,
     "context",
     "prompt_tokens",
     "output_ids",
@@ -81,6 +82,7 @@ DENSE_COLUMNS = [
 # One row per (setting, query mode, context, prompt, decode path), written by the tiered harness.
 TIERED_COLUMNS = [
     "setting",
+    WORKLOAD,
     QUERY_MODE,
     "context",
     "prompt_id",
@@ -108,6 +110,7 @@ TIERED_COLUMNS = [
 # Both summary tables start with a setting's exactness and compression at one context.
 _SUMMARY_COLUMNS = [
     "setting",
+    WORKLOAD,
     QUERY_MODE,
     "context",
     "decode_path",
@@ -196,36 +199,50 @@ MODEL_ACCURACY = _file(
     "model/accuracy.parquet", ACCURACY_COLUMNS, "needle accuracy per context", "model_card"
 )
 PROMPTS = _file(
-    "prompts/{context}.parquet", PROMPT_COLUMNS, "the deterministic prompt set of a context", "build_prompts"
+    "prompts/{workload}/{context}.parquet",
+    PROMPT_COLUMNS,
+    "the deterministic prompt set of a family and context",
+    "build_prompts",
 )
 DENSE = _file(
-    "dense/{context}.parquet", DENSE_COLUMNS, "dense baseline, one row per prompt", "dense_baseline"
+    "dense/{workload}/{context}.parquet",
+    DENSE_COLUMNS,
+    "dense baseline, one row per prompt",
+    "dense_baseline",
 )
-# The tiered files of one query mode live under its name: each mode is swept, promoted and
-# controlled on its own (one shared prefill per prompt serves both modes in the sweep).
+# The tiered files of one prompt family and query mode live under their names: each is swept,
+# promoted and controlled on its own (one shared prefill per prompt serves both modes in the sweep).
 TIERED_SWEEP = _file(
-    "tiered/sweep/{mode}.parquet", TIERED_COLUMNS, "every sweep setting at the sweep context", "tiered_sweep"
+    "tiered/{workload}/sweep/{mode}.parquet",
+    TIERED_COLUMNS,
+    "every sweep setting at the sweep context",
+    "tiered_sweep",
 )
 TIERED_PROMOTED = _file(
-    "tiered/promoted/{mode}.json", what="the sweep checkpoint's decision for one mode", rule="tiered_promote"
+    "tiered/{workload}/promoted/{mode}.json",
+    what="the sweep checkpoint's decision for one mode",
+    rule="tiered_promote",
 )
 TIERED_SWEEP_SUMMARY = _file(
-    "tiered/sweep_summary/{mode}.parquet", SWEEP_SUMMARY_COLUMNS, "the note's table 1", "tiered_promote"
+    "tiered/{workload}/sweep_summary/{mode}.parquet",
+    SWEEP_SUMMARY_COLUMNS,
+    "the note's table 1",
+    "tiered_promote",
 )
 TIERED_PROMOTION = _file(
-    "tiered/promotion/{mode}/{context}.parquet",
+    "tiered/{workload}/promotion/{mode}/{context}.parquet",
     TIERED_COLUMNS,
     "the promoted settings at a larger context",
     "tiered_promotion",
 )
 TIERED_PROMOTION_SUMMARY = _file(
-    "tiered/promotion_summary/{mode}.parquet",
+    "tiered/{workload}/promotion_summary/{mode}.parquet",
     PROMOTION_SUMMARY_COLUMNS,
     "the note's table 2",
     "tiered_promotion_summary",
 )
 TIERED_CONTROLS = _file(
-    "tiered/controls/{mode}/{context}.parquet",
+    "tiered/{workload}/controls/{mode}/{context}.parquet",
     CONTROL_COLUMNS,
     "negative controls matched to the promoted settings",
     "tiered_controls",

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from bcr.contracts import DENSE_COLUMNS
+from bcr.contracts import DENSE_COLUMNS, WORKLOAD
 from bcr.generation import cache_nbytes, greedy
 from bcr.measure import check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
@@ -51,6 +51,7 @@ def run_dense(
         rows.append(
             {
                 "prompt_id": row["prompt_id"],
+                WORKLOAD: row[WORKLOAD],
                 "context": int(row["context"]),
                 "prompt_tokens": ids.shape[1],
                 "output_ids": first,

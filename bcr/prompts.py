@@ -111,12 +111,12 @@ def synthetic_example(
 
 
 def synthetic_batch(
-    rng: np.random.Generator, batch: int, context: int, spec: NeedleSpec
+    rng: np.random.Generator, batch: int, context: int, spec: NeedleSpec, scattered: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training batch: inputs [B, context + answer_len - 1] and the answer targets [B, answer_len]."""
     xs, ys = [], []
     for _ in range(batch):
-        ex = synthetic_example(rng, context, spec)
+        ex = synthetic_example(rng, context, spec, scattered=scattered)
         xs.append(np.concatenate([ex.input_ids, ex.answer_ids[:-1]]))
         ys.append(ex.answer_ids)
     return np.stack(xs), np.stack(ys)

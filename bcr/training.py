@@ -116,13 +116,16 @@ def train(
 
 
 @torch.inference_mode()
-def needle_accuracy(model, spec: prompts.NeedleSpec, context: int, n: int, seed: int) -> float:
-    """Teacher-forced exact-answer accuracy on ``n`` fresh prompts of length ``context``."""
-    rng = np.random.default_rng([seed, context, 7])
+def needle_accuracy(
+    model, spec: prompts.NeedleSpec, context: int, n: int, seed: int, workload: str = "needle"
+) -> float:
+    """Teacher-forced exact-answer accuracy on ``n`` fresh prompts of length ``context`` and family
+    ``workload`` (``needle`` or ``scattered``)."""
+    rng = np.random.default_rng([seed, context, 7] if workload == "needle" else [seed, context, 7, 1])
     device = next(model.parameters()).device
     correct = 0
     for _ in range(n):
-        x, y = prompts.synthetic_batch(rng, 1, context, spec)
+        x, y = prompts.synthetic_batch(rng, 1, context, spec, scattered=workload == "scattered")
         logits = _answer_logits(model, torch.from_numpy(x).to(device), spec.answer_len)
         correct += int((logits.argmax(-1).cpu() == torch.from_numpy(y)).all())
     return correct / n

@@ -37,9 +37,9 @@ def test_decode_path_registry_and_schema_agree_with_the_contract():
 
 
 def test_result_paths_are_built_from_patterns():
-    assert C.DENSE.path() == "results/dense/{context}.parquet"
-    assert C.DENSE.path(context=2048) == "results/dense/2048.parquet"
-    assert C.TIERED_PROMOTION.path(context=4096) == "results/tiered/promotion/{mode}/4096.parquet"
+    assert C.DENSE.path() == "results/dense/{workload}/{context}.parquet"
+    assert C.DENSE.path(workload="needle", context=2048) == "results/dense/needle/2048.parquet"
+    assert C.TIERED_PROMOTION.path(context=4096) == "results/tiered/{workload}/promotion/{mode}/4096.parquet"
     assert C.SERVING_REQUESTS.glob == "serving/*/*/*.parquet"
     assert C.SERVING_REQUESTS.wildcards == ("engine", "workload", "arm")
     assert all(f.path().startswith(C.RESULTS_ROOT + "/") for f in C.RESULT_FILES.values())

@@ -4,6 +4,7 @@ that touching code there cannot disturb the checkout under test."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -78,7 +79,7 @@ def test_the_cluster_command_works_as_typed_in_the_repository_root(tmp_path):
         (gpu_rules if has_gres else cpu_rules).add(m.group(1))
     assert {"dense_baseline", "model_card", "tiered_sweep"} <= gpu_rules
     assert {"build_prompts", "build_site", "evaluate_claims", "cache_ops"} <= cpu_rules
-    assert "results/prompts/32768.parquet" in out and "train_tiny_model" not in out
+    assert "results/prompts/distractor/32768.parquet" in out and "train_tiny_model" not in out
 
     effective = yaml.safe_load((copy / "results" / "run" / "config.yaml").read_text())
     study = yaml.safe_load((copy / "config" / "a100.yaml").read_text())
@@ -125,9 +126,10 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     results = copy / "results"
     assert (results / "site" / "index.html").is_file()
     assert (results / "site" / "baseline" / "index.html").is_file()
-    for c in (256, 512, 1024):
-        dense = pd.read_parquet(results / "dense" / f"{c}.parquet")
+    for workload, c in itertools.product(("needle", "scattered"), (256, 512, 1024)):
+        dense = pd.read_parquet(results / "dense" / workload / f"{c}.parquet")
         assert len(dense) == 2 and set(PROVENANCE_COLUMNS) <= set(dense.columns)
+        assert (dense["workload"] == workload).all()
         assert dense["git_commit"].notna().all() and dense["peak_mem_bytes"].isna().all()
     assert not list(results.rglob(".*.tmp"))  # no temporary files left behind
 
@@ -150,12 +152,12 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     # The cache benchmark's modules rerun it (and the site), nothing of the model or tiered tracks.
     assert set(touch("prefix/chain.py")) == {"cache_ops", "evaluate_claims", "build_site", "all"}
 
-    # Editing the dense baseline reruns it for every context, not the prompts or the model.
+    # Editing the dense baseline reruns it for every family and context, not the prompts or the model.
     plan = touch("dense.py")
-    assert plan.get("dense_baseline") == 3, plan
+    assert plan.get("dense_baseline") == 6, plan
     assert "build_prompts" not in plan and "train_tiny_model" not in plan and "model_card" not in plan
     assert "cache_ops" not in plan
     # The CLI bodies of the model, prompt and dense commands are in their rules' hashes.
     plan = touch("commands.py")
-    assert plan.get("build_prompts") == 3 and plan.get("dense_baseline") == 3 and "model_card" in plan, plan
+    assert plan.get("build_prompts") == 6 and plan.get("dense_baseline") == 6 and "model_card" in plan, plan
     assert "cache_ops" not in plan

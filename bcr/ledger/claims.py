@@ -25,7 +25,8 @@ from bcr.ledger.rules import RULES, VERDICTS, EvalContext
 SCHEMA = Path(__file__).resolve().parent / "claims.schema.yaml"
 LEDGER_COLUMNS = [
     "claim_id",
-    "claim",  # the claim-file id (claim_id adds the query mode of a per-mode verdict)
+    "claim",  # the claim-file id (claim_id adds the family and mode of a per-mode verdict)
+    "workload",
     "query_mode",
     "statement",
     "verdict",
@@ -60,11 +61,15 @@ class Claim:
     caveats: tuple[str, ...] = ()
     # why the verdict is fixed by arithmetic, whatever is measured (then it is labelled, not a finding)
     by_construction: str | None = None
-    per_mode: bool = False  # one verdict per tiered query mode, each on that mode's files
+    per_mode: bool = False  # one verdict per tiered query mode, on the primary prompt family
+    per_workload: bool = False  # one verdict per (prompt family, query mode)
 
-    def row_id(self, mode: str | None) -> str:
-        """The ledger row's id: the claim's, with the query mode of a per-mode verdict."""
-        return self.id if mode is None else f"{self.id}[{mode}]"
+    def row_id(self, workload: str | None, mode: str | None) -> str:
+        """The ledger row's id: the claim's, with the family and mode of a per-workload verdict or the
+        mode of a per-mode one (which is about the primary family)."""
+        if mode is None:
+            return self.id
+        return f"{self.id}[{workload}, {mode}]" if self.per_workload else f"{self.id}[{mode}]"
 
     @property
     def page(self) -> str:
@@ -110,6 +115,7 @@ def load_claims(path: str | Path) -> ClaimFile:
             tuple(c.get("caveats") or ()),
             c.get("by_construction"),
             bool(c.get("per_mode", False)),
+            bool(c.get("per_workload", False)),
         )
         for c in data["claims"]
     ]
@@ -126,15 +132,32 @@ def query_modes(config: dict) -> list[str]:
     return list((config.get("tiered") or {}).get("query_modes") or [])
 
 
-def ledger_rows(spec: ClaimFile, modes: list[str]) -> list[tuple[Claim, str | None]]:
-    """The ledger's rows in order: each claim once, a per-mode claim once per mode."""
-    return [(c, m) for c in spec.claims for m in (modes if c.per_mode else [None])]
+def workloads(config: dict) -> list[str]:
+    """The prompt families the run measures; the first is the primary one."""
+    return list((config.get("prompts") or {}).get("workloads") or ["needle"])
 
 
-def eval_context(spec: ClaimFile, results: Results, config: dict, mode: str | None = None) -> EvalContext:
-    """What the rules read; with ``mode``, every tiered table cut to that query mode."""
+def ledger_rows(spec: ClaimFile, config: dict) -> list[tuple[Claim, str | None, str | None]]:
+    """The ledger's rows in order, as (claim, family, mode): each claim once, a per-mode claim once
+    per mode on the primary family, a per-workload claim once per (family, mode)."""
+    modes, families = query_modes(config), workloads(config)
+    out: list[tuple[Claim, str | None, str | None]] = []
+    for c in spec.claims:
+        if c.per_workload:
+            out += [(c, w, m) for w in families for m in modes]
+        elif c.per_mode:
+            out += [(c, families[0], m) for m in modes]
+        else:
+            out.append((c, None, None))
+    return out
+
+
+def eval_context(
+    spec: ClaimFile, results: Results, config: dict, workload: str | None = None, mode: str | None = None
+) -> EvalContext:
+    """What the rules read; with ``workload`` and ``mode``, the dense and tiered tables cut to them."""
     if mode is not None:
-        results = results.for_mode(mode)
+        results = results.view(workload or workloads(config)[0], mode)
     dense = results["dense"].df
     tiered = tables.tiered_rows(results["tiered_promotion"].df, dense)
     contexts = promotion_contexts(config)
@@ -154,20 +177,22 @@ def eval_context(spec: ClaimFile, results: Results, config: dict, mode: str | No
 
 
 def evaluate(spec: ClaimFile, results: Results, config: dict) -> pd.DataFrame:
-    """One row per claim (per mode for a per-mode claim), in claim-file order: the verdict and the
-    numbers that decided it."""
-    modes = query_modes(config)
-    contexts = {m: eval_context(spec, results, config, m) for m in [None, *modes]}
+    """One row per claim (per family and mode where the claim says), in claim-file order: the
+    verdict and the numbers that decided it."""
+    contexts: dict[tuple[str | None, str | None], EvalContext] = {}
     rows = []
-    for claim, mode in ledger_rows(spec, modes):
-        ctx = contexts[mode]
+    for claim, workload, mode in ledger_rows(spec, config):
+        if (workload, mode) not in contexts:
+            contexts[workload, mode] = eval_context(spec, results, config, workload, mode)
+        ctx = contexts[workload, mode]
         out = RULES[claim.rule["kind"]](claim.rule, ctx)
         if out.verdict not in VERDICTS:
             raise AssertionError(f"{claim.id}: rule returned verdict {out.verdict!r}")
         rows.append(
             {
-                "claim_id": claim.row_id(mode),
+                "claim_id": claim.row_id(workload, mode),
                 "claim": claim.id,
+                "workload": workload,
                 "query_mode": mode,
                 "statement": claim.statement,
                 "verdict": out.verdict,
@@ -189,7 +214,6 @@ def evaluate(spec: ClaimFile, results: Results, config: dict) -> pd.DataFrame:
     df["n"] = df["n"].astype("int64")
     for c in ("value", "threshold", "ci_low", "ci_high"):
         df[c] = df[c].astype("float64")
-    df.attrs["headline"] = {m: contexts[m].headline.setting for m in modes}
     return df
 
 

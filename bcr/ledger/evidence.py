@@ -22,6 +22,7 @@ from bcr.contracts import PROVENANCE_COLUMNS, TIERED_COLUMNS
 # The columns the ledger and the pages read from each file (a file may hold more).
 LEDGER_DENSE_COLUMNS = [
     "prompt_id",
+    C.WORKLOAD,
     "context",
     "answer_correct",
     "ttft_s",
@@ -57,44 +58,64 @@ class Results:
 
     root: Path
     card: dict[str, Any] | None
-    promoted: dict[str, Any]  # query mode -> that mode's promoted.json
+    promoted: dict[tuple[str, str], Any]  # (workload, query mode) -> that checkpoint's promoted.json
     tables: dict[str, Table]
     provenance: pd.DataFrame | None = None  # filled on first use by provenance_rows()
 
     def __getitem__(self, name: str) -> Table:
         return self.tables[name]
 
+    def _seen(self, col: str) -> set[str]:
+        seen = set()
+        for name in TIERED_TABLES:
+            t = self.tables.get(name)
+            if t is not None and t.present and col in t.df.columns:
+                seen |= set(t.df[col].dropna())
+        return seen
+
     @property
     def modes(self) -> list[str]:
         """The query modes the tiered files hold, in the contract's order."""
-        seen = set(self.promoted)
-        for name in TIERED_TABLES:
-            t = self.tables.get(name)
-            if t is not None and t.present:
-                seen |= set(t.df[C.QUERY_MODE].dropna())
+        seen = {m for _, m in self.promoted} | self._seen(C.QUERY_MODE)
         return [m for m in C.QUERY_MODES if m in seen]
 
-    def for_mode(self, mode: str) -> Results:
-        """The same results with every tiered table cut to one query mode (the per-mode claims)."""
+    @property
+    def workloads(self) -> list[str]:
+        """The prompt families the tiered files hold, in the contract's order."""
+        seen = {w for w, _ in self.promoted} | self._seen(C.WORKLOAD)
+        return [w for w in C.PROMPT_WORKLOADS if w in seen]
+
+    def view(self, workload: str, mode: str) -> Results:
+        """The same results with the dense and tiered tables cut to one prompt family and query
+        mode (what a per-mode or per-workload claim and a site section read)."""
         tables = dict(self.tables)
-        for name in TIERED_TABLES:
+        for name in (*TIERED_TABLES, "dense"):
             t = tables.get(name)
             if t is None or t.df is None:
                 continue
-            df = t.df[t.df[C.QUERY_MODE] == mode].reset_index(drop=True)
-            files = [f for f in t.files if mode in f.parts or f.stem == mode]
-            reason = t.reason or ("" if len(df) else f"`{t.pattern}` has no {mode} rows")
+            keep = t.df[C.WORKLOAD] == workload
+            if name != "dense":
+                keep &= t.df[C.QUERY_MODE] == mode
+            df = t.df[keep].reset_index(drop=True)
+            files = [
+                f
+                for f in t.files
+                if workload in f.parts and (name == "dense" or mode in f.parts or f.stem == mode)
+            ]
+            what = workload if name == "dense" else f"{workload} {mode}"
+            reason = t.reason or ("" if len(df) else f"`{t.pattern}` has no {what} rows")
             tables[name] = replace(t, df=df, files=files, reason=reason)
+        key = (workload, mode)
         return replace(
             self,
-            promoted={mode: self.promoted[mode]} if mode in self.promoted else {},
+            promoted={key: self.promoted[key]} if key in self.promoted else {},
             tables=tables,
             provenance=None,
         )
 
     @property
     def promoted_json(self) -> dict[str, Any] | None:
-        """The one mode's promoted.json of a :meth:`for_mode` view (None: several modes or none)."""
+        """The one checkpoint's promoted.json of a :meth:`view` (None: several or none)."""
         return next(iter(self.promoted.values())) if len(self.promoted) == 1 else None
 
     def rel(self, path: Path) -> str:
@@ -159,9 +180,9 @@ def load_results(root: str | Path) -> Results:
         root=root,
         card=_optional_json(root / C.MODEL_CARD.pattern),
         promoted={
-            p.stem: io.read_json(p)
+            (p.parent.parent.name, p.stem): io.read_json(p)
             for p in sorted(root.glob(C.TIERED_PROMOTED.glob))
-            if p.stem in C.QUERY_MODES
+            if p.stem in C.QUERY_MODES and p.parent.parent.name in C.PROMPT_WORKLOADS
         },
         tables={t.name: t for t in tables},
     )

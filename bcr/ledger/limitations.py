@@ -142,7 +142,7 @@ def _contexts(results: Results, config: dict, reference: dict) -> list[dict]:
 def _samples(results: Results, ledger: pd.DataFrame, reference: dict) -> list[dict]:
     out = []
     specs = [
-        ("dense", ["context"], "Dense baseline prompts per context"),
+        ("dense", ["workload", "context"], "Dense baseline prompts per family/context"),
         (
             "tiered_sweep",
             ["query_mode", "setting", "decode_path"],
@@ -150,8 +150,8 @@ def _samples(results: Results, ledger: pd.DataFrame, reference: dict) -> list[di
         ),
         (
             "tiered_promotion",
-            ["query_mode", "context", "setting", "decode_path"],
-            "Promotion prompts per mode/context/setting/path",
+            ["workload", "query_mode", "context", "setting", "decode_path"],
+            "Promotion prompts per family/mode/context/setting/path",
         ),
         ("serving_requests", ["workload", "arm"], "Serving requests per workload/arm"),
         ("longctx", [], "Long-context prompts checked"),

@@ -18,9 +18,17 @@ import jinja2
 import pandas as pd
 import yaml
 
-from bcr.contracts import QUERY_MODES
+from bcr.contracts import PROMPT_WORKLOADS, QUERY_MODES
+from bcr.contracts import WORKLOAD as C_WORKLOAD
 from bcr.ledger import plots, stats, tables
-from bcr.ledger.claims import TRACK_PAGES, ClaimFile, eval_context, promotion_contexts, query_modes
+from bcr.ledger.claims import (
+    TRACK_PAGES,
+    ClaimFile,
+    eval_context,
+    promotion_contexts,
+    query_modes,
+    workloads,
+)
 from bcr.ledger.evidence import Results, provenance_rows
 from bcr.ledger.limitations import limitations
 from bcr.ledger.version import ledger_version
@@ -191,8 +199,9 @@ def note_context_map(config: dict) -> dict[int, int]:
 def _dense_summary(df: pd.DataFrame | None) -> pd.DataFrame:
     if df is None or len(df) == 0:
         return pd.DataFrame()
-    g = df.groupby("context")
-    peak = pd.to_numeric(df["peak_mem_bytes"], errors="coerce").groupby(df["context"]).max()
+    keys = [C_WORKLOAD, "context"]
+    g = df.groupby(keys)
+    peak = pd.to_numeric(df["peak_mem_bytes"], errors="coerce").groupby([df[k] for k in keys]).max()
     return pd.DataFrame(
         {
             "n": g.size(),
@@ -211,6 +220,8 @@ def _changes(claims: list[dict]) -> list[dict]:
     out = []
     for r in claims:
         if _missing(r["note_verdict"]) or r.get("query_mode") not in (None, QUERY_MODES[0]):
+            continue
+        if r.get("workload") not in (None, PROMPT_WORKLOADS[0]):
             continue
         if r["verdict"] == "not yet" and r["note_verdict"] != "not yet":
             status = "not yet re-tested here"
@@ -266,6 +277,11 @@ def with_note_contexts(text: str, note_ctx: dict[int, int]) -> str:
     return re.sub(r"\b(contexts?) (\d+(?:, \d+)*)\b(?! \(note)", sub, text)
 
 
+WORKLOAD_TITLES = {
+    "needle": "One needle",
+    "scattered": "Scattered value",
+    "distractor": "Distractor vaults",
+}
 MODE_TITLES = {
     "question_aware": "Question-aware (the question compressed with the context: the study's protocol)",
     "question_agnostic": "Question-agnostic (compressed before the question arrives: kvpress's protocol)",
@@ -319,16 +335,17 @@ def _mode_section(
     results: Results,
     config: dict,
     reference: dict,
+    workload: str,
     mode: str,
     note_ctx: dict[int, int],
     comp_claim,
     cap,
     pdir: Path,
 ) -> dict:
-    """One query mode's sweep, promotion and controls tables, its headline and its plots."""
+    """One (prompt family, query mode): its sweep, promotion and controls tables, headline and plots."""
     boot = spec.bootstrap
     path = spec.headline["decode_path"]
-    view = results.for_mode(mode)
+    view = results.view(workload, mode)
     dense = view["dense"].df
     promo = tables.tiered_rows(view["tiered_promotion"].df, dense)
     sweep_rows = tables.tiered_rows(view["tiered_sweep"].df, dense)
@@ -339,7 +356,7 @@ def _mode_section(
     sweep_p = sweep[sweep["decode_path"] == path] if len(sweep) else sweep
     promo_p = promotion[promotion["decode_path"] == path] if len(promotion) else promotion
     if len(sweep_p) or len(promo_p):
-        name = f"compression_vs_exactness_{mode}.svg"
+        name = f"compression_vs_exactness_{workload}_{mode}.svg"
         plots.compression_vs_exactness(
             promo_p,
             sweep_p,
@@ -351,13 +368,15 @@ def _mode_section(
         )
         plot_files["compression"] = f"plots/{name}"
     if len(promotion):
-        name = f"latency_ratios_{mode}.svg"
+        name = f"latency_ratios_{workload}_{mode}.svg"
         plots.latency_ratios(promotion, reference, pdir / name, note_ctx=note_ctx)
         plot_files["ratios"] = f"plots/{name}"
     return {
         "mode": mode,
-        "title": MODE_TITLES.get(mode, mode),
-        "headline": eval_context(spec, results, config, mode).headline,
+        "workload": workload,
+        "key": f"{workload}-{mode}",
+        "title": f"{WORKLOAD_TITLES.get(workload, workload)}: {MODE_TITLES.get(mode, mode)}",
+        "headline": eval_context(spec, results, config, workload, mode).headline,
         "sweep": _records(sweep),
         "promotion": [{**r, "query_mode": mode} for r in _records(promotion)],
         "negative_controls": _records(tables.controls_table(view["tiered_controls"].df)),
@@ -397,8 +416,8 @@ def site_data(
     decomp = tables.decomposition_table(results["tiered_decomposition"].df)
     peers_bin = next((c.rule["bin_width"] for c in spec.claims if c.rule["kind"] == "peer_exact"), 0.05)
     peers = tables.peers_table(results["peers"].df, peers_bin)
-    modes = query_modes(config)
-    ectx = eval_context(spec, results, config, modes[0] if modes else None)
+    modes, families = query_modes(config), workloads(config)
+    ectx = eval_context(spec, results, config, families[0], modes[0] if modes else None)
 
     study_path = repo / "config" / "a100.yaml" if repo is not None else None
     study = (
@@ -410,7 +429,9 @@ def site_data(
     plot_files: dict[str, str] = {}
     pdir = src / "plots"
     mode_sections = [
-        _mode_section(spec, results, config, reference, m, note_ctx, comp_claim, cap, pdir) for m in modes
+        _mode_section(spec, results, config, reference, w, m, note_ctx, comp_claim, cap, pdir)
+        for w in families
+        for m in modes
     ]
     if results["cache_ops"].present:
         pages = sorted(results["cache_ops"].df["page_size"].unique())

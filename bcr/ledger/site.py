@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from bcr import io
-from bcr.ledger.claims import ClaimFile, ledger_rows, query_modes
+from bcr.ledger.claims import ClaimFile, ledger_rows
 from bcr.ledger.evidence import Results
 from bcr.ledger.render import render_pages, site_data
 
@@ -34,7 +34,7 @@ class SiteBuildError(RuntimeError):
 def check_ledger(ledger: pd.DataFrame, spec: ClaimFile, config: dict) -> None:
     """The ledger must hold exactly the claims of the claim file (a per-mode claim once per query
     mode), in its order (no stale ledger)."""
-    want = [c.row_id(m) for c, m in ledger_rows(spec, query_modes(config))]
+    want = [c.row_id(w, m) for c, w, m in ledger_rows(spec, config)]
     have = list(ledger["claim_id"])
     if have != want:
         raise SiteBuildError(

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from bcr.contracts import DENSE_PATH, QUERY_MODES, TIERED_COLUMNS
+from bcr.contracts import DENSE_PATH, QUERY_MODES, TIERED_COLUMNS, WORKLOAD
 from bcr.generation import GreedyResult, cache_nbytes, greedy
 from bcr.measure import DeterminismError, check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
@@ -235,6 +235,7 @@ def _row(
     needle_layers, account = lost_pages(run.manifests, needle)
     return {
         "setting": setting.name,
+        WORKLOAD: prompt[WORKLOAD],
         "query_mode": query_mode,
         "context": int(prompt["context"]),
         "prompt_id": prompt["prompt_id"],

@@ -36,18 +36,19 @@ def run_hash(config: dict) -> str:
     return _hash(config, sorted(config["tiered"]["settings"]))
 
 
-def promotion_files(promoted_json: str | Path, mode: str, contexts: list[int]) -> list[str]:
-    """One mode's promotion results: one file per promotion context, none when nothing runs."""
+def promotion_files(promoted_json: str | Path, workload: str, mode: str, contexts: list[int]) -> list[str]:
+    """One (family, mode)'s promotion results: one file per promotion context, none when nothing runs."""
     run = json.loads(Path(promoted_json).read_text())["run"]
-    return [TIERED_PROMOTION.path(mode=mode, context=c) for c in contexts] if run else []
+    return [TIERED_PROMOTION.path(workload=workload, mode=mode, context=c) for c in contexts] if run else []
 
 
 def checkpoint_results(checkpoint: Any, config: dict) -> list[str]:
-    """Every mode's ``promoted.json``, sweep file and the promotion runs it implies; asking the
-    checkpoint makes Snakemake re-evaluate this input after the sweep has run."""
+    """Every (family, mode)'s ``promoted.json``, sweep file and the promotion runs it implies; asking
+    the checkpoint makes Snakemake re-evaluate this input after the sweeps have run."""
     out = []
-    for mode in config["tiered"]["query_modes"]:
-        promoted = checkpoint.get(mode=mode).output.promoted
-        out += [promoted, TIERED_SWEEP.path(mode=mode)]
-        out += promotion_files(promoted, mode, ts.promotion_contexts(config))
+    for workload in config["prompts"]["workloads"]:
+        for mode in config["tiered"]["query_modes"]:
+            promoted = checkpoint.get(workload=workload, mode=mode).output.promoted
+            out += [promoted, TIERED_SWEEP.path(workload=workload, mode=mode)]
+            out += promotion_files(promoted, workload, mode, ts.promotion_contexts(config))
     return out

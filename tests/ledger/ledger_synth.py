@@ -61,6 +61,7 @@ def tiered_frame(
     seed: int = 0,
     model: str = "tiny-needle",
     mode: str = "question_aware",
+    workload: str = "needle",
 ) -> pd.DataFrame:
     """One setting at one context: a dense row and one row per tiered decode path for each prompt."""
     rng = np.random.default_rng(seed + context)
@@ -80,6 +81,7 @@ def tiered_frame(
             rows.append(
                 {
                     "setting": setting,
+                    "workload": workload,
                     "query_mode": mode,
                     "context": context,
                     "prompt_id": pid,
@@ -130,7 +132,8 @@ def write_model(root: Path) -> None:
         "head_dim": 32,
         "max_position_embeddings": 16384,
         "accuracy": [
-            {"context": c, "n": 32, "accuracy": 1.0, "metric": "teacher_forced_needle"} for c in CONTEXTS
+            {"workload": "needle", "context": c, "n": 32, "accuracy": 1.0, "metric": "teacher_forced_answer"}
+            for c in CONTEXTS
         ],
         "provenance": PROV,
     }
@@ -144,6 +147,7 @@ def write_dense(root: Path, n: int = 8) -> None:
         df = pd.DataFrame(
             {
                 "prompt_id": [f"p{c}-{i:03d}" for i in range(n)],
+                "workload": "needle",
                 "context": c,
                 "prompt_tokens": c,
                 "output_ids": [[10, 11, 12, 5]] * n,
@@ -158,7 +162,7 @@ def write_dense(root: Path, n: int = 8) -> None:
                 "repeats": 3,
             }
         )
-        io.write_parquet(with_prov(df), root / "dense" / f"{c}.parquet")
+        io.write_parquet(with_prov(df), root / "dense" / "needle" / f"{c}.parquet")
 
 
 SWEEP = {
@@ -191,17 +195,19 @@ def write_tiered(
             ex = kw.pop("exact")
             flags = ex if isinstance(ex, list) else [True] * 7 + [ex]
             frames.append(tiered_frame(setting, contexts[0], exact=flags, mode=mode, **kw))
-        io.write_parquet(pd.concat(frames, ignore_index=True), root / "tiered" / "sweep" / f"{mode}.parquet")
+        io.write_parquet(
+            pd.concat(frames, ignore_index=True), root / "tiered" / "needle" / "sweep" / f"{mode}.parquet"
+        )
         io.write_json(
             {"context": contexts[0], "promoted": promoted, "run": promoted, "query_mode": mode},
-            root / "tiered" / "promoted" / f"{mode}.json",
+            root / "tiered" / "needle" / "promoted" / f"{mode}.json",
         )
         for c in contexts[1:]:
             frames = [tiered_frame(s, c, mode=mode, **kw) for s, kw in promotion.items()]
             if frames:
                 io.write_parquet(
                     pd.concat(frames, ignore_index=True),
-                    root / "tiered" / "promotion" / mode / f"{c}.parquet",
+                    root / "tiered" / "needle" / "promotion" / mode / f"{c}.parquet",
                 )
 
 
@@ -235,7 +241,7 @@ def write_controls(
                 )
                 f["control"], f["matched_to"] = kind, setting
                 frames.append(f)
-            path = root / "tiered" / "controls" / mode / f"{c}.parquet"
+            path = root / "tiered" / "needle" / "controls" / mode / f"{c}.parquet"
             if append and path.is_file():
                 frames.insert(0, pd.read_parquet(path))
             io.write_parquet(pd.concat(frames, ignore_index=True), path)

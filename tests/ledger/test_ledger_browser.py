@@ -49,7 +49,7 @@ ALL_PAGES = GENERATED + HAND_WRITTEN
 KEY_TABLES = {
     "index": ["ledger-wrap"],
     "tiered": [  # one set per query mode
-        f"{table}-{mode}"
+        f"{table}-needle-{mode}"  # the family the synthetic results hold
         for mode in QUERY_MODES
         for table in (
             "sweep-table",

@@ -220,8 +220,9 @@ def test_generalisation_needs_two_models_and_two_workloads(results_dir, verdicts
     def second_model(exact):
         for c in synth.CONTEXTS[1:]:
             df = synth.tiered_frame("front_ret25", c, model="other-model", exact=exact)
-            df["workload"] = "text needle"
-            io.write_parquet(df, results_dir / "tiered" / "promotion" / str(c) / "other.parquet")
+            df["workload"] = "scattered"
+            path = results_dir / "tiered" / "scattered" / "promotion" / "question_aware" / f"{c}.parquet"
+            io.write_parquet(df, path)
 
     second_model(True)
     row = verdicts(results_dir)["generalises"]
@@ -341,10 +342,10 @@ def test_controls_are_counted_on_the_answer_span_like_every_exactness(results_di
     from bcr.ledger.evidence import load_results
 
     synth.write_controls(results_dir, controls={"random_pages": [True] * 8}, modes=("question_aware",))
-    path = results_dir / "tiered" / "controls" / "question_aware" / "8192.parquet"
+    path = results_dir / "tiered" / "needle" / "controls" / "question_aware" / "8192.parquet"
     df = pd.read_parquet(path)
     df.loc[df["control"].notna(), "exact"] = False  # answers kept, continuations flipped
     df.to_parquet(path)
-    t = tables.controls_table(load_results(results_dir)["tiered_controls"].df)
+    t = tables.controls_table(load_results(results_dir)["tiered_controls"].df)  # the one family and mode
     row = t[(t["context"] == 8192) & (t["control"] == "random_pages")].iloc[0]
     assert row["n_exact"] == 8 and row["n_exact_trajectory"] == 0

@@ -125,11 +125,11 @@ def test_site_plots_have_no_overlapping_labels_and_label_their_lines(full_site, 
 
     assert not [w for w in recwarn if issubclass(w.category, plotstyle.OverlappingLabels)]
     plots = full_site / "site" / "plots"
-    comp = (plots / "compression_vs_exactness_question_aware.svg").read_text()
+    comp = (plots / "compression_vs_exactness_needle_question_aware.svg").read_text()
     assert "<!-- claim threshold C = 2 -->" in comp
     assert "<!-- the note (reference), 16384 -->" in comp and "<!-- the note (reference), 32768 -->" in comp
     assert "the note's 32768" in comp  # our contexts name the note's they stand in for
-    lat = (plots / "latency_ratios_question_aware.svg").read_text()
+    lat = (plots / "latency_ratios_needle_question_aware.svg").read_text()
     assert "<!-- dense = 1 (no slowdown) -->" in lat and "same setting at the note's context" in lat
     ops = (plots / "cache_ops.svg").read_text()
     assert "×10" not in ops and "10^" not in ops  # plain log ticks

@@ -20,9 +20,16 @@ NOTE_NUMBERS = [
 ]  # fmt: skip
 
 
-def row_ids(spec) -> list[str]:
-    """The ledger's row ids: each claim, a per-mode claim once per query mode of the default config."""
-    return [c.row_id(m) for c, m in ledger_rows(spec, list(QUERY_MODES))]
+def row_ids(spec, config) -> list[str]:
+    """The ledger's row ids: each claim, per family and mode where the claim says."""
+    return [c.row_id(w, m) for c, w, m in ledger_rows(spec, config)]
+
+
+def _rid(claim) -> str:
+    """A claim's first ledger row id (the primary family, question-aware)."""
+    if claim.per_workload:
+        return claim.row_id("needle", QUERY_MODES[0])
+    return claim.row_id("needle", QUERY_MODES[0] if claim.per_mode else None)
 
 
 def render(root, spec, config, reference, tmp_path):
@@ -67,12 +74,12 @@ def test_every_page_renders(rendered):
         assert text.strip(), name
 
 
-def test_the_ledger_table_has_one_row_and_one_verdict_per_claim(rendered, spec):
+def test_the_ledger_table_has_one_row_and_one_verdict_per_claim(rendered, spec, cpu_config):
     _, ledger, pages = rendered
     index = pages["index.md"]
     table = index[index.index('<table id="ledger-table"') : index.index("</table>")]
     rows = re.findall(r'<tr data-claim="([^"]+)">(.*?)</tr>', table, flags=re.S)
-    assert [cid for cid, _ in rows] == row_ids(spec)
+    assert [cid for cid, _ in rows] == row_ids(spec, cpu_config)
     verdict_of = dict(zip(ledger["claim_id"], ledger["verdict"], strict=True))
     for cid, body in rows:
         cell = re.search(r'<td class="verdict-cell">(.*?)</td>', body, flags=re.S).group(1)
@@ -128,7 +135,7 @@ def test_missing_evidence_says_not_yet_with_the_file_and_what_produces_it(render
     assert "need a CUDA GPU" in pages["serving.md"]
     if kind == "empty":
         text = pages["tiered.md"]
-        assert "results/tiered/promotion/*/*.parquet" in text and "results/tiered/sweep/*.parquet" in text
+        assert "results/tiered/*/promotion/*/*.parquet" in text and "results/tiered/*/sweep/*.parquet" in text
         assert "rule `tiered_promotion`" in text or "tiered promotion runs" in text
 
 
@@ -179,7 +186,7 @@ def test_limitations_are_generated_from_the_data(tmp_path, spec, cpu_config, ref
     assert "2048 for 8192, 4096 for 16384, 8192 for 32768" in text
     assert "cpu:x86_64x2threads" in text
     assert "8192 prompt tokens + 64 generated tokens exceed" in text  # max_context 8192
-    assert "Promotion prompts per mode/context/setting/path" in text
+    assert "Promotion prompts per family/mode/context/setting/path" in text
     assert "results/peers/kvpress.parquet" in text
 
     cpu_config["model"]["max_context"] = 16384
@@ -243,13 +250,13 @@ def test_a_verdict_fixed_by_construction_is_labelled_so(tmp_path, spec, cpu_conf
     claim = next(c for c in spec.claims if c.by_construction)
     root = synth.write_default(tmp_path / "results")
     _, pages = render(root, spec, cpu_config, reference, tmp_path)
-    rid = claim.row_id(QUERY_MODES[0] if claim.per_mode else None)
+    rid = _rid(claim)
     row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{rid}">') :].split("</tr>")[0]
     assert "fixed by construction" in row
     box = pages[claim.page][pages[claim.page].index(f"`{rid}`") :]
     assert "**Fixed by construction, not a finding:**" in box.split("!!!")[0]
     others = [c for c in spec.claims if not c.by_construction]
     for c in others:
-        cid = c.row_id(QUERY_MODES[0] if c.per_mode else None)
+        cid = _rid(c)
         row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{cid}">') :].split("</tr>")[0]
         assert "fixed by construction" not in row, c.id

@@ -108,7 +108,7 @@ def test_compression_and_stored_fraction_match_a_hand_count(random_tiny_model):
         res, cache.nbytes(), 0, 0, cache.prompt_logical_tokens, cache.prompt_stored_tokens, 0.0, []
     )
     prompt = {"context": 100, "prompt_id": "p", "needle_start": -1, "needle_end": -1, "input_ids": [0] * 100,
-              "renderer": "synthetic", "answer_ids": [1]}  # fmt: skip
+              "renderer": "synthetic", "answer_ids": [1], "workload": "needle"}  # fmt: skip
     row = _row(setting, prompt, "densify", run, run, None, "question_aware")
     assert row["compression"] == pytest.approx(400 / 344)
     assert row["stored_fraction"] == pytest.approx(0.86)

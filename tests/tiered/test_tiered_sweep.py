@@ -23,6 +23,7 @@ def _rows(setting, context, exact_per_prompt, peak=None):
             rows.append(
                 {
                     "setting": setting,
+                    "workload": "needle",
                     "query_mode": "question_aware",
                     "context": context,
                     "prompt_id": f"p{i}",

@@ -31,6 +31,7 @@ def _rows(setting: str, context: int, exact: bool, mode: str = "question_aware")
             row = {c: None for c in TIERED_COLUMNS}
             row.update(
                 setting=setting,
+                workload="needle",
                 query_mode=mode,
                 context=context,
                 prompt_id=f"c{context}-p{i:03d}",
@@ -83,9 +84,10 @@ def _snakemake(repo: Path, work: Path, *args: str) -> str:
 
 def _planned_promotions(repo: Path, work: Path) -> set[tuple[str, int]]:
     """The promotion jobs the dry run plans, as (mode, context)."""
-    targets = [f"results/tiered/promotion_summary/{m}.parquet" for m in MODES]
+    targets = [f"results/tiered/needle/promotion_summary/{m}.parquet" for m in MODES]
     out = _snakemake(repo, work, "-n", *targets)
-    return {(m, int(c)) for m, c in re.findall(r"results/tiered/promotion/(\w+)/(\d+)\.parquet", out)}
+    found = re.findall(r"results/tiered/needle/promotion/(\w+)/(\d+)\.parquet", out)
+    return {(m, int(c)) for m, c in found}
 
 
 MODES = ("question_aware", "question_agnostic")
@@ -117,19 +119,19 @@ def test_checkpoint_output_decides_promotion_jobs(tmp_path, repo, default_config
     contexts = config["prompts"]["contexts"]
     for c in contexts:
         for d in ("prompts", "dense"):
-            p = work / "results" / d / f"{c}.parquet"
+            p = work / "results" / d / "needle" / f"{c}.parquet"
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text("stand-in\n")
     time.sleep(1.1)
     sweep = config["tiered"]["sweep"]["settings"]
     exact = {s: s in ("front_ret25", "middle_phantom8", "keep_all") for s in sweep}
     nothing = {s: s == "keep_all" for s in sweep}  # only the control is exact: nothing is promoted
-    sweep_dir = work / "results" / "tiered" / "sweep"
+    sweep_dir = work / "results" / "tiered" / "needle" / "sweep"
     sweep_dir.mkdir(parents=True)
     _write_sweep(sweep_dir / "question_aware.parquet", config, exact, "question_aware")
     _write_sweep(sweep_dir / "question_agnostic.parquet", config, nothing, "question_agnostic")
 
-    promoted = [f"results/tiered/promoted/{m}.json" for m in MODES]
+    promoted = [f"results/tiered/needle/promoted/{m}.json" for m in MODES]
     _snakemake(repo, work, *promoted)
     first = _planned_promotions(repo, work)
     assert first == {("question_aware", c) for c in contexts[1:]}
@@ -150,6 +152,8 @@ def test_checkpoint_output_decides_promotion_jobs(tmp_path, repo, default_config
     _snakemake(repo, work, *promoted)
     assert _planned_promotions(repo, work) == {(m, c) for m in MODES for c in contexts[1:]}
     assert json.loads((work / promoted[0]).read_text())["run"] == ["front_ret25"]
-    summary = pd.read_parquet(work / "results" / "tiered" / "sweep_summary" / "question_aware.parquet")
+    summary = pd.read_parquet(
+        work / "results" / "tiered" / "needle" / "sweep_summary" / "question_aware.parquet"
+    )
     assert set(summary.loc[summary["promoted"], "setting"]) == {"front_ret25"}
     assert "layer 1 pages [7]" in summary.set_index("setting").loc["middle", "first_failure"]

@@ -12,11 +12,12 @@ rule dense_baseline:
         C.DENSE.path(),
     wildcard_constraints:
         context=r"\d+",
+        workload=PROMPT_FAMILY_NAMES,
     params:
         code=command_hash("dense", "run"),
         cfg=section_hash("runtime", "model", "generation"),
     log:
-        "logs/dense_baseline/{context}.log",
+        "logs/dense_baseline/{workload}/{context}.log",
     threads: TIMED_THREADS
     resources:
         runtime=120,

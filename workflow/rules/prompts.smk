@@ -1,4 +1,7 @@
-# Prompt sets: deterministic per context length (seeded by (seed, context)).
+# Prompt sets: deterministic per family and context length (seeded by (seed, context[, family])).
+PROMPT_FAMILIES = list(config["prompts"]["workloads"])
+PRIMARY_FAMILY = PROMPT_FAMILIES[0]  # latency and memory are claimed on it
+PROMPT_FAMILY_NAMES = "|".join(PROMPT_FAMILIES)
 
 
 rule build_prompts:
@@ -10,6 +13,7 @@ rule build_prompts:
         C.PROMPTS.path(),
     wildcard_constraints:
         context=r"\d+",
+        workload=PROMPT_FAMILY_NAMES,
     params:
         code=command_hash("prompts", "build"),
         cfg=bcr_config.config_hash(
@@ -21,6 +25,7 @@ rule build_prompts:
             }
         ),
     log:
-        "logs/build_prompts/{context}.log",
+        "logs/build_prompts/{workload}/{context}.log",
     shell:
-        "bcr prompts build --config {input.cfg} --context {wildcards.context} --out {output} > {log} 2>&1"
+        "bcr prompts build --config {input.cfg} --workload {wildcards.workload} --context {wildcards.context} "
+        "--out {output} > {log} 2>&1"

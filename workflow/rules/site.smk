@@ -7,11 +7,16 @@
 # per-prompt tiered runs) come from an input function the checkpoint re-evaluates.
 SITE_RESULTS = [
     *rules.model_card.output,
-    *expand(rules.dense_baseline.output[0], context=CONTEXTS),
-    *expand(rules.tiered_promote.output.summary, mode=TIERED_MODES),
-    *expand(rules.tiered_promotion_summary.output[0], mode=TIERED_MODES),
+    *expand(rules.dense_baseline.output[0], workload=PROMPT_FAMILIES, context=CONTEXTS),
+    *expand(rules.tiered_promote.output.summary, workload=PROMPT_FAMILIES, mode=TIERED_MODES),
+    *expand(rules.tiered_promotion_summary.output[0], workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *rules.cache_ops.output,
-    *expand(rules.tiered_controls.output[0], mode=TIERED_MODES, context=TIERED_CONTROL_CONTEXTS),
+    *expand(
+        rules.tiered_controls.output[0],
+        workload=PROMPT_FAMILIES,
+        mode=TIERED_MODES,
+        context=TIERED_CONTROL_CONTEXTS,
+    ),
 ]
 CLAIMS_FILE = str(REPO / "config" / "claims.yaml")
 REFERENCE_FILE = str(REPO / "config" / "reference.yaml")
