@@ -25,7 +25,9 @@ def register(tracks: argparse._SubParsersAction) -> None:
     which.add_argument("--settings", nargs="+", help="names under tiered.settings")
     which.add_argument("--promoted", help="a checkpoint's promoted.json: run its 'run' list")
     p.add_argument("--context", type=int, required=True)
-    p.add_argument("--prompts", required=True, help="prompt set Parquet (results/prompts/{workload}/{context}.parquet)")
+    p.add_argument(
+        "--prompts", required=True, help="prompt set Parquet (results/prompts/{workload}/{context}.parquet)"
+    )
     p.add_argument("--dense", help="dense baseline Parquet: its tokens must equal the in-process dense run")
     p.add_argument(
         "--query-modes",
@@ -48,7 +50,9 @@ def register(tracks: argparse._SubParsersAction) -> None:
     )
     add_config_arg(p)
     p.add_argument("--context", type=int, required=True)
-    p.add_argument("--prompts", required=True, help="prompt set Parquet (results/prompts/{workload}/{context}.parquet)")
+    p.add_argument(
+        "--prompts", required=True, help="prompt set Parquet (results/prompts/{workload}/{context}.parquet)"
+    )
     p.add_argument(
         "--dense", help="dense baseline Parquet: its tokens must equal the shared-prefill dense run"
     )
