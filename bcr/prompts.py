@@ -126,12 +126,16 @@ def evenly_spread_depths(n: int) -> list[float]:
     return [(i + 0.5) / n for i in range(n)]
 
 
-def _workload_rng(seed: int, context: int, workload: str) -> np.random.Generator:
-    """The needle family keeps the seed its prompt sets always had; each other family has its own."""
+def workload_seed(workload: str, *base: int) -> list[int]:
+    """``base`` for the needle family (the seeds its sets always had), ``base`` plus the family's index
+    for every other family, so each family draws its own prompts."""
     if workload not in PROMPT_WORKLOADS:
         raise ValueError(f"unknown prompt workload {workload!r} (known: {', '.join(PROMPT_WORKLOADS)})")
-    key = [seed, context] if workload == "needle" else [seed, context, PROMPT_WORKLOADS.index(workload)]
-    return np.random.default_rng(key)
+    return list(base) if workload == "needle" else [*base, PROMPT_WORKLOADS.index(workload)]
+
+
+def _workload_rng(seed: int, context: int, workload: str) -> np.random.Generator:
+    return np.random.default_rng(workload_seed(workload, seed, context))
 
 
 def synthetic_prompt_set(
@@ -302,7 +306,9 @@ def text_prompt_set(
     rows = []
     for i, depth in enumerate(evenly_spread_depths(n)):
         inserts, question, code = _text_needles(rng, depth, workload)
-        inserts = sorted(inserts)
+        order = sorted(range(len(inserts)), key=lambda j: inserts[j][0])
+        queried = order.index(0)  # _text_needles puts the queried sentence first
+        inserts = [inserts[j] for j in order]
 
         def render(filler_ids: list[int], *, inserts=inserts, question=question) -> list[int]:
             cuts = [0, *(round(d * len(filler_ids)) for d, _ in inserts), len(filler_ids)]
@@ -329,7 +335,6 @@ def text_prompt_set(
             sent = tokenizer.encode(text.strip(), add_special_tokens=False)
             at = _find_subsequence(ids, sent[1:-1]) if len(sent) > 2 else -1
             found.append((at, at + len(sent) if at >= 0 else -1))
-        queried = next(j for j, (d, _) in enumerate(inserts) if d == depth)
         start, end = found[queried]
         rows.append(
             {

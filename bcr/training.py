@@ -121,7 +121,9 @@ def needle_accuracy(
 ) -> float:
     """Teacher-forced exact-answer accuracy on ``n`` fresh prompts of length ``context`` and family
     ``workload`` (``needle`` or ``scattered``)."""
-    rng = np.random.default_rng([seed, context, 7] if workload == "needle" else [seed, context, 7, 1])
+    if workload not in ("needle", "scattered"):
+        raise ValueError(f"teacher-forced accuracy covers the synthetic families, not {workload!r}")
+    rng = np.random.default_rng(prompts.workload_seed(workload, seed, context, 7))
     device = next(model.parameters()).device
     correct = 0
     for _ in range(n):

@@ -65,26 +65,6 @@ class Results:
     def __getitem__(self, name: str) -> Table:
         return self.tables[name]
 
-    def _seen(self, col: str) -> set[str]:
-        seen = set()
-        for name in TIERED_TABLES:
-            t = self.tables.get(name)
-            if t is not None and t.present and col in t.df.columns:
-                seen |= set(t.df[col].dropna())
-        return seen
-
-    @property
-    def modes(self) -> list[str]:
-        """The query modes the tiered files hold, in the contract's order."""
-        seen = {m for _, m in self.promoted} | self._seen(C.QUERY_MODE)
-        return [m for m in C.QUERY_MODES if m in seen]
-
-    @property
-    def workloads(self) -> list[str]:
-        """The prompt families the tiered files hold, in the contract's order."""
-        seen = {w for w, _ in self.promoted} | self._seen(C.WORKLOAD)
-        return [w for w in C.PROMPT_WORKLOADS if w in seen]
-
     def view(self, workload: str, mode: str) -> Results:
         """The same results with the dense and tiered tables cut to one prompt family and query
         mode (what a per-mode or per-workload claim and a site section read)."""

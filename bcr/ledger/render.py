@@ -376,7 +376,7 @@ def _mode_section(
         "workload": workload,
         "key": f"{workload}-{mode}",
         "title": f"{WORKLOAD_TITLES.get(workload, workload)}: {MODE_TITLES.get(mode, mode)}",
-        "headline": eval_context(spec, results, config, workload, mode).headline,
+        "headline": eval_context(spec, view, config).headline,  # the view is already cut
         "sweep": _records(sweep),
         "promotion": [{**r, "query_mode": mode} for r in _records(promotion)],
         "negative_controls": _records(tables.controls_table(view["tiered_controls"].df)),
