@@ -33,7 +33,7 @@ EXACT_ANSWER = "exact_answer"  # identical over the answer span only (the note's
 ARMS = ("bcr", "radix", "unified_python", "unified_rust")
 # Decode paths: the stock transformers cache (the reference) and the tiered ones (bcr.tiered.paths).
 DENSE_PATH = "dense"
-DECODE_PATHS = ("densify",)
+DECODE_PATHS = ("densify", "paged")
 
 PROVENANCE_COLUMNS = [
     "run_id",

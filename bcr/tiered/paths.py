@@ -4,8 +4,8 @@ A decode path is built from the layer's parts (in logical page order: an exact p
 phantom page's summaries with their log-count bias), takes decode tokens, and answers the attention
 call for its layer.  ``densify`` is the note's implementation, kept as the honest baseline: pages are
 separate tensors and every decode step rebuilds dense K/V views (and the bias row) with ``torch.cat``.
-A page-native ``paged`` path (pooled tensors, per-tier attention merged by log-sum-exp) slots in as
-another subclass registered in :data:`PATHS`.
+``paged`` is page-native: pooled tensors written in place, each tier attended from its own storage
+and the tiers merged exactly by log-sum-exp (:mod:`bcr.tiered.lse`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward, use_gqa_in_sdpa
+
+from bcr.tiered import lse
 
 
 @dataclass
@@ -188,4 +190,142 @@ class DensifyPath(DecodePath):
         return k, v, (self._bias_row() if self.has_phantoms else None)
 
 
-PATHS: dict[str, type[DecodePath]] = {DensifyPath.name: DensifyPath}
+class PagedPath(DecodePath):
+    """Pooled storage, per-tier attention merged by log-sum-exp: nothing proportional to the context
+    is concatenated, allocated or looped over per decode step.
+
+    * exact tier: every exact token in one ``[B, Hk, capacity, D]`` pool per K and V, in logical
+      order, with a preallocated tail for decode tokens (capacity = the prompt's exact tokens +
+      :attr:`reserve`), written in place; outgrown, it doubles (a copy, never one per step);
+    * phantom tier: all summaries in one tensor, their log-count bias stored once as an additive
+      mask row ``[B, Hk, 1, P]`` (and which heads have every phantom at -inf, for the lse fix-up).
+
+    A single decode token attends the exact pool without a mask (its own key is the newest one
+    stored); a multi-token chunk (the question fed through the compressed cache) attends the older
+    exact tokens unmasked and its own tokens, the pool's last ``L``, with a causal ``L x L`` mask.
+    A layer with no phantom (keep_all) attends with the very ``sdpa_attention_forward`` call dense
+    makes, on views of the pool, so it is bit-exact with dense.
+
+    Accounting: :meth:`nbytes` is the pools' *allocated* bytes (the reserve included: that is real
+    memory), :meth:`stored_tokens` the tokens in use; ``max_transient_bytes`` sums what one attention
+    call builds (per-tier outputs and lse, the merge, a chunk's mask and query copy, the math path's
+    logits off CPU, GQA copies in the dense-identical call); the CPU kernel's fixed-size blocks are
+    not counted.
+    """
+
+    name = "paged"
+    reserve: ClassVar[int] = 128  # tokens (question chunk + decode) the pool takes before it grows
+
+    def __init__(self, page_size: int, keys: torch.Tensor, values: torch.Tensor, used: int, phantoms: Part):
+        super().__init__(page_size)
+        self.k_pool, self.v_pool, self.used = keys, values, used
+        self.ph_keys, self.ph_values = phantoms.keys, phantoms.values
+        bias = phantoms.bias
+        self.ph_mask = bias[:, :, None, :]  # [B, Hk, 1, P]
+        self.ph_dead = torch.isneginf(bias).all(dim=-1, keepdim=True)  # [B, Hk, 1]
+
+    @classmethod
+    def from_parts(cls, parts: list[Part], page_size: int, reserve: int | None = None) -> PagedPath:
+        exact = [p for p in parts if p.bias is None]
+        phantom = [p for p in parts if p.bias is not None]
+        k0 = parts[0].keys
+        b, hk, _, d = k0.shape
+        used = sum(p.keys.shape[-2] for p in exact)
+        capacity = used + (cls.reserve if reserve is None else reserve)
+        keys = k0.new_empty(b, hk, capacity, d)
+        values = parts[0].values.new_empty(b, hk, capacity, d)
+        at = 0
+        for p in exact:  # once, at compression
+            n = p.keys.shape[-2]
+            keys[:, :, at : at + n].copy_(p.keys)
+            values[:, :, at : at + n].copy_(p.values)
+            at += n
+        if phantom:
+            ph = Part(
+                torch.cat([p.keys for p in phantom], dim=-2),
+                torch.cat([p.values for p in phantom], dim=-2),
+                torch.cat([p.bias for p in phantom], dim=-1),
+            )
+        else:
+            ph = Part(k0.new_empty(b, hk, 0, d), k0.new_empty(b, hk, 0, d), k0.new_empty(b, hk, 0))
+        return cls(page_size, keys, values, used, ph)
+
+    @property
+    def has_phantoms(self) -> bool:
+        return self.ph_keys.shape[-2] > 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k_pool.shape[-2]
+
+    def _grow(self, need: int) -> None:
+        capacity = max(2 * self.capacity, need)
+        for name in ("k_pool", "v_pool"):
+            old = getattr(self, name)
+            new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
+            new[:, :, : self.used].copy_(old[:, :, : self.used])
+            setattr(self, name, new)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        n = keys.shape[-2]
+        if self.used + n > self.capacity:
+            self._grow(self.used + n)
+        self.k_pool[:, :, self.used : self.used + n].copy_(keys)
+        self.v_pool[:, :, self.used : self.used + n].copy_(values)
+        self.used += n
+
+    def _exact(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_pool[:, :, : self.used], self.v_pool[:, :, : self.used]
+
+    def attend(self, module, query, attention_mask, scaling, dropout, logical_length, **kwargs):
+        k, v = self._exact()
+        if not self.has_phantoms and self.used == logical_length:
+            # Nothing summarised: dense's own call on views of the pool (bit-exact with dense).
+            n_rep = getattr(module, "num_key_value_groups", 1)
+            transient = 0
+            if n_rep > 1 and not use_gqa_in_sdpa(attention_mask, k, v):
+                transient = n_rep * (nbytes(k) + nbytes(v))  # sdpa_attention_forward's repeat_kv copies
+            self.max_transient_bytes = max(self.max_transient_bytes, transient)
+            return sdpa_attention_forward(
+                module, query, k, v, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        q_len = query.shape[-2]
+        if q_len == 1:
+            assert_no_padding(attention_mask)
+            segments = [lse.Segment(k, v)]
+        else:  # the chunk's own tokens are the newest: causal among themselves, all older ones visible
+            causal = torch.full((q_len, q_len), float("-inf"), dtype=query.dtype, device=query.device)
+            causal = causal.triu_(1)
+            old = self.used - q_len
+            segments = [
+                lse.Segment(k[:, :, :old], v[:, :, :old]),
+                lse.Segment(k[:, :, old:], v[:, :, old:], causal),
+            ]
+        segments.append(lse.Segment(self.ph_keys, self.ph_values, self.ph_mask, self.ph_dead))
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        res = lse.attend(query, segments, scale)
+        out = res.out.transpose(1, 2).contiguous()
+        transient = res.transient + (0 if out.data_ptr() == res.out.data_ptr() else nbytes(out))
+        transient += 0 if q_len == 1 else nbytes(causal)
+        self.max_transient_bytes = max(self.max_transient_bytes, transient)
+        return out, None
+
+    def stored_tokens(self) -> int:
+        return self.used + self.ph_keys.shape[-2]
+
+    def nbytes(self) -> int:
+        return sum(
+            nbytes(t)
+            for t in (self.k_pool, self.v_pool, self.ph_keys, self.ph_values, self.ph_mask, self.ph_dead)
+        )
+
+    def stored_kv(self):
+        """Exact tokens (logical order) then phantoms: tier order, not page order."""
+        k, v = self._exact()
+        if not self.has_phantoms:
+            return k, v, None
+        bias = torch.cat([torch.zeros_like(k[..., 0]), self.ph_mask[:, :, 0]], dim=-1)
+        return torch.cat([k, self.ph_keys], dim=-2), torch.cat([v, self.ph_values], dim=-2), bias
+
+
+PATHS: dict[str, type[DecodePath]] = {DensifyPath.name: DensifyPath, PagedPath.name: PagedPath}
