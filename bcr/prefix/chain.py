@@ -1,9 +1,9 @@
 """Block-hash-chain index: the exact-prefix structure behind the ``bcr`` cache (no SGLang, no torch).
 
 A token sequence is cut into blocks of ``page_size`` tokens.  Block i's key is the 64-bit chain hash
-``h_i = h_{i-1} * Q**page_size + sum_j t_{i,j} * Q**(page_size-1-j)  (mod 2**64)`` whose seed
-``h_{-1}`` is the namespace (extra key, cache salt), so a key names the whole prefix ending at that
-block (equivalently: Horner's rule over every token from the seed).
+``h_i = h_{i-1} * Q + c_i  (mod 2**64)`` of its content word ``c_i`` (the token at page size 1, else
+a hash of the block's bytes, :class:`ChainHasher`) whose seed ``h_{-1}`` is the namespace (extra
+key, cache salt), so a key names the whole prefix ending at that block.
 
 Blocks are stored in :class:`Run` s -- their tokens as one ``bytearray``, their KV slots as one
 payload -- and a block is the handle ``(run, index)``.  An insert creates a run, or, when its walk
@@ -53,7 +53,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import operator
 import random
 import struct
 from collections.abc import Callable, Iterator
@@ -62,7 +61,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 TOKEN_BYTES = 8  # tokens are int64 (SGLang's RadixKey holds array("q"))
-SCALAR_TOKENS = 16  # up to this many tokens are hashed in plain Python (numpy calls cost more)
+SCALAR_BLOCKS = 2  # up to this many blocks are hashed by scalar steps (a numpy call costs more)
 _MOD = 1 << 64
 _MASK = _MOD - 1
 
@@ -74,27 +73,25 @@ def _powers(base: int, n: int) -> np.ndarray:
     return np.cumprod(out, dtype=np.uint64)
 
 
-class _Vectors(NamedTuple):
-    """Per page size: in-block coefficients ``Q**(ps-1-j)``, ``R = Q**ps`` and powers of R, R**-1."""
-
-    coeffs: np.ndarray
-    r: int
-    rpow: np.ndarray
-    rinv: np.ndarray
-
-
 class ChainHasher:
-    """Chain hash over blocks of int64 tokens: vectorised for many blocks, scalar for one."""
+    """Chain hash over blocks of int64 tokens: a cheap scalar step for one block, a cumsum for many.
+
+    ``h_b = h_{b-1} * Q + c_b (mod 2**64)`` where ``c_b``, the block's content word, is its token at
+    page size 1 and otherwise Python's own hash of the block's bytes (SipHash, keyed per process):
+    a lookup hashes one block per run it enters from the dict, and 16 big-integer products per
+    block cost several times one SipHash of its 128 bytes.  Keys live in one process's memory and
+    a collision can only cause a miss, so a per-process key is enough; ``seed`` fixes ``Q`` and
+    the namespace seeds.
+    """
 
     def __init__(self, seed: int | None = 0):
         rng = random.Random(seed) if seed is not None else random.SystemRandom()
         self.q = rng.getrandbits(64) | 1  # odd, hence invertible mod 2**64
         self._ns_key = rng.getrandbits(64).to_bytes(8, "little")
-        self._vec: dict[int, _Vectors] = {}
         self._qpow = _powers(self.q, 1 << 10)
+        self._qinv = _powers(pow(self.q, -1, _MOD), 1 << 10)
         self._ns: dict[tuple[Any, Any], int] = {}
         self._ns_plain = self._seed((None, None))
-        self._block: dict[int, tuple[Callable[[bytes, int], tuple[int, ...]], list[int], int]] = {}
 
     def namespace(self, extra_key: Any, cache_salt: Any) -> int:
         """Seed of the chain at the root: requests with different extra key or salt never share blocks."""
@@ -113,72 +110,54 @@ class ChainHasher:
         digest = hashlib.blake2b(repr(k).encode(), digest_size=8, key=self._ns_key).digest()
         return int.from_bytes(digest, "little")
 
+    def content(self, tokens: np.ndarray, page_size: int) -> np.ndarray:
+        """The content words ``c_b`` of the whole blocks in ``tokens`` (uint64)."""
+        if page_size == 1:
+            return tokens
+        raw, bb = tokens.tobytes(), page_size * TOKEN_BYTES
+        words = [hash(raw[at : at + bb]) for at in range(0, len(raw) - bb + 1, bb)]
+        return np.array(words, dtype=np.int64).view(np.uint64)  # two's complement: hash & MASK
+
     def chain(self, tokens: np.ndarray, page_size: int, prev: int) -> np.ndarray:
         """Keys of the blocks in ``tokens`` (uint64 view, a whole number of blocks) following ``prev``.
 
-        Per block, ``c_b = sum_j t_{b,j} Q**(ps-1-j)`` is one matrix-vector product over all blocks,
-        and ``h_b = h_{b-1} R + c_b`` with ``R = Q**ps`` unrolls to ``R**b (prev R + sum_{k<=b} c_k
-        R**-k)``: one cumsum over blocks.  (For ``ps = 1`` that is the plain polynomial over tokens.)
+        ``h_b = h_{b-1} Q + c_b`` unrolls to ``Q**b (prev Q + sum_{k<=b} c_k Q**-k)``: one cumsum.
         """
-        m = len(tokens)
-        if m == 0:
+        c = self.content(tokens, page_size)
+        nb = len(c)
+        if nb == 0:
             return np.empty(0, dtype=np.uint64)
-        nb = m // page_size
-        vec = self._vectors(page_size, nb)
-        c = tokens if page_size == 1 else tokens.reshape(nb, page_size) @ vec.coeffs
-        keys = np.cumsum(c * vec.rinv[:nb])  # uint64 throughout: wraps mod 2**64
-        keys += prev * vec.r % _MOD
-        keys *= vec.rpow[:nb]
+        if len(self._qpow) < nb:
+            size = max(nb, 2 * len(self._qpow))
+            self._qpow, self._qinv = _powers(self.q, size), _powers(pow(self.q, -1, _MOD), size)
+        keys = np.cumsum(c * self._qinv[:nb])  # uint64 throughout: wraps mod 2**64
+        keys += prev * self.q % _MOD
+        keys *= self._qpow[:nb]
         return keys
 
-    def _vectors(self, page_size: int, nb: int) -> _Vectors:
-        vec = self._vec.get(page_size)
-        if vec is None or len(vec.rpow) < nb:
-            r = pow(self.q, page_size, _MOD)
-            size = max(nb, 2 * len(vec.rpow) if vec is not None else 1 << 10)
-            coeffs = np.array(
-                [pow(self.q, page_size - 1 - j, _MOD) for j in range(page_size)], dtype=np.uint64
-            )
-            vec = _Vectors(coeffs, r, _powers(r, size), _powers(pow(r, -1, _MOD), size))
-            self._vec[page_size] = vec
-        return vec
+    def block_step(self, page_size: int) -> Callable[[int, Any, int], int]:
+        """``step(prev, buf, offset)``: the key of the block at byte ``offset`` of ``buf`` after ``prev``.
 
-    def block_spec(self, page_size: int) -> tuple[Callable[[bytes, int], tuple[int, ...]], list[int], int]:
-        """One chain step in scalar form: (unpack a block's tokens, ``Q**(ps-1-j)``, ``Q**ps``).
-
-        ``key = (prev * Q**ps + sum(t_j * Q**(ps-1-j))) & MASK``; callers on a hot path keep these
-        and inline the step (a method call costs as much as the arithmetic).
+        The scalar form of :meth:`chain`; a lookup calls it once per run it enters from a dict.
         """
-        spec = self._block.get(page_size)
-        if spec is None:
-            coeffs = [pow(self.q, page_size - 1 - j, _MOD) for j in range(page_size)]
-            spec = (struct.Struct(f"<{page_size}Q").unpack_from, coeffs, pow(self.q, page_size, _MOD))
-            self._block[page_size] = spec
-        return spec
+        q = self.q
+        if page_size == 1:
+            unpack = struct.Struct("<Q").unpack_from
 
-    def next_key(self, prev: int, tokens: bytes, offset: int, page_size: int) -> int:
+            def step(prev: int, buf: Any, offset: int) -> int:
+                return (prev * q + unpack(buf, offset)[0]) & _MASK
+
+        else:
+            bb = page_size * TOKEN_BYTES
+
+            def step(prev: int, buf: Any, offset: int) -> int:
+                return (prev * q + hash(bytes(buf[offset : offset + bb]))) & _MASK
+
+        return step
+
+    def next_key(self, prev: int, tokens: Any, offset: int, page_size: int) -> int:
         """Key of the one block at byte ``offset`` of ``tokens`` following ``prev`` (same as :meth:`chain`)."""
-        unpack, coeffs, q_block = self.block_spec(page_size)
-        return (prev * q_block + sum(map(operator.mul, unpack(tokens, offset), coeffs))) & _MASK
-
-    def last_key(self, tokens: bytes, offset: int, n_tokens: int, prev: int) -> int:
-        """The key after ``n_tokens`` tokens from byte ``offset`` following ``prev`` (Horner over tokens).
-
-        Equals the last key :meth:`chain` gives for those tokens whatever the page size; many
-        tokens take one dot product with the powers of Q instead of the whole chain.
-        """
-        if n_tokens == 0:
-            return prev
-        if n_tokens <= SCALAR_TOKENS:
-            q = self.q
-            for v in struct.unpack_from(f"<{n_tokens}Q", tokens, offset):
-                prev = (prev * q + v) % _MOD
-            return prev
-        if len(self._qpow) < n_tokens:
-            self._qpow = _powers(self.q, max(n_tokens, 2 * len(self._qpow)))
-        y = np.frombuffer(tokens, dtype=np.uint64, count=n_tokens, offset=offset)
-        tail = int(np.dot(y[::-1], self._qpow[:n_tokens]))  # sum y_i Q**(n-1-i), wrapping like chain()
-        return (prev * pow(self.q, n_tokens, _MOD) + tail) % _MOD
+        return self.block_step(page_size)(prev, tokens, offset)
 
 
 class Run:
@@ -186,7 +165,6 @@ class Run:
 
     __slots__ = (
         "branches",
-        "hashed",
         "head",
         "in_heap",
         "keys",
@@ -219,8 +197,7 @@ class Run:
         self.tokens = tokens  # int64 bytes of this run's blocks only (grows when the run is extended)
         self.pages = pages  # the blocks' KV slots (opaque payload, sliceable)
         self.head = head  # key of block 0 (None until derived): the dict's key for this run
-        self.keys: np.ndarray | None = None  # uint64 keys of blocks [0, hashed), once derived
-        self.hashed = 0 if head is None else 1  # blocks whose keys are known: a prefix of the run
+        self.keys: list[int] = [] if head is None else [head]  # keys of blocks [0, hashed), once known
         self.kids: dict[int, list[Run]] | None = None  # idx -> child runs found by tokens, not keys
         self.size = size
         self.start = start
@@ -233,6 +210,11 @@ class Run:
         self.branches: dict[int, int] = {}  # idx -> live child runs attached there
         self.times = [now] * size  # direct access stamps; propagated upward on eviction
         self.in_heap = False
+
+    @property
+    def hashed(self) -> int:
+        """Blocks whose keys are known: always a prefix of the run."""
+        return len(self.keys)
 
     def tail_evictable(self) -> bool:
         live = self.live
@@ -263,7 +245,7 @@ class ChainIndex:
         self.page_size = page_size
         self.block_bytes = page_size * TOKEN_BYTES
         self.hasher = hasher if hasher is not None else ChainHasher()
-        self._step = self.hasher.block_spec(page_size)
+        self._step = self.hasher.block_step(page_size)
         self.reset()
 
     def reset(self) -> None:
@@ -284,14 +266,12 @@ class ChainIndex:
 
     def key_at(self, run: Run, idx: int) -> int:
         """Key of block ``idx`` of ``run``: stored, or derived now and kept (see :meth:`_derive`)."""
-        if idx < run.hashed:
-            return run.head if idx == 0 else int(run.keys[idx])
-        return self._derive(run, idx)
+        keys = run.keys
+        return keys[idx] if idx < len(keys) else self._derive(run, idx)
 
     def _head(self, run: Run, prev: int) -> int:
-        unpack, coeffs, q_block = self._step
-        run.head = (prev * q_block + sum(map(operator.mul, unpack(run.tokens, 0), coeffs))) & _MASK
-        run.hashed = 1
+        run.head = self._step(prev, run.tokens, 0)
+        run.keys = [run.head]
         return run.head
 
     def _derive(self, run: Run, idx: int) -> int:
@@ -299,7 +279,7 @@ class ChainIndex:
 
         A run that knows no key yet (a lone child) first gets its first block's key from the block
         it hangs from, deriving upwards to the nearest run that knows one.  Only blocks never hashed
-        before are hashed: scalar steps for a few tokens, else one vectorised :meth:`ChainHasher.chain`.
+        before are hashed: scalar steps for a block or two, else one vectorised :meth:`ChainHasher.chain`.
         """
         if run.head is None:
             up, at = [], run
@@ -311,30 +291,19 @@ class ChainIndex:
                 self._head(r, self.key_at(parent, r.pidx))
             if idx == 0:
                 return run.head
-        a = run.hashed
         keys = run.keys
-        if keys is None:
-            keys = run.keys = np.empty(run.size, dtype=np.uint64)
-            keys[0] = run.head
-            prev = run.head
-        else:
-            if len(keys) < run.size:  # the run was extended since (ChainIndex.insert)
-                keys = run.keys = np.concatenate([keys, np.empty(run.size - len(keys), dtype=np.uint64)])
-            prev = int(keys[a - 1])
+        a, prev = len(keys), keys[-1]
         ps, bb = self.page_size, self.block_bytes
         n = idx + 1 - a
-        if n * ps <= SCALAR_TOKENS:
-            unpack, coeffs, q_block = self._step
-            mul, tokens = operator.mul, run.tokens
+        if n <= SCALAR_BLOCKS:
+            step, tokens = self._step, run.tokens
             for b in range(a, idx + 1):
-                prev = (prev * q_block + sum(map(mul, unpack(tokens, b * bb), coeffs))) & _MASK
-                keys[b] = prev
+                prev = step(prev, tokens, b * bb)
+                keys.append(prev)
         else:
             block = np.frombuffer(run.tokens, dtype=np.uint64, count=n * ps, offset=a * bb)
-            keys[a : idx + 1] = self.hasher.chain(block, ps, prev)
-            prev = int(keys[idx])
-        run.hashed = idx + 1
-        return prev
+            keys.extend(self.hasher.chain(block, ps, prev).tolist())
+        return keys[idx]
 
     def _agree(self, tokens: Any, pos: int, run: Run, lo: int, hi: int) -> int:
         """How many of ``run``'s blocks [lo, hi) equal the query's blocks from byte ``pos`` on.
@@ -353,11 +322,11 @@ class ChainIndex:
         base = pos - lo * bb  # query byte offset of the run's byte 0
         n = hi - lo
         good, top = 0, n  # blocks [lo, lo + good) agree; [lo, lo + top) do not all agree, if top < n
-        if run.branches:
-            points = [b for b in run.branches if lo <= b < hi - 1]
-            if len(points) > 1:
-                points.sort(reverse=True)
-            for b in points:
+        branches = run.branches
+        if branches:
+            for b in sorted(branches, reverse=True) if len(branches) > 1 else branches:
+                if not lo <= b < hi - 1:
+                    continue
                 if own(tokens[pos : base + (b + 1) * bb], lo * bb):
                     good = b + 1 - lo
                     at = (lo + good) * bb
@@ -401,14 +370,11 @@ class ChainIndex:
                 same = self._agree(tokens, depth * bb, run, idx + 1, min(run.live, idx + 1 + nb - depth))
                 idx += same
                 depth += same
-        get = self.map.get
-        unpack, coeffs, q_block = self._step
-        mul = operator.mul
+        get, step = self.map.get, self._step
         while depth < nb:
             if run is None:
-                # The chain step for the query's next block, inlined (ChainHasher.next_key).
-                child = get((ns * q_block + sum(map(mul, unpack(tokens, depth * bb), coeffs))) & _MASK)
-                if child is None or child.parent is not None or child.start != 0 or child.ns != ns:
+                child = get(step(ns, tokens, depth * bb))
+                if child is None or child.parent is not None or child.ns != ns:
                     break  # absent, or a colliding key: a miss, never a wrong hit
             else:
                 count = run.branches.get(idx)
@@ -427,8 +393,8 @@ class ChainIndex:
                     if child is None and len(lone) == count:
                         break  # no other run hangs here: a miss
                 if child is None:
-                    prev = run.head if idx == 0 else int(run.keys[idx])  # derived when they were keyed
-                    child = get((prev * q_block + sum(map(mul, unpack(tokens, depth * bb), coeffs))) & _MASK)
+                    prev = run.keys[idx]  # derived when they were keyed
+                    child = get(step(prev, tokens, depth * bb))
                     if child is None or child.parent is not run or child.pidx != idx:
                         break  # absent, or a colliding key: a miss, never a wrong hit
             hi = min(child.live, nb - depth)
@@ -495,8 +461,7 @@ class ChainIndex:
             return k, Block(parent, parent.size - 1)
         head = None
         if parent is None:
-            unpack, coeffs, q_block = self._step
-            head = (ns * q_block + sum(map(operator.mul, unpack(tokens, k * bb), coeffs))) & _MASK
+            head = self._step(ns, tokens, k * bb)
             if head in self.map:
                 return k, last  # the key belongs to another run (the walk rejected it): not cached
         own = bytearray(tokens[k * bb : nb * bb])  # copies the new blocks only (a view's slice too)
@@ -712,7 +677,7 @@ class ChainIndex:
                 assert len(kids) == run.branches.get(idx, 0) or run.hashed > idx, (
                     "keyed children without a key"
                 )
-            if run.keys is not None:  # the derived keys are the chain over the run's own tokens
+            if run.hashed > 1:  # the derived keys are the chain over the run's own tokens
                 rest = np.frombuffer(
                     run.tokens,
                     dtype=np.uint64,
@@ -720,7 +685,7 @@ class ChainIndex:
                     offset=self.block_bytes,
                 )
                 want = [run.head, *self.hasher.chain(rest, self.page_size, run.head).tolist()]
-                assert run.keys[: run.hashed].tolist() == want, "a derived key is not the chain's"
+                assert run.keys == want, "a derived key is not the chain's"
             assert 0 <= run.protected <= run.live
             if run.parent is None:
                 assert run.start == 0

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 sim = pytest.importorskip("bcr.prefix.sim")  # SGLang must import on CPU (the environment pins it)
 
-from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams  # noqa: E402
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams  # noqa: E402
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
 from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
@@ -35,15 +35,11 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 class ConstantHasher(ChainHasher):
     """Every block of every sequence gets key 0: the worst collision there is."""
 
-    def block_spec(self, page_size):
-        unpack, _, _ = super().block_spec(page_size)
-        return unpack, [0] * page_size, 0
+    def block_step(self, page_size):
+        return lambda prev, buf, offset: 0
 
     def chain(self, tokens, page_size, prev):
         return np.zeros(len(tokens) // page_size, dtype=np.uint64)
-
-    def last_key(self, tokens, offset, n_tokens, prev):
-        return 0
 
 
 class RecordingEngine(sim.Engine):
@@ -342,28 +338,24 @@ def test_dfs_weight_order_equals_radix_cache():
 
 
 class CountingHasher(ChainHasher):
-    """Counts the tokens that go through the hash (scalar steps, vectorised chains, dot products)."""
+    """Counts the tokens that go through the hash (scalar steps and vectorised chains)."""
 
     def __init__(self):
         super().__init__(seed=0)
         self.tokens = 0
 
-    def block_spec(self, page_size):
-        unpack, coeffs, q_block = super().block_spec(page_size)
+    def block_step(self, page_size):
+        step = super().block_step(page_size)
 
-        def counted(buf, offset):
+        def counted(prev, buf, offset):
             self.tokens += page_size
-            return unpack(buf, offset)
+            return step(prev, buf, offset)
 
-        return counted, coeffs, q_block
+        return counted
 
     def chain(self, tokens, page_size, prev):
         self.tokens += len(tokens)
         return super().chain(tokens, page_size, prev)
-
-    def last_key(self, tokens, offset, n_tokens, prev):
-        self.tokens += n_tokens
-        return super().last_key(tokens, offset, n_tokens, prev)
 
 
 def test_checkpoints_and_matches_never_rehash_the_prompt():
@@ -498,3 +490,50 @@ def test_plain_inserts_hash_in_proportion_to_their_new_blocks(ps):
     big = [i for i, n in enumerate(per_insert) if n > 4 * ps]
     assert big == [2] and per_insert[2] <= derived + 8 * ps
     assert sum(per_insert) <= derived + 64 * 4 * ps  # a rehash per insert would be 64 x 64 blocks
+
+
+def free_slots(pools) -> set[int]:
+    """Every KV slot the allocator would hand out now."""
+    pages = pools.allocator.get_all_free_pages().tolist()
+    ps = pools.page_size
+    return {p * ps + j for p in pages for j in range(ps)}
+
+
+@pytest.mark.parametrize("ps", [1, 4])
+@pytest.mark.parametrize("collide", [False, True], ids=["honest", "every-key-collides"])
+@SETTINGS
+@given(data=st.data())
+def test_plain_paths_hold_exactly_their_prefixes_through_evictions(ps, collide, data):
+    """Plain match / path / insert with evictions in between: every slot a path returns is cached
+    (not free) and holds KV written after exactly that prefix -- with every key colliding too, where
+    the chain may only miss."""
+    sim.configure_sglang(ps)
+    reqs, _, _ = data.draw(traces(ps))
+    reqs = twice(reqs)
+    evicts = data.draw(st.lists(st.integers(0, 3 * ps), min_size=len(reqs), max_size=len(reqs)))
+    pools = sim.make_pools(ps, roomy(reqs, ps), 2, 1024)
+    hasher = ConstantHasher(seed=0) if collide else None
+    cache = sim.make_cache("bcr", pools, verify_pages=True, hasher=hasher)
+    wrote: dict[int, tuple[int, ...]] = {}  # slot -> the tokens its KV was computed after
+    for r, evict in zip(reqs, evicts, strict=True):
+        tokens = [*r.prompt, *r.output[:-1]]
+        n = len(tokens) // ps * ps
+        key = array("q", tokens[:n])
+        hit = cache.match_prefix(MatchPrefixParams(key=RadixKey(key)))
+        m = hit.device_prefix_len
+        path = cache.path_device_indices(hit.last_device_node)
+        assert len(path) == m
+        free = free_slots(pools)
+        for i, slot in enumerate(path.tolist()):
+            assert slot not in free, "a path returned a free (evicted) slot"
+            assert wrote[slot] == tuple(tokens[: i + 1]), "a path returned another prefix's slot"
+        value = torch.cat([path, pools.allocator.alloc(n - m)]) if n > m else path
+        res = cache.insert(InsertParams(key=RadixKey(key), value=value, prev_prefix_len=m))
+        assert res.prefix_len == m
+        for i in range(m, res.total_len):
+            wrote[int(value[i])] = tuple(tokens[: i + 1])
+        if res.total_len < n:  # a colliding key stopped the insert: the rest stays the caller's
+            pools.allocator.free(value[res.total_len : n])
+        cache.evict(EvictParams(num_tokens=evict))
+        cache.sanity_check()
+    finish_clean(sim.Engine(cache, pools))

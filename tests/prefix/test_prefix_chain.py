@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bcr.prefix.chain import ROOT, SCALAR_TOKENS, Block, ChainHasher, ChainIndex
+from bcr.prefix.chain import ROOT, Block, ChainHasher, ChainIndex
 
 PAGE_SIZES = [1, 4, 16]
 
@@ -19,15 +19,11 @@ def as_bytes(tokens) -> bytes:
 class ConstantHasher(ChainHasher):
     """Every block of every sequence gets key 0: the worst collision there is."""
 
-    def block_spec(self, page_size):
-        unpack, _, _ = super().block_spec(page_size)
-        return unpack, [0] * page_size, 0
+    def block_step(self, page_size):
+        return lambda prev, buf, offset: 0
 
     def chain(self, tokens, page_size, prev):
         return np.zeros(len(tokens) // page_size, dtype=np.uint64)
-
-    def last_key(self, tokens, offset, n_tokens, prev):
-        return 0
 
 
 class Model:
@@ -102,12 +98,8 @@ def test_vectorised_keys_equal_scalar_chain_and_extend_incrementally(ps, data):
         prev = h.next_key(prev, raw, b * ps * 8, ps)
         scalar.append(prev)
     assert whole == scalar
-    for b in range(nb):  # the key after any number of whole blocks, scalar or by dot product
-        assert h.last_key(raw, 0, (b + 1) * ps, 99) == whole[b]
-    long = raw * (SCALAR_TOKENS // (nb * ps) + 2)
-    assert h.last_key(long, 0, len(long) // 8, 99) == int(
-        h.chain(np.frombuffer(long, dtype=np.uint64), ps, 99)[-1]
-    )
+    view = memoryview(bytearray(raw))  # the step reads any byte buffer: bytes, bytearray, views
+    assert [h.next_key(k, view, b * ps * 8, ps) for b, k in enumerate([99, *whole[:-1]])] == whole
     head = h.chain(u[: cut * ps], ps, 99).tolist()
     tail = h.chain(u[cut * ps :], ps, head[-1] if head else 99).tolist()
     assert head + tail == whole  # extending a request's keys never needs its earlier tokens
@@ -172,14 +164,6 @@ def test_derived_block_keys_equal_the_chain_from_the_root(ps, extend, ops, probe
                 continue
             expect = h.chain(np.asarray(toks, dtype=np.uint64), ps, 7)[-1]
             assert index.key_at(run, idx) == int(expect)
-
-
-def test_last_key_matches_chain_for_long_runs():
-    h = ChainHasher(seed=9)
-    for n in (1, 5, SCALAR_TOKENS, SCALAR_TOKENS + 1, 5000):
-        raw = np.arange(3, 3 + n, dtype=np.int64) * 123457
-        b = raw.tobytes()
-        assert h.last_key(b, 0, n, 11) == int(h.chain(raw.view(np.uint64), 1, 11)[-1])
 
 
 def test_walk_resumes_from_a_held_block():
@@ -398,3 +382,41 @@ def test_batched_eviction_equals_block_by_block(ps, script):
                 memo[id(r)].times[: r.live] for r in index.runs
             ]
             index.sanity_check()
+
+
+class CountingHasher(ChainHasher):
+    """Counts the blocks that go through the hash (scalar steps and vectorised chains)."""
+
+    def __init__(self):
+        super().__init__(seed=0)
+        self.blocks = 0
+
+    def block_step(self, page_size):
+        step = super().block_step(page_size)
+
+        def counted(prev, buf, offset):
+            self.blocks += 1
+            return step(prev, buf, offset)
+
+        return counted
+
+    def chain(self, tokens, page_size, prev):
+        self.blocks += len(tokens) // page_size
+        return super().chain(tokens, page_size, prev)
+
+
+def test_a_deeper_branch_point_hashes_only_the_blocks_past_the_keys_kept():
+    """Keys derived for one branch point are kept: a deeper one hashes only the blocks in between."""
+    ps = 4
+    h = CountingHasher()
+    index = ChainIndex(ps, h)
+    base = list(range(1000, 1000 + 40 * ps))
+    insert(index, base)  # one root run of 40 blocks
+    for depth in (10, 30):  # two runs part from block depth - 1: its key is derived
+        before = h.blocks
+        for tail in (1, 2):
+            insert(index, [*base[: depth * ps], *([tail] * ps)])
+        hashed = h.blocks - before
+        # two root probes and the two new runs' first blocks, plus the blocks never keyed before
+        assert hashed == 4 + (depth - 1 if depth == 10 else depth - 10), (depth, hashed)
+        index.sanity_check(locks={})  # (which rehashes everything to check the keys)
