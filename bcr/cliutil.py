@@ -21,5 +21,14 @@ def add_config_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="run on this model of the config (model.name or an extra_models entry; default: the primary)",
+    )
+
+
 def load_config(args: argparse.Namespace) -> dict:
-    return cfgmod.load(args.config)
+    """The validated config; with ``--model``, with that model in ``model``."""
+    return cfgmod.with_model(cfgmod.load(args.config), getattr(args, "model", None))

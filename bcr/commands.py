@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import tempfile
 import time
@@ -13,7 +12,7 @@ import pandas as pd
 
 from bcr import config as cfgmod
 from bcr import io, provenance
-from bcr.cliutil import add_config_arg, load_config
+from bcr.cliutil import add_config_arg, add_model_arg, load_config
 from bcr.codehash import command_hash
 from bcr.contracts import ACCURACY_COLUMNS, PROMPT_COLUMNS, PROMPT_WORKLOADS, WORKLOAD
 
@@ -22,14 +21,16 @@ def register(tracks: argparse._SubParsersAction) -> None:
     model = tracks.add_parser("model", help="build, train and describe the model").add_subparsers(
         dest="command", required=True
     )
-    p = model.add_parser("train", help="train the tiny default model (local source only)")
+    p = model.add_parser("train", help="train a local tiny model (the primary, or --model)")
     add_config_arg(p)
+    add_model_arg(p)
     p.add_argument("--out", help="checkpoint directory (default: the config's model.path)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_model_train)
 
     p = model.add_parser("card", help="describe the loaded model; task accuracy per context")
     add_config_arg(p)
+    add_model_arg(p)
     p.add_argument("--out", required=True, help="model card JSON")
     p.add_argument("--accuracy", required=True, help="accuracy Parquet (one row per context)")
     p.set_defaults(func=cmd_model_card)
@@ -52,6 +53,7 @@ def register(tracks: argparse._SubParsersAction) -> None:
     dense = tracks.add_parser("dense", help="dense baseline").add_subparsers(dest="command", required=True)
     p = dense.add_parser("run", help="greedy generation with the stock cache, determinism-gated")
     add_config_arg(p)
+    add_model_arg(p)
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -59,14 +61,6 @@ def register(tracks: argparse._SubParsersAction) -> None:
 
 
 # --- model ---------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cmd_model_train(args: argparse.Namespace) -> int:
@@ -111,7 +105,7 @@ def cmd_model_train(args: argparse.Namespace) -> int:
             "teacher_forced_accuracy": accuracy,
             # the same hash the train_tiny_model rule carries: which code produced this checkpoint
             "code_hash": command_hash("model", "train"),
-            "model_sha256": sha256_file(tmp / "model.safetensors"),
+            "model_sha256": models.sha256_file(tmp / "model.safetensors"),
             "torch_threads": config["runtime"]["threads"],
         }
         io.write_json(report, tmp / "training.json")
@@ -144,7 +138,9 @@ def cmd_model_card(args: argparse.Namespace) -> int:
         "parameters": sum(p.numel() for p in m.parameters()),
         "layers": m.config.num_hidden_layers,
         "kv_heads": m.config.num_key_value_heads,
-        "head_dim": m.config.hidden_size // m.config.num_attention_heads,
+        "head_dim": getattr(m.config, "head_dim", None)
+        or m.config.hidden_size // m.config.num_attention_heads,
+        "heads": m.config.num_attention_heads,
         "max_position_embeddings": m.config.max_position_embeddings,
         "provenance": provenance.provenance(config, device),
     }
@@ -152,7 +148,7 @@ def cmd_model_card(args: argparse.Namespace) -> int:
     if mcfg["source"] == "local":
         ckpt = models.checkpoint_path(mcfg, cfgmod.REPO_ROOT)
         card["checkpoint"] = str(mcfg["path"])
-        card["model_sha256"] = sha256_file(ckpt / "model.safetensors")
+        card["model_sha256"] = models.sha256_file(ckpt / "model.safetensors")
         train_report = ckpt / "training.json"
         if train_report.is_file():
             card["training"] = io.read_json(train_report)

@@ -29,6 +29,8 @@ MAIN_SCHEMA = "config.schema.yaml"
 
 # "module:function" names of cross-field checks, each ``check(config) -> list[(key, message)]``.
 TRACK_CHECKS: list[str] = [
+    "bcr.config:check_models",
+    "bcr.tiered.frontier:check",
     "bcr.tiered.settings:check",
     "bcr.ledger.checks:check",
     "bcr.serving.workloads:check_config",
@@ -145,6 +147,49 @@ def load(paths: str | Path | Iterable[str | Path]) -> dict:
     for _, data in layers:
         merged = deep_merge(merged, data)
     return validate(merged, source=", ".join(name for name, _ in layers))
+
+
+def models(config: dict) -> list[dict]:
+    """Every model the config names: the primary ``model`` first, then ``extra_models``."""
+    return [config["model"], *config.get("extra_models", [])]
+
+
+def model_names(config: dict) -> list[str]:
+    return [m["name"] for m in models(config)]
+
+
+def with_model(config: dict, name: str | None) -> dict:
+    """The config with ``model`` set to the named one (primary or extra): every command that reads
+    ``config["model"]`` then runs on it unchanged."""
+    if name is None or name == config["model"]["name"]:
+        return config
+    for entry in config.get("extra_models", []):
+        if entry["name"] == name:
+            return {**config, "model": entry}
+    raise ConfigError(
+        f"--model {name!r}: not a model of this config (model.name, extra_models: "
+        f"{', '.join(model_names(config))})"
+    )
+
+
+def check_models(config: dict) -> list[tuple[str, str]]:
+    """Model names are unique (they name result folders and checkpoints), and every model reads the
+    primary's prompt sets: on synthetic prompts, the same vocabulary size."""
+    names = model_names(config)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    out = [("extra_models", f"model name(s) {dup} used twice")] if dup else []
+    vocab = lambda m: (m.get("architecture") or {}).get("vocab_size")  # noqa: E731
+    if (config.get("prompts") or {}).get("renderer") == "synthetic":
+        for i, m in enumerate(config.get("extra_models", [])):
+            if vocab(m) != vocab(config["model"]):
+                out.append(
+                    (
+                        f"extra_models[{i}].architecture.vocab_size",
+                        f"{vocab(m)} differs from model.architecture.vocab_size {vocab(config['model'])}: "
+                        "every model reads the same synthetic prompt sets",
+                    )
+                )
+    return out
 
 
 def resolve_base(entries: dict[str, dict], name: str, seen: tuple[str, ...] = ()) -> dict:

@@ -159,6 +159,11 @@ PEERS_COLUMNS = ["press", "context", "prompt_id", "stored_fraction", EXACT]
 # Negative controls: tiered rows plus which control and the setting it is matched to (null: the
 # matched setting itself, measured from the same shared prefill).
 CONTROL_COLUMNS = [*TIERED_COLUMNS, "control", "matched_to"]
+# The exactness frontier: tiered rows of one model plus the grid point's knob and value (knob
+# ``base``: the base setting itself) and whether the dense reference answered the prompt right (an
+# exact compressor of a model that does not retrieve proves little).  ``model`` is the provenance
+# column every row carries.
+FRONTIER_COLUMNS = [*TIERED_COLUMNS, "model", "knob", "knob_value", "dense_answer_correct"]
 
 
 @dataclass(frozen=True)
@@ -193,10 +198,10 @@ def _file(
 
 RUN_CONFIG = _file("run/config.yaml", what="the effective config of the run (written at parse time)")
 MODEL_CARD = _file(
-    "model/card.json", what="model card: parameters, checksum, training report", rule="model_card"
+    "model/{model}/card.json", what="model card: parameters, checksum, training report", rule="model_card"
 )
 MODEL_ACCURACY = _file(
-    "model/accuracy.parquet", ACCURACY_COLUMNS, "needle accuracy per context", "model_card"
+    "model/{model}/accuracy.parquet", ACCURACY_COLUMNS, "task accuracy per family and context", "model_card"
 )
 PROMPTS = _file(
     "prompts/{workload}/{context}.parquet",
@@ -246,6 +251,12 @@ TIERED_CONTROLS = _file(
     CONTROL_COLUMNS,
     "negative controls matched to the promoted settings",
     "tiered_controls",
+)
+TIERED_FRONTIER = _file(
+    "tiered/frontier/{model}/{workload}/{mode}.parquet",
+    FRONTIER_COLUMNS,
+    "the exactness frontier: a grid of knob values at the sweep context, per model",
+    "tiered_frontier",
 )
 TIERED_DECOMPOSITION = _file("tiered/decomposition.parquet", DECOMPOSITION_COLUMNS, "latency phases")
 CACHE_OPS = _file(

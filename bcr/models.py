@@ -6,6 +6,8 @@ rest of the pipeline never knows which one it got.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,33 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelNotFoundError(FileNotFoundError):
     """The configured checkpoint is missing: says where it looked and how to build it."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's weights are not the ones its training report recorded."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_checkpoint(path: Path) -> None:
+    """A committed checkpoint's weights must hash to its training report's ``model_sha256``: a
+    checkpoint edited, half-copied or swapped for another is refused, not silently measured."""
+    report = path / "training.json"
+    if not report.is_file():
+        return  # built outside the training rule (tests): nothing recorded to check against
+    want = json.loads(report.read_text()).get("model_sha256")
+    got = sha256_file(path / "model.safetensors")
+    if want is not None and got != want:
+        raise CheckpointMismatchError(
+            f"{path}/model.safetensors hashes to {got[:16]}…, but {report.name} recorded {want[:16]}…: "
+            "the weights are not the trained ones (retrain with `snakemake --forcerun` on its training rule)"
+        )
 
 
 @dataclass
@@ -39,6 +68,7 @@ def tiny_config(arch: dict) -> Qwen2Config:
         num_hidden_layers=arch["num_layers"],
         num_attention_heads=arch["num_heads"],
         num_key_value_heads=arch["num_kv_heads"],
+        head_dim=arch.get("head_dim") or arch["hidden_size"] // arch["num_heads"],
         max_position_embeddings=arch["max_position_embeddings"],
         rope_parameters={"rope_type": "default", "rope_theta": float(arch["rope_theta"])},
         tie_word_embeddings=True,
@@ -71,6 +101,7 @@ def load_model(model_cfg: dict, device: torch.device, root: Path | None = None) 
                 f"(config key model.path). Build it with `snakemake --forcerun train_tiny_model` "
                 f"or `bcr model train --config ...`."
             )
+        check_checkpoint(path)
         model = Qwen2ForCausalLM.from_pretrained(
             path, dtype=dtype, attn_implementation=attn, local_files_only=True
         )

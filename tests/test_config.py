@@ -26,6 +26,10 @@ def test_every_file_in_config_validates_as_it_is_used(repo):
     used = {
         "config.yaml": lambda p: cfgmod.load(p)["run_name"],
         "a100.yaml": lambda p: cfgmod.load(p)["run_name"],
+        # an overlay: layered over the default, as its header says
+        "cpu-full.yaml": lambda p: (
+            cfgmod.load([p.parent / "config.yaml", p])["tiered"]["frontier"]["grid"] == "product"
+        ),
         "claims.yaml": lambda p: load_claims(p).claims,
         "reference.yaml": lambda p: yaml.safe_load(p.read_text())["sweep"],
     }
@@ -120,3 +124,23 @@ def test_not_yaml_is_a_clear_error(tmp_path):
     p.write_text("a: [1, 2\n")
     with pytest.raises(cfgmod.ConfigError, match="not valid YAML"):
         cfgmod.load(p)
+
+
+def test_extra_models_are_selected_by_name_and_names_are_unique(default_config):
+    names = cfgmod.model_names(default_config)
+    assert names[0] == default_config["model"]["name"] and len(names) >= 2
+    other = cfgmod.with_model(default_config, names[1])
+    assert other["model"]["name"] == names[1] and other["prompts"] == default_config["prompts"]
+    assert cfgmod.with_model(default_config, None) is default_config
+    with pytest.raises(cfgmod.ConfigError, match="--model 'nope': not a model of this config"):
+        cfgmod.with_model(default_config, "nope")
+    dup = copy.deepcopy(default_config)
+    dup["extra_models"].append(copy.deepcopy(dup["model"]))
+    with pytest.raises(
+        cfgmod.ConfigError, match=r"extra_models: model name\(s\) \['tiny-needle'\] used twice"
+    ):
+        cfgmod.validate(dup)
+    bad = copy.deepcopy(default_config)
+    del bad["extra_models"][0]["architecture"]
+    with pytest.raises(cfgmod.ConfigError, match=r"extra_models\[0\]\.architecture: required key is missing"):
+        cfgmod.validate(bad)

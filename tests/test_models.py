@@ -54,3 +54,22 @@ def test_small_training_run_learns_retrieval():
     trained = _value_token_accuracy(result.model, spec, 32, 256)
     assert untrained < 0.1
     assert trained >= 3 / spec.value_band, (untrained, trained)
+
+
+def test_a_checkpoint_whose_weights_differ_from_its_training_report_is_refused(tmp_path, default_config):
+    """Each committed checkpoint loads only with the weights its training report hashed."""
+    import shutil
+
+    from bcr import config as cfgmod
+
+    for mcfg in cfgmod.models(default_config):
+        src = models.checkpoint_path(mcfg, cfgmod.REPO_ROOT)
+        assert (src / "training.json").is_file(), f"{mcfg['name']}: no committed training report"
+        models.check_checkpoint(src)  # the committed one passes
+        bad = tmp_path / mcfg["name"]
+        shutil.copytree(src, bad)
+        blob = bytearray((bad / "model.safetensors").read_bytes())
+        blob[-1] ^= 1  # one bit of the last weight
+        (bad / "model.safetensors").write_bytes(bytes(blob))
+        with pytest.raises(models.CheckpointMismatchError, match=r"training\.json recorded"):
+            models.load_model({**mcfg, "path": str(bad)}, torch.device("cpu"))

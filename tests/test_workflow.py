@@ -132,6 +132,15 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
         assert (dense["workload"] == workload).all()
         assert dense["git_commit"].notna().all() and dense["peak_mem_bytes"].isna().all()
     assert not list(results.rglob(".*.tmp"))  # no temporary files left behind
+    # the frontier: every model x family x mode, the whole grid, the model named in every row
+    for model, workload, mode in itertools.product(
+        ("tiny-needle", "tiny-gqa4"), ("needle", "scattered"), ("question_aware", "question_agnostic")
+    ):
+        f = pd.read_parquet(results / "tiered" / "frontier" / model / workload / f"{mode}.parquet")
+        assert set(f["model"]) == {model} and set(f["query_mode"]) == {mode} and len(f) == 2 * 13
+        assert (f.groupby("setting")["knob"].nunique() == 1).all()
+        assert (results / "model" / model / "card.json").is_file()
+    assert (results / "site" / "frontier" / "index.html").is_file()
 
     # Nothing to do on a second invocation.
     assert planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout) == {}

@@ -42,6 +42,7 @@ TRACK_PAGES = {
     "serving": "serving.md",
     "correctness": "correctness.md",
     "tiered": "tiered.md",
+    "frontier": "frontier.md",
     "page_native": "decomposition.md",
     "peers": "peers.md",
     "general": "limitations.md",
@@ -173,6 +174,7 @@ def eval_context(
         tiered=tiered,
         promotion_contexts=contexts,
         headline=tables.headline(statuses, exclude),
+        query_mode=mode,
     )
 
 

@@ -43,7 +43,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     spec = load_claims(args.claims)
-    ledger = evaluate(spec, load_results(args.results), config)
+    ledger = evaluate(spec, load_results(args.results, config["model"]["name"]), config)
     io.write_parquet(ledger_with_provenance(ledger, config), args.out)
     width = max(len(c) for c in ledger["claim_id"])
     for r in ledger.itertuples():
@@ -62,7 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     config = load_config(args)
     index = build(
         Path(args.repo).resolve(),
-        load_results(Path(args.results).resolve()),
+        load_results(Path(args.results).resolve(), config["model"]["name"]),
         config,
         io.read_parquet(args.ledger, ["claim_id", "verdict"]),
         load_claims(args.claims),

@@ -57,10 +57,11 @@ class Results:
     """Everything under ``results/`` the site reads; each table may be missing."""
 
     root: Path
-    card: dict[str, Any] | None
+    card: dict[str, Any] | None  # the primary model's card
     promoted: dict[tuple[str, str], Any]  # (workload, query mode) -> that checkpoint's promoted.json
     tables: dict[str, Table]
     provenance: pd.DataFrame | None = None  # filled on first use by provenance_rows()
+    cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # every model's card, by name
 
     def __getitem__(self, name: str) -> Table:
         return self.tables[name]
@@ -138,18 +139,20 @@ def _serving(root: Path) -> Table:
     return _table(root, "serving_requests", C.SERVING_REQUESTS, extra=extra)
 
 
-def _optional_json(path: Path) -> Any:
-    return io.read_json(path) if path.is_file() else None
-
-
-def load_results(root: str | Path) -> Results:
+def load_results(root: str | Path, primary: str | None = None) -> Results:
+    """Every result table under ``root``; ``card`` is the ``primary`` model's card (None: the only
+    card there is, if there is one)."""
     root = Path(root)
+    cards = {p.parent.name: io.read_json(p) for p in sorted(root.glob(C.MODEL_CARD.glob))}
+    if primary is None and len(cards) == 1:
+        primary = next(iter(cards))
     tables = [
         _table(root, "model_accuracy", C.MODEL_ACCURACY, ["context", "n", "accuracy"]),
         _table(root, "dense", C.DENSE, LEDGER_DENSE_COLUMNS),
         _table(root, "tiered_sweep", C.TIERED_SWEEP),
         _table(root, "tiered_promotion", C.TIERED_PROMOTION),
         _table(root, "tiered_controls", C.TIERED_CONTROLS),
+        _table(root, "tiered_frontier", C.TIERED_FRONTIER),
         _table(root, "tiered_decomposition", C.TIERED_DECOMPOSITION),
         _table(root, "cache_ops", C.CACHE_OPS, LEDGER_CACHE_OPS_COLUMNS),
         _serving(root),
@@ -158,7 +161,8 @@ def load_results(root: str | Path) -> Results:
     ]
     return Results(
         root=root,
-        card=_optional_json(root / C.MODEL_CARD.pattern),
+        card=cards.get(primary) if primary else None,
+        cards=cards,
         promoted={
             (p.parent.parent.name, p.stem): io.read_json(p)
             for p in sorted(root.glob(C.TIERED_PROMOTED.glob))

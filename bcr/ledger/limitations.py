@@ -68,14 +68,16 @@ def _model(results: Results, config: dict, reference: dict) -> list[dict]:
         )
     else:
         out.append(_item("info", "Model", f"`{name}` ({size}), as in the note ({reference.get('model')})."))
-    out.append(
-        _item(
-            "warning",
-            "One model",
-            "Every result comes from a single model: generalisation across models is untested.",
-            "one-model",
+    frontier = results["tiered_frontier"].df
+    models = sorted(set(frontier["model"])) if frontier is not None and len(frontier) else [name]
+    if len(models) < 2:
+        text = "Every result comes from a single model: generalisation across models is untested."
+    else:
+        text = (
+            f"Only the exactness frontier (at the sweep context) runs on more than one model ({', '.join(models)}); "
+            f"the sweep, promotion, controls and latency come from `{name}` alone."
         )
-    )
+    out.append(_item("warning", "One model", text, "one-model"))
     return out
 
 

@@ -261,3 +261,64 @@ def decomposition_bars(decomp: pd.DataFrame, path: Path) -> Path:
         fig.tight_layout()
         ps.legend_below(fig, [ax], ncol=min(5, len(phases)))
         return ps.save(fig, path)
+
+
+def frontier(
+    table: pd.DataFrame,
+    model: str,
+    path: Path,
+    *,
+    promoted: pd.DataFrame | None = None,
+    note_fraction: float | None = None,
+) -> Path:
+    """One model's exactness frontier: a panel per (family, mode), exact rate (95% Clopper–Pearson
+    bars) against the median stored fraction, one line per knob through its grid points (the base
+    on every line).  ``promoted`` (setting, workload, query_mode, stored_fraction, n, n_exact: the
+    sweep's rows of the promoted settings) are stars; ``note_fraction`` is the note's front_ret25."""
+    t = table[table["model"] == model]
+    panels = sorted({(w, m) for w, m in zip(t["workload"], t["query_mode"], strict=True)})
+    knobs = [k for k in dict.fromkeys(t["knob"]) if k != "base"]
+    with ps.style():
+        cols = min(2, max(1, len(panels)))
+        rows = max(1, -(-len(panels) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.1 * rows + 0.9), squeeze=False)
+        used = []
+        for ax, (workload, mode) in zip(axes.flat, panels, strict=False):
+            used.append(ax)
+            g = t[(t["workload"] == workload) & (t["query_mode"] == mode)]
+            base = g[g["knob"] == "base"]
+            for i, knob in enumerate(knobs):
+                line = pd.concat([g[g["knob"] == knob], base]).sort_values("stored_fraction")
+                rate = line["n_exact"] / line["n"]
+                ax.plot(line["stored_fraction"], rate, color=ps.color(i), linewidth=1.0, zorder=2)
+                ax.errorbar(
+                    line["stored_fraction"], rate,
+                    yerr=[(rate - line["exact_low"]).clip(lower=0), (line["exact_high"] - rate).clip(lower=0)],
+                    fmt="o", color=ps.color(i), markersize=4, elinewidth=0.8, label=f"knob: {knob}", zorder=3,
+                )  # fmt: skip
+            if len(base):
+                ax.scatter(
+                    base["stored_fraction"], base["n_exact"] / base["n"], s=60, marker="o",
+                    facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,
+                    label=f"base: {base['setting'].iloc[0]}",
+                )  # fmt: skip
+            if promoted is not None and len(promoted):
+                p = promoted[(promoted["workload"] == workload) & (promoted["query_mode"] == mode)]
+                if len(p):
+                    ax.scatter(
+                        p["stored_fraction"], p["n_exact"] / p["n"], s=90, marker="*",
+                        color=ps.NOTE_COLOR, zorder=5, label="our promoted settings (sweep)",
+                    )  # fmt: skip
+            if note_fraction is not None:
+                ps.threshold_line(ax, note_fraction, f"the note's front_ret25 ({note_fraction:.2f})")
+            ax.set_xlim(0.0, 1.0)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_title(f"{workload}, {mode}", fontsize=9)
+            ax.set_xlabel("stored fraction (median over prompts)")
+            ax.set_ylabel("exact rate (answer span)")
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.set_visible(False)
+        fig.suptitle(f"Exactness frontier: {model}")
+        fig.tight_layout()
+        ps.legend_below(fig, used, ncol=3)
+        return ps.save(fig, path)

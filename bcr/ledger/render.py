@@ -18,7 +18,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from bcr.contracts import PROMPT_WORKLOADS, QUERY_MODES
+from bcr.contracts import DENSE_PATH, PROMPT_WORKLOADS, QUERY_MODES
 from bcr.contracts import WORKLOAD as C_WORKLOAD
 from bcr.ledger import plots, stats, tables
 from bcr.ledger.claims import (
@@ -40,6 +40,7 @@ PAGES = {
     "serving.md": "serving.md.j2",
     "correctness.md": "correctness.md.j2",
     "tiered.md": "tiered.md.j2",
+    "frontier.md": "frontier.md.j2",
     "decomposition.md": "decomposition.md.j2",
     "peers.md": "peers.md.j2",
     "baseline.md": "baseline.md.j2",
@@ -54,6 +55,10 @@ EVIDENCE = {
     "dense": ("dense baseline runs", "the dense baseline"),
     "tiered_sweep": ("tiered sweep runs", "the tiered sweep"),
     "tiered_promotion": ("tiered promotion runs", "the tiered promotion"),
+    "tiered_frontier": (
+        "the exactness frontier (a grid of knob values per model, family and mode)",
+        "the tiered frontier rule (`tiered.frontier` in the config)",
+    ),
     "tiered_decomposition": (
         "per-phase timings of the tiered decode",
         "the latency-decomposition track (per-phase timers in the tiered decode and the page-native "
@@ -386,6 +391,66 @@ def _mode_section(
     }
 
 
+def _frontier_section(spec: ClaimFile, results: Results, reference: dict, pdir: Path) -> dict:
+    """The frontier page: per (model, family, mode) the smallest exact stored fraction, every grid
+    point, and one plot per model (the primary's promoted settings starred at their sweep values)."""
+    table = tables.frontier_table(results["tiered_frontier"].df)
+    cov = next((c for c in spec.claims if c.rule["kind"] == "coverage"), None)
+    smallest = tables.frontier_smallest(table, int(cov.rule["min_n"]) if cov else 1)
+    note = [
+        float(r["stored_fraction"])
+        for r in reference.get("promotion", {}).get("rows", [])
+        if r.get("setting") == "front_ret25" and "stored_fraction" in r
+    ]
+    note_fraction = sum(note) / len(note) if note else None
+    promoted = _promoted_sweep_points(results)
+    plot_files = {}
+    for model in sorted(set(table["model"])):
+        name = f"frontier_{model.replace('/', '_')}.svg"
+        stars = promoted[promoted["model"] == model] if len(promoted) else promoted
+        plots.frontier(table, model, pdir / name, promoted=stars, note_fraction=note_fraction)
+        plot_files[f"frontier:{model}"] = f"plots/{name}"
+    return {
+        "smallest": _records(smallest),
+        "points": _records(table),
+        "models": sorted(set(table["model"])),
+        "note_fraction": note_fraction,
+        "plots": plot_files,
+    }
+
+
+def _promoted_sweep_points(results: Results) -> pd.DataFrame:
+    """The promoted settings' sweep rows, one per (model, family, mode, setting): answer-span exact
+    count and median stored fraction (what the frontier plots star)."""
+    cols = ["model", "workload", "query_mode", "setting", "n", "n_exact", "stored_fraction"]
+    sweep = results["tiered_sweep"].df
+    if sweep is None or not len(sweep):
+        return pd.DataFrame(columns=cols)
+    out = []
+    for (workload, mode), decision in results.promoted.items():
+        names = set(decision.get("promoted") or [])
+        g = sweep[
+            (sweep["workload"] == workload)
+            & (sweep["query_mode"] == mode)
+            & (sweep["decode_path"] != DENSE_PATH)
+            & sweep["setting"].isin(names)
+        ]
+        for (model, setting), r in g.groupby(["model", "setting"], sort=True):
+            answer = (r["exact_answer"] if "exact_answer" in r else r["exact"]).astype(bool)
+            out.append(
+                [
+                    model,
+                    workload,
+                    mode,
+                    setting,
+                    len(r),
+                    int(answer.sum()),
+                    float(r["stored_fraction"].median()),
+                ]
+            )
+    return pd.DataFrame(out, columns=cols)
+
+
 def site_data(
     results: Results,
     config: dict,
@@ -440,6 +505,8 @@ def site_data(
         plots.cache_ops_bars(results["cache_ops"].df, int(page), pdir / "cache_ops.svg")
         plot_files["cache_ops"] = "plots/cache_ops.svg"
         plot_files["cache_ops_page"] = str(int(page))
+    frontier = _frontier_section(spec, results, reference, pdir)
+    plot_files.update(frontier.pop("plots"))
     if results["serving_requests"].present:
         plots.ttft_distributions(results["serving_requests"].df, pdir / "ttft_distributions.svg")
         plot_files["ttft"] = "plots/ttft_distributions.svg"
@@ -455,6 +522,7 @@ def site_data(
         "config_yaml": yaml.safe_dump(config, sort_keys=False).rstrip(),
         "title": config.get("site", {}).get("title", "bcr-memory results"),
         "card": results.card,
+        "cards": results.cards,
         "claims": claims,
         "by_track": {t: [c for c in claims if c["track"] == t] for t in TRACK_PAGES},
         "changes": _changes(claims),
@@ -480,6 +548,7 @@ def site_data(
         ),
         "longctx": tables.longctx_summary(results["longctx"].df),
         "decomposition": _records(decomp),
+        "frontier": frontier,
         "paged": [r for sec in mode_sections for r in sec["promotion"] if r["decode_path"] != path],
         "peers": _records(peers),
         "dense": _records(_dense_summary(dense)),

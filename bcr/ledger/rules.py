@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bcr import contracts as C
 from bcr.ledger import tables
 from bcr.ledger.evidence import Results
 from bcr.ledger.stats import (
@@ -80,6 +81,7 @@ class EvalContext:
     tiered: pd.DataFrame
     promotion_contexts: list[int]
     headline: tables.Headline
+    query_mode: str | None = None  # the mode of a per-mode or per-workload row
 
 
 def decide(iv: Interval, holds_when: str, threshold: float) -> str:
@@ -475,43 +477,74 @@ def _no_promotion(rule: dict, ctx: EvalContext, evidence: str) -> Outcome:
 
 
 def rule_coverage(rule: dict, ctx: EvalContext) -> Outcome:
-    table = ctx.results["tiered_promotion"]
-    thr = float(rule["min_models"])
+    """Generalisation: for every (model, family) of the exactness frontier in this row's mode, a grid
+    point exact on every one of at least ``min_n`` prompts while storing at most
+    ``max_stored_fraction`` of the tokens.  Not yet with fewer than ``min_models`` models or
+    ``min_workloads`` families; rejected when some pair has enough prompts and no such point.  A pair
+    whose model answers fewer than ``min_dense_accuracy`` of its prompts right with the dense cache
+    does not count: an exact compressor of a model that does not retrieve proves little."""
+    table = ctx.results["tiered_frontier"]
+    thr = float(rule["max_stored_fraction"])
     if not table.present:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
-    t = ctx.tiered.copy()
-    # rows without a workload/model column ran the config's one prompt set on the config's model
-    for col, default in (
-        ("workload", f"{ctx.config['prompts']['renderer']} needle retrieval"),
-        ("model", str(ctx.config["model"].get("hub_id") or ctx.config["model"]["name"])),
-    ):
-        t[col] = t[col].astype("object").fillna(default).astype(str) if col in t.columns else default
-    models, workloads = sorted(t["model"].unique()), sorted(t["workload"].unique())
-    evidence = f"{table.pattern} · {rule['decode_path']} · per (model, workload)"
+    df = table.df if ctx.query_mode is None else table.df[table.df[C.QUERY_MODE] == ctx.query_mode]
+    smallest = tables.frontier_smallest(tables.frontier_table(df), int(rule["min_n"]))
+    models, workloads = sorted(set(smallest["model"])), sorted(set(smallest[C.WORKLOAD]))
+    evidence = f"{table.pattern} · {ctx.query_mode or 'every mode'} · per (model, workload)"
     counts = (
         f"{len(models)} model(s) ({', '.join(models)}), {len(workloads)} workload(s) ({', '.join(workloads)})"
     )
-    out = Outcome(NOT_YET, "", evidence, len(models), float(len(models)), thr, value_text=counts)
+    out = Outcome(NOT_YET, "", evidence, len(smallest), None, thr, value_text=counts)
     if len(models) < rule["min_models"] or len(workloads) < rule["min_workloads"]:
         out.reason = (
             f"{counts}; needs at least {rule['min_models']} models and {rule['min_workloads']} workloads"
         )
         return out
-    verdicts = []
-    for (model, workload), g in t.groupby(["model", "workload"]):
-        statuses = [
-            s
-            for s in tables.setting_status(g, ctx.promotion_contexts, rule["decode_path"], rule["min_n"])
-            if s.setting not in ctx.exclude
-        ]
-        verdicts.append((model, workload, _exactness_verdict(statuses, rule, evidence).verdict))
-    failed = [f"{m}/{w}" for m, w, v in verdicts if v == REJECTED]
+    floor = float(rule.get("min_dense_accuracy", 0.0))
+
+    def dense_rate(text: str | None) -> float:
+        k, n = (int(x) for x in (text or "0/0").split("/"))
+        return k / n if n else math.nan
+
+    weak = [
+        f"{r.model}/{getattr(r, C.WORKLOAD)} (dense right {r.dense_correct})"
+        for r in smallest.itertuples()
+        if not dense_rate(r.dense_correct) >= floor
+    ]
+    if floor > 0 and weak:
+        smallest = smallest[[dense_rate(d) >= floor for d in smallest["dense_correct"]]]
+        # a model counts with at least min_workloads families of its own left
+        per_model = smallest.groupby("model")[C.WORKLOAD].nunique()
+        smallest = smallest[smallest["model"].isin(per_model[per_model >= rule["min_workloads"]].index)]
+        models, workloads = sorted(set(smallest["model"])), sorted(set(smallest[C.WORKLOAD]))
+        counts = (
+            f"{len(models)} model(s) that retrieve ({', '.join(models)}), {len(workloads)} workload(s); "
+            f"left out, answering fewer than {floor:.0%} right with the dense cache: {', '.join(weak)}"
+        )
+        out.value_text, out.n = counts, len(smallest)
+        if len(models) < rule["min_models"] or len(workloads) < rule["min_workloads"]:
+            out.reason = (
+                f"{counts}; needs at least {rule['min_models']} models and {rule['min_workloads']} workloads"
+            )
+            return out
+    pairs = []
+    for r in smallest.itertuples():
+        best = r.smallest_exact_stored_fraction
+        ok = not math.isnan(best) and best <= thr
+        pairs.append((f"{r.model}/{getattr(r, C.WORKLOAD)}", ok, best, r.n))
+    worst = max((p[2] for p in pairs if not math.isnan(p[2])), default=math.nan)
+    out.value = None if math.isnan(worst) else worst
+    text = "; ".join(f"{name} {'—' if math.isnan(b) else f'{b:.3g}'}" for name, _, b, _ in pairs)
+    out.value_text = f"{counts}; smallest exact stored fraction {text}"
+    failed = [name for name, ok, *_ in pairs if not ok]
     if failed:
-        out.verdict, out.reason = REJECTED, f"{counts}; no exact setting for {', '.join(failed)}"
-    elif all(v == SUPPORTED for *_, v in verdicts):
-        out.verdict, out.reason = SUPPORTED, f"{counts}; an exact setting for every pair"
+        out.verdict = REJECTED
+        out.reason = f"{counts}; no grid point exact on every prompt at stored fraction ≤ {thr:g} for {', '.join(failed)}"
     else:
-        out.reason = f"{counts}; some pairs lack enough prompts"
+        out.verdict = SUPPORTED
+        out.reason = (
+            f"{counts}; every pair has a grid point exact on every prompt at stored fraction ≤ {thr:g}"
+        )
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bcr import contracts as C
 from bcr.ledger.stats import geomean, geomean_interval, quantile_ratio_interval
 
 DENSE_PATH = "dense"
@@ -427,3 +428,64 @@ def peers_table(df: pd.DataFrame | None, bin_width: float) -> pd.DataFrame:
     t = out.groupby(["context", "fraction_bin", "press"], sort=True).agg(**agg).reset_index()
     t["exact_rate"] = t["n_exact"] / t["n"]
     return t
+
+
+FRONTIER_TABLE_COLUMNS = [
+    "model", C.WORKLOAD, C.QUERY_MODE, "setting", "knob", "knob_value", "n", "n_exact", "exact_low",
+    "exact_high", "n_exact_trajectory", "stored_fraction", "compression", "dense_correct",
+]  # fmt: skip
+FRONTIER_SMALLEST_COLUMNS = [
+    "model", C.WORKLOAD, C.QUERY_MODE, "points", "dense_correct", "smallest_exact_stored_fraction", "setting", "n",
+    "exact_low", "exact_high", "least_stored_fraction", "least_stored_setting", "least_stored_exact",
+]  # fmt: skip
+
+
+def frontier_table(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Per (model, family, mode, grid point): answer-span exact count with its 95% Clopper–Pearson
+    interval, whole-trajectory count, and the median stored fraction and compression over prompts."""
+    if df is None or len(df) == 0:
+        return pd.DataFrame(columns=FRONTIER_TABLE_COLUMNS)
+    from bcr.ledger.stats import exact_rate_interval
+
+    keys = ["model", C.WORKLOAD, C.QUERY_MODE, "setting", "knob", "knob_value"]
+    answer = (df["exact_answer"] if "exact_answer" in df else df["exact"]).astype(bool)
+    out = []
+    for key, g in df.assign(answer=answer).groupby(keys, sort=False):
+        n, k = len(g), int(g["answer"].sum())
+        iv = exact_rate_interval(k, n)
+        dense = g["dense_answer_correct"] if "dense_answer_correct" in g else pd.Series(dtype=bool)
+        out.append(
+            [*key, n, k, iv.low, iv.high, int(g["exact"].astype(bool).sum()),
+             float(g["stored_fraction"].median()), float(g["compression"].median()),
+             f"{int(dense.astype(bool).sum())}/{n}" if dense.notna().all() and len(dense) else None]
+        )  # fmt: skip
+    t = pd.DataFrame(out, columns=FRONTIER_TABLE_COLUMNS)
+    return t.sort_values(["model", C.WORKLOAD, C.QUERY_MODE, "stored_fraction"], ignore_index=True)
+
+
+def frontier_smallest(table: pd.DataFrame, min_n: int = 1) -> pd.DataFrame:
+    """Per (model, family, mode): the smallest median stored fraction of a grid point exact on every
+    one of at least ``min_n`` prompts (NaN when none is), with that point's n and interval, beside the
+    grid's least-storing point and its exact count (how far the grid reached)."""
+    rows = []
+    for key, g in table.groupby(["model", C.WORKLOAD, C.QUERY_MODE], sort=True):
+        exact = g[(g["n_exact"] == g["n"]) & (g["n"] >= min_n)]
+        least = g.sort_values(["stored_fraction", "setting"]).iloc[0]
+        dense = least.get("dense_correct")
+        best = exact.sort_values(["stored_fraction", "setting"]).iloc[0] if len(exact) else None
+        rows.append(
+            [
+                *key,
+                len(g),
+                dense,
+                math.nan if best is None else float(best["stored_fraction"]),
+                None if best is None else best["setting"],
+                0 if best is None else int(best["n"]),
+                math.nan if best is None else float(best["exact_low"]),
+                math.nan if best is None else float(best["exact_high"]),
+                float(least["stored_fraction"]),
+                least["setting"],
+                f"{int(least['n_exact'])}/{int(least['n'])}",
+            ]
+        )
+    return pd.DataFrame(rows, columns=FRONTIER_SMALLEST_COLUMNS)

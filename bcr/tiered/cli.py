@@ -9,8 +9,14 @@ import pandas as pd
 
 from bcr import config as cfgmod
 from bcr import io, provenance
-from bcr.cliutil import add_config_arg, load_config
-from bcr.contracts import CONTROL_COLUMNS, DENSE_PATH, PROMPT_COLUMNS, QUERY_MODES, TIERED_COLUMNS
+from bcr.cliutil import add_config_arg, add_model_arg, load_config
+from bcr.contracts import (
+    CONTROL_COLUMNS,
+    DENSE_PATH,
+    PROMPT_COLUMNS,
+    QUERY_MODES,
+    TIERED_COLUMNS,
+)
 
 
 def register(tracks: argparse._SubParsersAction) -> None:
@@ -63,6 +69,21 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_controls)
+
+    p = tiered.add_parser(
+        "frontier", help="the exactness frontier: tiered.frontier's grid at one context, one model"
+    )
+    add_config_arg(p)
+    add_model_arg(p)
+    p.add_argument("--context", type=int, required=True)
+    p.add_argument(
+        "--prompts", required=True, help="prompt set Parquet (results/prompts/{workload}/{context}.parquet)"
+    )
+    p.add_argument("--dense", help="the model's dense baseline Parquet, when it has one (the primary)")
+    p.add_argument("--query-modes", nargs="+", choices=QUERY_MODES, default=list(QUERY_MODES))
+    p.add_argument("--out", nargs="+", required=True, help="one Parquet per --query-modes entry, in order")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_frontier)
 
     p = tiered.add_parser("promote", help="the sweep checkpoint: promoted.json and the sweep summary")
     add_config_arg(p)
@@ -189,7 +210,12 @@ def cmd_controls(args: argparse.Namespace) -> int:
     if not spec or not spec["kinds"]:
         raise cfgmod.ConfigError("tiered.negative_controls: no control kinds configured")
     device, prompts, reference, loaded = _load_run_inputs(args, config)
-    settings = _settings(config, list(io.read_json(args.promoted)["run"]))  # those measured at promotion
+    decision = io.read_json(args.promoted)
+    if spec.get("match", "most_compressed") == "most_compressed":  # the one the test-bed claim reads
+        matched = [decision["most_compressed"]] if decision.get("most_compressed") else []
+    else:  # every setting measured at promotion
+        matched = list(decision["run"])
+    settings = _settings(config, matched)
     if settings:
         df = measure_controls(
             loaded,
@@ -207,6 +233,47 @@ def cmd_controls(args: argparse.Namespace) -> int:
     provenance.write_rows(df, args.out, config, device)
     for (setting, kind), g in df.groupby(["matched_to", df["control"].fillna("(the setting)")], sort=True):
         print(_summary_line(f"{kind} ~ {setting} ({args.query_mode})", args.context, g))
+    return 0
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from bcr.tiered import frontier
+    from bcr.tiered.harness import measure
+
+    config = load_config(args)
+    if not config["tiered"].get("frontier"):
+        raise cfgmod.ConfigError("tiered.frontier: no frontier grid configured")
+    if len(args.out) != len(args.query_modes):
+        raise cfgmod.ConfigError(
+            f"--out names {len(args.out)} files for {len(args.query_modes)} --query-modes (one each)"
+        )
+    points = frontier.grid(config)
+    device, prompts, reference, loaded = _load_run_inputs(args, config)
+    t0 = time.perf_counter()
+    frames = measure(
+        loaded,
+        prompts,
+        [s for s, _, _ in points],
+        ["densify"],
+        config["generation"],
+        device,
+        args.query_modes,
+        timed_prompts=0,
+        dense_reference=reference,
+    )
+    knob = {s.name: (k, v) for s, k, v in points}
+    for mode, out in zip(args.query_modes, args.out, strict=True):
+        df = frames[mode]
+        dense = df[df["decode_path"] == DENSE_PATH].drop_duplicates("prompt_id")
+        correct = dict(zip(dense["prompt_id"], dense["answer_correct"].astype(bool), strict=True))
+        df = df[df["decode_path"] != DENSE_PATH].reset_index(drop=True)
+        df["dense_answer_correct"] = df["prompt_id"].map(correct)
+        df["knob"] = df["setting"].map(lambda n: knob[n][0])
+        df["knob_value"] = df["setting"].map(lambda n: knob[n][1])
+        provenance.write_rows(df, out, config, device)
+        for setting, g in df.groupby("setting", sort=False):
+            print(_summary_line(f"{loaded.name} {setting} ({mode})", args.context, g))
+    print(f"({time.perf_counter() - t0:.1f}s, {len(points)} grid points)")
     return 0
 
 

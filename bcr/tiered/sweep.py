@@ -112,6 +112,7 @@ def promote(
     contexts = sorted({int(c) for c in rows["context"]})
     if len(contexts) != 1:
         raise ValueError(f"sweep rows span several contexts {contexts}; the sweep runs at one")
+    run = list(override) if override is not None else promoted
     return {
         "sweep_context": contexts[0],
         "promoted": promoted,
@@ -120,9 +121,22 @@ def promote(
         "not_promoted": [s for s in settings if s not in controls and not exact.get(s, False)],
         "controls": {c: exact[c] for c in controls},
         "override": override,
-        "run": list(override) if override is not None else promoted,
+        "run": run,
+        "most_compressed": most_compressed(tiered, run),
         "source": "override" if override is not None else "sweep",
     }
+
+
+def most_compressed(tiered: pd.DataFrame, run: list[str]) -> str | None:
+    """The run setting storing the least at the sweep (highest median compression; ties: run order).
+
+    The negative controls and the test-bed claim are about this one, so it is chosen from the sweep's
+    own rows, before any control has run.  A run setting the sweep did not measure ranks last.
+    """
+    if not run:
+        return None
+    compression = tiered.groupby("setting")["compression"].median()
+    return min(run, key=lambda s: (-float(compression.get(s, float("-inf"))), run.index(s)))
 
 
 def promotion_summary(rows: pd.DataFrame) -> pd.DataFrame:

@@ -137,9 +137,9 @@ def write_model(root: Path) -> None:
         ],
         "provenance": PROV,
     }
-    io.write_json(card, root / "model" / "card.json")
+    io.write_json(card, root / "model" / card["name"] / "card.json")
     acc = pd.DataFrame(card["accuracy"])
-    io.write_parquet(with_prov(acc), root / "model" / "accuracy.parquet")
+    io.write_parquet(with_prov(acc), root / "model" / card["name"] / "accuracy.parquet")
 
 
 def write_dense(root: Path, n: int = 8) -> None:
@@ -350,6 +350,38 @@ def write_peers(root: Path, *, ours_rate: float = 1.0, peer_rate: float = 0.5, n
     io.write_parquet(with_prov(pd.DataFrame(rows)), root / "peers" / "kvpress.parquet")
 
 
+FRONTIER_POINTS = {  # grid point -> (knob, value, compression)
+    "all_ret10_n1": ("base", "all_ret10_n1", 4.5),
+    "all_ret10_n1:retain=0.05": ("retain", "0.05", 6.0),
+    "all_ret10_n1:retain=0.5": ("retain", "0.5", 1.8),
+    "all_ret10_n1:band=middle": ("band", "middle", 1.5),
+}
+
+
+def write_frontier(
+    root: Path,
+    model: str = "tiny-needle",
+    workload: str = "needle",
+    mode: str = "question_aware",
+    exact: dict[str, bool | list[bool]] | None = None,
+    n: int = 8,
+    dense_correct: list[bool] | None = None,
+) -> Path:
+    """One (model, family, mode) frontier file: every point exact unless ``exact`` says otherwise."""
+    frames = []
+    for point, (knob, value, comp) in FRONTIER_POINTS.items():
+        df = tiered_frame(
+            point, CONTEXTS[0], n=n, paths=("densify",), exact=(exact or {}).get(point, True),
+            compression=comp, noise=0.0, model=model, mode=mode, workload=workload,
+        )  # fmt: skip
+        frames.append(
+            df.assign(knob=knob, knob_value=value, dense_answer_correct=dense_correct or [True] * n)
+        )
+    path = root / "tiered" / "frontier" / model / workload / f"{mode}.parquet"
+    io.write_parquet(pd.concat(frames, ignore_index=True), path)
+    return path
+
+
 def write_default(root: Path) -> Path:
     """What the default pipeline produces: model, dense, tiered sweep + promotion, cache ops."""
     write_model(root)
@@ -363,6 +395,11 @@ def write_default(root: Path) -> Path:
 def write_full(root: Path) -> Path:
     """Every evidence file, including those of future issues."""
     write_default(root)
+    for model in ("tiny-needle", "tiny-gqa4"):
+        for mode in ("question_aware", "question_agnostic"):
+            write_frontier(
+                root, model, "needle", mode, exact={"all_ret10_n1:retain=0.05": [True] * 7 + [False]}
+            )
     write_serving(root)
     write_longctx(root)
     write_decomposition(root)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ledger_synth as synth
 import pandas as pd
 import pytest
@@ -212,24 +214,34 @@ def test_peers_verdict(results_dir, verdicts, ours, peer, expected):
 
 
 def test_generalisation_needs_two_models_and_two_workloads(results_dir, verdicts):
-    _promotion(results_dir)
+    """On the frontier: one model or one family is not yet; two of each decide, per mode, by the
+    smallest stored fraction at which some grid point is exact on every prompt."""
+    synth.write_frontier(results_dir)
     row = verdicts(results_dir)["generalises"]
-    assert row["verdict"] == "not yet"
-    assert "1 model(s)" in row["reason"]
-
-    def second_model(exact):
-        for c in synth.CONTEXTS[1:]:
-            df = synth.tiered_frame("front_ret25", c, model="other-model", exact=exact)
-            df["workload"] = "scattered"
-            path = results_dir / "tiered" / "scattered" / "promotion" / "question_aware" / f"{c}.parquet"
-            io.write_parquet(df, path)
-
-    second_model(True)
+    assert row["verdict"] == "not yet" and "1 model(s)" in row["reason"]
+    for model in ("tiny-needle", "other-model"):
+        for workload in ("needle", "scattered"):
+            synth.write_frontier(results_dir, model, workload)
     row = verdicts(results_dir)["generalises"]
-    assert row["verdict"] == "supported"
-    assert row["value"] == 2.0
-    second_model([False] * 8)
-    assert verdicts(results_dir)["generalises"]["verdict"] == "rejected"
+    assert row["verdict"] == "supported", row["reason"]
+    assert row["value"] == pytest.approx(1 / 6.0)  # every pair exact at the least-storing point
+    # the other mode has only one model and family: not yet there, whatever this mode shows
+    assert verdicts(results_dir)["generalises[question_agnostic]"]["verdict"] == "not yet"
+    # one pair exact only at points storing more than half the tokens: rejected
+    synth.write_frontier(
+        results_dir, "other-model", "scattered",
+        exact={"all_ret10_n1": [False] + [True] * 7, "all_ret10_n1:retain=0.05": [True] * 7 + [False]},
+    )  # fmt: skip
+    row = verdicts(results_dir)["generalises"]
+    assert row["verdict"] == "rejected" and "other-model/scattered" in row["reason"]
+    # exact again at 1/4.5 of the tokens: supported, and the worst pair's fraction is the value
+    synth.write_frontier(results_dir, "other-model", "scattered", exact={"all_ret10_n1:retain=0.05": False})
+    row = verdicts(results_dir)["generalises"]
+    assert row["verdict"] == "supported" and row["value"] == pytest.approx(1 / 4.5)
+    # a model that answers few prompts right with the dense cache does not count: not yet again
+    synth.write_frontier(results_dir, "other-model", "scattered", dense_correct=[True] * 3 + [False] * 5)
+    row = verdicts(results_dir)["generalises"]
+    assert row["verdict"] == "not yet" and "other-model/scattered (dense right 3/8)" in row["reason"]
 
 
 # --- page-native --------------------------------------------------------------------------------
@@ -349,3 +361,30 @@ def test_controls_are_counted_on_the_answer_span_like_every_exactness(results_di
     t = tables.controls_table(load_results(results_dir)["tiered_controls"].df)  # the one family and mode
     row = t[(t["context"] == 8192) & (t["control"] == "random_pages")].iloc[0]
     assert row["n_exact"] == 8 and row["n_exact_trajectory"] == 0
+
+
+def test_the_smallest_exact_stored_fraction_moves_with_a_grid_points_rows(results_dir):
+    """Edit one point's rows: the frontier's smallest exact stored fraction follows (never fixed)."""
+    from bcr.ledger import tables
+
+    def smallest(**kw):
+        path = synth.write_frontier(results_dir, **kw)
+        t = tables.frontier_table(pd.read_parquet(path))
+        return tables.frontier_smallest(t, min_n=8).iloc[0]
+
+    every = smallest()
+    assert every["setting"] == "all_ret10_n1:retain=0.05" and every["smallest_exact_stored_fraction"] == (
+        pytest.approx(1 / 6.0)
+    )
+    assert every["exact_low"] == pytest.approx(0.631, abs=1e-3) and every["least_stored_exact"] == "8/8"
+    one_off = smallest(exact={"all_ret10_n1:retain=0.05": [True] * 7 + [False]})
+    assert one_off["setting"] == "all_ret10_n1" and one_off["smallest_exact_stored_fraction"] == (
+        pytest.approx(1 / 4.5)
+    )
+    assert one_off["least_stored_exact"] == "7/8"
+    none = smallest(exact={p: [False] + [True] * 7 for p in synth.FRONTIER_POINTS})
+    assert none["setting"] is None and math.isnan(none["smallest_exact_stored_fraction"])
+    few = tables.frontier_smallest(
+        tables.frontier_table(pd.read_parquet(synth.write_frontier(results_dir, n=4))), 8
+    )
+    assert few.iloc[0]["setting"] is None  # 4/4 exact is below the stated minimum sample

@@ -26,7 +26,7 @@ def test_the_notes_seven_claims_with_its_verdicts(spec):
         "tiered",
         "page_native",
         "peers",
-        "general",
+        "frontier",
     }
     native = {m for c in spec.claims if c.track == "page_native" for m in c.rule["metrics"]}
     assert {"tpot_ratio", "kv_decode_vs_stored"} <= native  # page-native latency and decode-phase memory

@@ -147,3 +147,28 @@ def test_plots_with_intervals_are_deterministic_and_show_the_bars(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     bare = plots.latency_ratios(PROMOTION, REFERENCE, tmp_path / "c.svg")
     assert bare.read_bytes() != a.read_bytes()  # the interval bars are drawn
+
+
+def test_frontier_plot_is_deterministic_and_follows_its_rows(tmp_path):
+    import ledger_synth as synth
+
+    from bcr.ledger import tables
+
+    rows = pd.concat(
+        [
+            pd.read_parquet(synth.write_frontier(tmp_path / "r", "m", w, "question_aware"))
+            for w in ("needle", "scattered")
+        ]
+    )
+    table = tables.frontier_table(rows)
+    stars = pd.DataFrame(
+        {"model": ["m"], "workload": ["needle"], "query_mode": ["question_aware"], "setting": ["middle"],
+         "n": [8], "n_exact": [8], "stored_fraction": [0.62]}
+    )  # fmt: skip
+    a = plots.frontier(table, "m", tmp_path / "a.svg", promoted=stars, note_fraction=0.44)
+    b = plots.frontier(table, "m", tmp_path / "b.svg", promoted=stars, note_fraction=0.44)
+    assert a.read_bytes() == b.read_bytes()
+    assert b"front_ret25 (0.44)" in a.read_bytes() and b"promoted" in a.read_bytes()
+    table.loc[0, "n_exact"] -= 1
+    c = plots.frontier(table, "m", tmp_path / "c.svg", promoted=stars, note_fraction=0.44)
+    assert c.read_bytes() != a.read_bytes()

@@ -240,13 +240,16 @@ def test_negative_controls_lose_exactness_where_the_method_keeps_it(needle_setup
 def test_runs_from_a_shared_prefill_equal_fresh_runs(needle_setup, mode):
     """Compressing copies of one captured prefill computes what a fresh prefill per setting does:
     the same tokens and the same logits at every step, for the method, a control and keep_all."""
-    from bcr.tiered import controls, shared
+    from bcr.tiered import controls, frontier, shared
     from bcr.tiered.harness import _gen_kwargs, run_dense, run_tiered
 
     config, loaded, prompts, generation = needle_setup
     kw = _gen_kwargs(loaded, dict(generation, **LONG))
     settings = [resolve(config, "middle"), resolve(config, "keep_all"), resolve(config, "front_ret25")]
     settings.append(controls.matched(settings[0], "random_pages", seed=1))
+    # the frontier's other page grains, compressed from a prefill captured at page 16
+    settings += [s for s, knob, _ in frontier.grid(config) if knob == "page_size"]
+    assert {s.page_size for s in settings} >= {8, 16, 32}
     w = max(s.obs_window for s in settings)
     for p in prompts.head(2).to_dict("records"):
         ids = torch.tensor([list(p["input_ids"])])

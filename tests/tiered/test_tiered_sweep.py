@@ -52,6 +52,8 @@ def test_promote_only_settings_exact_on_every_prompt_and_never_controls():
     )
     d = promote(rows, ["a", "b", "keep_all"], ["keep_all"], None)
     assert d["promoted"] == ["a"] and d["run"] == ["a"] and d["source"] == "sweep"
+    assert d["most_compressed"] == "a"
+    assert promote(rows, ["b", "keep_all"], ["keep_all"], None)["most_compressed"] is None  # nothing runs
     assert d["not_promoted"] == ["b"] and d["controls"] == {"keep_all": True}
     s = sweep_summary(rows, ["keep_all"], d["promoted"])
     assert list(s.columns) == SWEEP_SUMMARY_COLUMNS
@@ -82,6 +84,9 @@ def test_max_settings_promotes_the_most_compressing_exact_settings():
     d = promote(rows, ["a", "b", "c", "d", "keep_all"], ["keep_all"], None, max_settings=2)
     assert d["promoted"] == ["b", "d"] and d["run"] == ["b", "d"]  # in sweep order
     assert d["held_back"] == ["a"] and d["not_promoted"] == ["c"] and d["max_settings"] == 2
+    # the controls are matched to the promoted setting storing the least, not to the least exact one
+    assert d["most_compressed"] == "b"
+    assert promote(rows, ["a", "b", "c", "d", "keep_all"], ["keep_all"], ["a", "c"])["most_compressed"] == "c"
     # Exactness still decides first: a cap larger than the exact set promotes every exact setting.
     uncapped = promote(rows, ["a", "b", "c", "d", "keep_all"], ["keep_all"], None, 10)
     assert uncapped["promoted"] == ["a", "b", "d"] and uncapped["held_back"] == []

@@ -24,7 +24,10 @@ except bcr_config.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 CONTEXTS = [int(c) for c in config["prompts"]["contexts"]]
-LOCAL_MODEL = config["model"]["source"] == "local"
+# Every model of the config by name (the primary first); each local one has its training rule.
+MODELS = {m["name"]: m for m in bcr_config.models(config)}
+MODEL_NAMES = list(MODELS)
+PRIMARY_MODEL = config["model"]["name"]
 # Timed rules take all the runtime's threads, so two timed jobs never share the cores.
 TIMED_THREADS = int(config["runtime"]["threads"])
 
@@ -34,11 +37,18 @@ def section_hash(*keys):
     return bcr_config.config_hash({k: config.get(k) for k in keys})
 
 
-def model_checkpoint_files():
-    """The committed tiny checkpoint (absolute, so a --directory elsewhere still finds it)."""
-    if not LOCAL_MODEL:
+def train_rule_name(name):
+    """``train_tiny_model`` for the primary (the name the docs use), ``train_<name>`` otherwise."""
+    return "train_tiny_model" if name == PRIMARY_MODEL else f"train_{name.replace('-', '_')}"
+
+
+def model_checkpoint_files(model=None):
+    """A committed tiny checkpoint, the primary's by default (absolute, so a --directory elsewhere
+    still finds it); none for a hub model."""
+    model = config["model"] if model is None else model
+    if model["source"] != "local":
         return []
-    path = Path(config["model"]["path"])
+    path = Path(model["path"])
     path = path if path.is_absolute() else REPO / path
     return [str(path / "model.safetensors"), str(path / "config.json")]
 

@@ -1,46 +1,55 @@
-# Model stage: the tiny default model is trained by a rule whose output is committed (a few MB),
-# so a default run reuses it and `--forcerun train_tiny_model` retrains it.  Hub models need no rule.
+# Model stage: each local tiny model is trained by a rule whose output is committed (a few MB), so a
+# default run reuses it and `--forcerun train_tiny_model` (the primary) or `train_<name>` (an extra
+# model, dashes as underscores) retrains it.  Hub models need no rule.  One card per model.
+for _name, _model in MODELS.items():
+    if _model["source"] != "local":
+        continue
 
-
-if LOCAL_MODEL:
-
-    rule train_tiny_model:
+    rule:
+        name:
+            train_rule_name(_name)
         conda:
             BCR_ENV
         input:
             cfg=ancient(RUN_CONFIG),
         output:
-            model_checkpoint_files(),
+            model_checkpoint_files(_model),
         params:
             code=command_hash("model", "train"),
             cfg=bcr_config.config_hash(
-                {"model": config["model"], "needle": config["prompts"].get("needle"), "contexts": CONTEXTS}
+                {"model": _model, "needle": config["prompts"].get("needle"), "contexts": CONTEXTS}
             ),
+            model=_name,
         log:
-            "logs/train_tiny_model.log",
+            f"logs/train/{_name}.log",
         threads: TIMED_THREADS
         resources:
             runtime=60,
             mem_mb=8000,
         shell:
-            "bcr model train --config {input.cfg} --quiet > {log} 2>&1"
+            "bcr model train --config {input.cfg} --model {params.model} --quiet > {log} 2>&1"
 
 
 rule model_card:
-    """Parameters, checksums, training report; needle accuracy at every pipeline context."""
+    """Parameters, checksums, training report; task accuracy per family at every pipeline context."""
     conda:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        ckpt=model_checkpoint_files(),
+        ckpt=lambda w: model_checkpoint_files(MODELS[w.model]),
     output:
         card=C.MODEL_CARD.path(),
         accuracy=C.MODEL_ACCURACY.path(),
+    wildcard_constraints:
+        model="|".join(MODEL_NAMES),
     params:
         code=command_hash("model", "card"),
-        cfg=section_hash("runtime", "model", "prompts"),
+        cfg=lambda w: bcr_config.config_hash(
+            {"model": MODELS[w.model], **{k: config.get(k) for k in ("runtime", "prompts")}}
+        ),
     log:
-        "logs/model_card.log",
+        "logs/model_card/{model}.log",
     threads: TIMED_THREADS
     shell:
-        "bcr model card --config {input.cfg} --out {output.card} --accuracy {output.accuracy} > {log} 2>&1"
+        "bcr model card --config {input.cfg} --model {wildcards.model} --out {output.card} "
+        "--accuracy {output.accuracy} > {log} 2>&1"

@@ -6,11 +6,16 @@
 # a track added to the DAG adds its outputs here; files known only after the sweep checkpoint (the
 # per-prompt tiered runs) come from an input function the checkpoint re-evaluates.
 SITE_RESULTS = [
-    *rules.model_card.output,
+    *expand(rules.model_card.output, model=MODEL_NAMES),
     *expand(rules.dense_baseline.output[0], workload=PROMPT_FAMILIES, context=CONTEXTS),
     *expand(rules.tiered_promote.output.summary, workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *expand(rules.tiered_promotion_summary.output[0], workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *rules.cache_ops.output,
+    *expand(
+        rules.tiered_frontier.output,
+        model=TIERED_FRONTIER_MODELS,
+        workload=PROMPT_FAMILIES,
+    ),
     *expand(
         rules.tiered_controls.output[0],
         workload=PROMPT_FAMILIES,

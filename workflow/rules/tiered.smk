@@ -4,6 +4,7 @@
 # ({family}/promoted/{mode}.json), from the sweep's rows or the config's validated override, never
 # from a hand-written list.
 from bcr.tiered import settings as tiered_settings
+from bcr.tiered import frontier as tiered_frontier
 from bcr.tiered import workflow as tiered_workflow
 
 TIERED_SWEEP_CONTEXT = tiered_settings.sweep_context(config)
@@ -167,3 +168,50 @@ rule tiered_promotion_summary:
         mem_mb=4000,
     shell:
         "bcr tiered summarize --config {input.cfg} --inputs {input.runs} --out {output} > {log} 2>&1"
+
+
+# The exactness frontier (bcr.tiered.frontier): tiered.frontier's grid at the sweep context, one job
+# per (model, family) covering both modes from one shared prefill per prompt; untimed.  Every model
+# of the config runs it; the primary's dense tokens are checked against its baseline file.
+TIERED_FRONTIER_MODELS = MODEL_NAMES if config["tiered"].get("frontier") else []
+
+
+rule tiered_frontier:
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        prompts=expand(rules.build_prompts.output[0], context=TIERED_SWEEP_CONTEXT, allow_missing=True),
+        dense=lambda w: (
+            expand(rules.dense_baseline.output[0], context=TIERED_SWEEP_CONTEXT, workload=w.workload)
+            if w.model == PRIMARY_MODEL
+            else []
+        ),
+        ckpt=lambda w: model_checkpoint_files(MODELS[w.model]),
+    output:
+        [C.TIERED_FRONTIER.path(mode=m) for m in TIERED_MODES],
+    wildcard_constraints:
+        model="|".join(MODEL_NAMES),
+        workload=PROMPT_FAMILY_NAMES,
+    params:
+        code=command_hash("tiered", "frontier"),
+        cfg=lambda w: bcr_config.config_hash(
+            {
+                "frontier": [s.as_dict() for s, _, _ in tiered_frontier.grid(config)],
+                "model": MODELS[w.model],
+                **{k: config.get(k) for k in ("runtime", "generation")},
+            }
+        ),
+        context=TIERED_SWEEP_CONTEXT,
+        modes=" ".join(TIERED_MODES),
+        dense=lambda w, input: f"--dense {input.dense}" if input.dense else "",
+    log:
+        "logs/tiered_frontier/{model}/{workload}.log",
+    threads: TIMED_THREADS
+    resources:
+        runtime=120,
+        mem_mb=32000,
+    shell:
+        "bcr tiered frontier --config {input.cfg} --model {wildcards.model} --context {params.context} "
+        "--prompts {input.prompts} {params.dense} --query-modes {params.modes} --out {output} --quiet "
+        "> {log} 2>&1"
