@@ -12,7 +12,6 @@ from __future__ import annotations
 from array import array
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -20,26 +19,16 @@ from hypothesis import strategies as st
 
 sim = pytest.importorskip("bcr.prefix.sim")  # SGLang must import on CPU (the environment pins it)
 
+from hashers import ConstantHasher, CountingHasher  # noqa: E402
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams  # noqa: E402
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
 from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from bcr.contracts import ARMS  # noqa: E402
 from bcr.prefix.cache import BCRCache  # noqa: E402
-from bcr.prefix.chain import ChainHasher  # noqa: E402
 
 PAGE_SIZES = [1, 4, 16]
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-class ConstantHasher(ChainHasher):
-    """Every block of every sequence gets key 0: the worst collision there is."""
-
-    def block_step(self, page_size):
-        return lambda prev, buf, offset: 0
-
-    def chain(self, tokens, page_size, prev):
-        return np.zeros(len(tokens) // page_size, dtype=np.uint64)
 
 
 class RecordingEngine(sim.Engine):
@@ -335,27 +324,6 @@ def test_dfs_weight_order_equals_radix_cache():
         orders[arm] = cache.dfs_weight_order(handles)
     assert orders["bcr"] == orders["radix"]
     assert [queries[i] for i in orders["bcr"]][:7] == ["axx", "axx", "axx", "ax", "ax", "ax", "ax"]
-
-
-class CountingHasher(ChainHasher):
-    """Counts the tokens that go through the hash (scalar steps and vectorised chains)."""
-
-    def __init__(self):
-        super().__init__(seed=0)
-        self.tokens = 0
-
-    def block_step(self, page_size):
-        step = super().block_step(page_size)
-
-        def counted(prev, buf, offset):
-            self.tokens += page_size
-            return step(prev, buf, offset)
-
-        return counted
-
-    def chain(self, tokens, page_size, prev):
-        self.tokens += len(tokens)
-        return super().chain(tokens, page_size, prev)
 
 
 def test_checkpoints_and_matches_never_rehash_the_prompt():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hashers import ConstantHasher, CountingHasher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,16 +15,6 @@ PAGE_SIZES = [1, 4, 16]
 
 def as_bytes(tokens) -> bytes:
     return np.asarray(tokens, dtype=np.int64).tobytes()
-
-
-class ConstantHasher(ChainHasher):
-    """Every block of every sequence gets key 0: the worst collision there is."""
-
-    def block_step(self, page_size):
-        return lambda prev, buf, offset: 0
-
-    def chain(self, tokens, page_size, prev):
-        return np.zeros(len(tokens) // page_size, dtype=np.uint64)
 
 
 class Model:
@@ -382,27 +373,6 @@ def test_batched_eviction_equals_block_by_block(ps, script):
                 memo[id(r)].times[: r.live] for r in index.runs
             ]
             index.sanity_check()
-
-
-class CountingHasher(ChainHasher):
-    """Counts the blocks that go through the hash (scalar steps and vectorised chains)."""
-
-    def __init__(self):
-        super().__init__(seed=0)
-        self.blocks = 0
-
-    def block_step(self, page_size):
-        step = super().block_step(page_size)
-
-        def counted(prev, buf, offset):
-            self.blocks += 1
-            return step(prev, buf, offset)
-
-        return counted
-
-    def chain(self, tokens, page_size, prev):
-        self.blocks += len(tokens) // page_size
-        return super().chain(tokens, page_size, prev)
 
 
 def test_a_deeper_branch_point_hashes_only_the_blocks_past_the_keys_kept():
