@@ -489,44 +489,34 @@ def rule_coverage(rule: dict, ctx: EvalContext) -> Outcome:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=thr)
     df = table.df if ctx.query_mode is None else table.df[table.df[C.QUERY_MODE] == ctx.query_mode]
     smallest = tables.frontier_smallest(tables.frontier_table(df), int(rule["min_n"]))
-    models, workloads = sorted(set(smallest["model"])), sorted(set(smallest[C.WORKLOAD]))
     evidence = f"{table.pattern} · {ctx.query_mode or 'every mode'} · per (model, workload)"
-    counts = (
-        f"{len(models)} model(s) ({', '.join(models)}), {len(workloads)} workload(s) ({', '.join(workloads)})"
-    )
+    floor = float(rule.get("min_dense_accuracy", 0.0))
+    rate = pd.to_numeric(smallest["n_dense_correct"], errors="coerce") / smallest["n_prompts"]
+    weak = smallest[~(rate >= floor)] if floor > 0 else smallest.iloc[0:0]
+    if len(weak):
+        smallest = smallest[rate >= floor]
+        # a model counts with at least min_workloads families of its own left
+        per_model = smallest.groupby("model")[C.WORKLOAD].nunique()
+        smallest = smallest[smallest["model"].isin(per_model[per_model >= rule["min_workloads"]].index)]
+    models, workloads = sorted(set(smallest["model"])), sorted(set(smallest[C.WORKLOAD]))
+    if len(weak):
+        left_out = ", ".join(
+            f"{r.model}/{getattr(r, C.WORKLOAD)} (dense right "
+            f"{'?' if pd.isna(r.n_dense_correct) else int(r.n_dense_correct)}/{r.n_prompts})"
+            for r in weak.itertuples()
+        )
+        counts = (
+            f"{len(models)} model(s) that retrieve ({', '.join(models)}), {len(workloads)} workload(s); "
+            f"left out, answering fewer than {floor:.0%} right with the dense cache: {left_out}"
+        )
+    else:
+        counts = f"{len(models)} model(s) ({', '.join(models)}), {len(workloads)} workload(s) ({', '.join(workloads)})"
     out = Outcome(NOT_YET, "", evidence, len(smallest), None, thr, value_text=counts)
     if len(models) < rule["min_models"] or len(workloads) < rule["min_workloads"]:
         out.reason = (
             f"{counts}; needs at least {rule['min_models']} models and {rule['min_workloads']} workloads"
         )
         return out
-    floor = float(rule.get("min_dense_accuracy", 0.0))
-
-    def dense_rate(text: str | None) -> float:
-        k, n = (int(x) for x in (text or "0/0").split("/"))
-        return k / n if n else math.nan
-
-    weak = [
-        f"{r.model}/{getattr(r, C.WORKLOAD)} (dense right {r.dense_correct})"
-        for r in smallest.itertuples()
-        if not dense_rate(r.dense_correct) >= floor
-    ]
-    if floor > 0 and weak:
-        smallest = smallest[[dense_rate(d) >= floor for d in smallest["dense_correct"]]]
-        # a model counts with at least min_workloads families of its own left
-        per_model = smallest.groupby("model")[C.WORKLOAD].nunique()
-        smallest = smallest[smallest["model"].isin(per_model[per_model >= rule["min_workloads"]].index)]
-        models, workloads = sorted(set(smallest["model"])), sorted(set(smallest[C.WORKLOAD]))
-        counts = (
-            f"{len(models)} model(s) that retrieve ({', '.join(models)}), {len(workloads)} workload(s); "
-            f"left out, answering fewer than {floor:.0%} right with the dense cache: {', '.join(weak)}"
-        )
-        out.value_text, out.n = counts, len(smallest)
-        if len(models) < rule["min_models"] or len(workloads) < rule["min_workloads"]:
-            out.reason = (
-                f"{counts}; needs at least {rule['min_models']} models and {rule['min_workloads']} workloads"
-            )
-            return out
     pairs = []
     for r in smallest.itertuples():
         best = r.smallest_exact_stored_fraction

@@ -432,17 +432,19 @@ def peers_table(df: pd.DataFrame | None, bin_width: float) -> pd.DataFrame:
 
 FRONTIER_TABLE_COLUMNS = [
     "model", C.WORKLOAD, C.QUERY_MODE, "setting", "knob", "knob_value", "n", "n_exact", "exact_low",
-    "exact_high", "n_exact_trajectory", "stored_fraction", "compression", "dense_correct",
+    "exact_high", "n_exact_trajectory", "stored_fraction", "compression", "n_dense_correct",
 ]  # fmt: skip
 FRONTIER_SMALLEST_COLUMNS = [
-    "model", C.WORKLOAD, C.QUERY_MODE, "points", "dense_correct", "smallest_exact_stored_fraction", "setting", "n",
+    "model", C.WORKLOAD, C.QUERY_MODE, "points", "n_prompts", "n_dense_correct", "smallest_exact_stored_fraction",
+    "setting", "n",
     "exact_low", "exact_high", "least_stored_fraction", "least_stored_setting", "least_stored_exact",
 ]  # fmt: skip
 
 
 def frontier_table(df: pd.DataFrame | None) -> pd.DataFrame:
     """Per (model, family, mode, grid point): answer-span exact count with its 95% Clopper–Pearson
-    interval, whole-trajectory count, and the median stored fraction and compression over prompts."""
+    interval, whole-trajectory count, the median stored fraction and compression over prompts, and
+    how many prompts the dense reference answered right (None where the rows do not say)."""
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=FRONTIER_TABLE_COLUMNS)
     from bcr.ledger.stats import exact_rate_interval
@@ -457,7 +459,7 @@ def frontier_table(df: pd.DataFrame | None) -> pd.DataFrame:
         out.append(
             [*key, n, k, iv.low, iv.high, int(g["exact"].astype(bool).sum()),
              float(g["stored_fraction"].median()), float(g["compression"].median()),
-             f"{int(dense.astype(bool).sum())}/{n}" if dense.notna().all() and len(dense) else None]
+             int(dense.astype(bool).sum()) if dense.notna().all() and len(dense) else None]
         )  # fmt: skip
     t = pd.DataFrame(out, columns=FRONTIER_TABLE_COLUMNS)
     return t.sort_values(["model", C.WORKLOAD, C.QUERY_MODE, "stored_fraction"], ignore_index=True)
@@ -466,18 +468,19 @@ def frontier_table(df: pd.DataFrame | None) -> pd.DataFrame:
 def frontier_smallest(table: pd.DataFrame, min_n: int = 1) -> pd.DataFrame:
     """Per (model, family, mode): the smallest median stored fraction of a grid point exact on every
     one of at least ``min_n`` prompts (NaN when none is), with that point's n and interval, beside the
-    grid's least-storing point and its exact count (how far the grid reached)."""
+    grid's least-storing point and its exact count (how far the grid reached); ``n_prompts`` and
+    ``n_dense_correct``: the prompts and how many of them dense answered right."""
     rows = []
     for key, g in table.groupby(["model", C.WORKLOAD, C.QUERY_MODE], sort=True):
         exact = g[(g["n_exact"] == g["n"]) & (g["n"] >= min_n)]
         least = g.sort_values(["stored_fraction", "setting"]).iloc[0]
-        dense = least.get("dense_correct")
         best = exact.sort_values(["stored_fraction", "setting"]).iloc[0] if len(exact) else None
         rows.append(
             [
                 *key,
                 len(g),
-                dense,
+                int(least["n"]),
+                None if pd.isna(least.get("n_dense_correct")) else int(least["n_dense_correct"]),
                 math.nan if best is None else float(best["stored_fraction"]),
                 None if best is None else best["setting"],
                 0 if best is None else int(best["n"]),

@@ -102,6 +102,13 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_summarize)
 
 
+def _check_outs(args: argparse.Namespace) -> None:
+    if len(args.out) != len(args.query_modes):
+        raise cfgmod.ConfigError(
+            f"--out names {len(args.out)} files for {len(args.query_modes)} --query-modes (one each)"
+        )
+
+
 def _settings(config: dict, names: list[str]) -> list:
     from bcr.tiered.settings import resolve
 
@@ -136,10 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tcfg = config["tiered"]
     names = args.settings if args.settings else list(io.read_json(args.promoted)["run"])
     settings = _settings(config, names)
-    if len(args.out) != len(args.query_modes):
-        raise cfgmod.ConfigError(
-            f"--out names {len(args.out)} files for {len(args.query_modes)} --query-modes (one each)"
-        )
+    _check_outs(args)
     device, prompts, reference, loaded = _load_run_inputs(args, config)
 
     def progress(row: dict) -> None:
@@ -243,10 +247,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     config = load_config(args)
     if not config["tiered"].get("frontier"):
         raise cfgmod.ConfigError("tiered.frontier: no frontier grid configured")
-    if len(args.out) != len(args.query_modes):
-        raise cfgmod.ConfigError(
-            f"--out names {len(args.out)} files for {len(args.query_modes)} --query-modes (one each)"
-        )
+    _check_outs(args)
     points = frontier.grid(config)
     device, prompts, reference, loaded = _load_run_inputs(args, config)
     t0 = time.perf_counter()

@@ -105,8 +105,8 @@ def promote(
         )
     exact_settings = [s for s in settings if s not in controls and exact.get(s, False)]
     promoted = exact_settings
+    compression = tiered.groupby("setting")["compression"].median()
     if max_settings is not None:
-        compression = tiered.groupby("setting")["compression"].median()
         ranked = sorted(exact_settings, key=lambda s: (-float(compression[s]), exact_settings.index(s)))
         promoted = [s for s in exact_settings if s in ranked[:max_settings]]
     contexts = sorted({int(c) for c in rows["context"]})
@@ -122,20 +122,20 @@ def promote(
         "controls": {c: exact[c] for c in controls},
         "override": override,
         "run": run,
-        "most_compressed": most_compressed(tiered, run),
+        "most_compressed": most_compressed(compression, run),
         "source": "override" if override is not None else "sweep",
     }
 
 
-def most_compressed(tiered: pd.DataFrame, run: list[str]) -> str | None:
+def most_compressed(compression: pd.Series, run: list[str]) -> str | None:
     """The run setting storing the least at the sweep (highest median compression; ties: run order).
 
-    The negative controls and the test-bed claim are about this one, so it is chosen from the sweep's
-    own rows, before any control has run.  A run setting the sweep did not measure ranks last.
+    ``compression``: each setting's median over the sweep's tiered rows.  The negative controls and
+    the test-bed claim are about this setting, so it is chosen from the sweep's own rows, before
+    any control has run.  A run setting the sweep did not measure ranks last.
     """
     if not run:
         return None
-    compression = tiered.groupby("setting")["compression"].median()
     return min(run, key=lambda s: (-float(compression.get(s, float("-inf"))), run.index(s)))
 
 
