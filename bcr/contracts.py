@@ -33,6 +33,7 @@ EXACT_ANSWER = "exact_answer"  # identical over the answer span only (the note's
 ARMS = ("bcr", "radix", "unified_python", "unified_rust")
 # Decode paths: the stock transformers cache (the reference) and the tiered ones (bcr.tiered.paths).
 DENSE_PATH = "dense"
+DENSE_STATIC_PATH = "dense_static"  # transformers' preallocated StaticCache, timed beside DENSE_PATH
 DECODE_PATHS = ("densify", "paged")
 
 PROVENANCE_COLUMNS = [
@@ -102,6 +103,8 @@ TIERED_COLUMNS = [
     "tpot_s",
     "ttft_ratio",
     "tpot_ratio",
+    "ttft_ratio_static",  # the same medians against the StaticCache arm's
+    "tpot_ratio_static",
     "kv_bytes_stored",
     "kv_bytes_peak",
     "kv_bytes_peak_decode",  # the decode-phase high-water mark (kv_bytes_peak includes the prefill's)
@@ -154,7 +157,35 @@ CACHE_OPS_COLUMNS = [
 # Files later tracks write (the ledger already reads them when present).
 SERVING_COLUMNS = ["ttft_s", "e2e_s", "cached_tokens"]
 LONGCTX_COLUMNS = ["prompt_id", EXACT]
-DECOMPOSITION_COLUMNS = ["setting", "context", "decode_path", "phase", "seconds"]
+# The latency decomposition's phases, in the order a generation passes through them (bcr.phases
+# times them; the site stacks them in this order).
+DECOMPOSITION_PHASES = (
+    "prefill_forward",
+    "scoring",  # observation logits, page importance, the exact-page selection
+    "phantoms",  # k-means summaries of the candidate pages
+    "surprise",  # the summaries' error and the surprise-page choice
+    "packing",  # gathering exact tokens and summaries into the decode path's storage
+    "decode_attention",
+    "view_rebuild",  # densify's per-step torch.cat of its pages (and the bias row)
+    "decode_other",  # the rest of each decode step: embeddings, MLPs, norms, the next token
+)
+# The latency decomposition: per instrumented run (a timed prompt, an arm) and phase (bcr.phases),
+# exclusive seconds; ``total_s`` is the instrumented run's wall time (the phases sum to it) and
+# ``reference_s`` the same arm's uninstrumented TTFT + decode time on that prompt.  Dense arms
+# (DENSE_PATH, DENSE_STATIC_PATH) carry their path name as ``setting``.
+DECOMPOSITION_COLUMNS = [
+    "setting",
+    WORKLOAD,
+    QUERY_MODE,
+    "context",
+    "prompt_id",
+    "decode_path",
+    "phase",
+    "seconds",
+    "total_s",
+    "reference_s",
+    "steps",
+]
 PEERS_COLUMNS = ["press", "context", "prompt_id", "stored_fraction", EXACT]
 # Negative controls: tiered rows plus which control and the setting it is matched to (null: the
 # matched setting itself, measured from the same shared prefill).
@@ -258,7 +289,18 @@ TIERED_FRONTIER = _file(
     "the exactness frontier: a grid of knob values at the sweep context, per model",
     "tiered_frontier",
 )
-TIERED_DECOMPOSITION = _file("tiered/decomposition.parquet", DECOMPOSITION_COLUMNS, "latency phases")
+TIERED_PROMOTION_DECOMPOSITION = _file(
+    "tiered/{workload}/decomposition/{mode}/{context}.parquet",
+    DECOMPOSITION_COLUMNS,
+    "latency phases of one promotion run's instrumented prompts (empty when it is untimed)",
+    "tiered_promotion",
+)
+TIERED_DECOMPOSITION = _file(
+    "tiered/decomposition.parquet",
+    DECOMPOSITION_COLUMNS,
+    "latency phases of every promoted setting, context and decode path, beside dense",
+    "tiered_decomposition",
+)
 CACHE_OPS = _file(
     "serving/cache_ops.parquet", CACHE_OPS_COLUMNS, "µs per cache operation and arm", "cache_ops"
 )

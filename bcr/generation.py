@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Cache, DynamicCache
 
+from bcr.phases import DECODE_OTHER, PREFILL_FORWARD, phase
 from bcr.runtime import Stopwatch, cuda_peak
 
 
@@ -66,11 +67,12 @@ def decode_steps(
     step_logits = [first_logits] if keep_logits else []
     device = first_logits.device
     while len(tokens) < max_new_tokens and not (stop_at_eos and token in eos):
-        step_ids = torch.tensor([[token]], device=device)
-        pos = torch.tensor([[n + len(tokens) - 1]], device=device)
-        out = model(input_ids=step_ids, position_ids=pos, past_key_values=cache, use_cache=True)
-        logits = out.logits[0, -1].float()
-        token = int(logits.argmax())
+        with phase(DECODE_OTHER):
+            step_ids = torch.tensor([[token]], device=device)
+            pos = torch.tensor([[n + len(tokens) - 1]], device=device)
+            out = model(input_ids=step_ids, position_ids=pos, past_key_values=cache, use_cache=True)
+            logits = out.logits[0, -1].float()
+            token = int(logits.argmax())
         tokens.append(token)
         if keep_logits:
             step_logits.append(logits.clone())
@@ -98,7 +100,9 @@ def greedy(
     compressing the context before the question arrives: the question-agnostic protocol, so even
     the first answer token is computed over the compressed cache).  ``after_prefill`` runs after the
     whole prompt, before the first token is chosen (compressing with the question in view).  Both
-    are part of TTFT, since the first token cannot be served before them.
+    are part of TTFT, since the first token cannot be served before them.  Under an instrumented
+    run (:mod:`bcr.phases`) the prefill is one ``prefill_forward`` phase and each decode step one
+    ``decode_other`` phase, with whatever they contain timed inside them.
     """
     device = input_ids.device
     clock = Stopwatch(device)
@@ -114,7 +118,7 @@ def greedy(
     chunks = [(0, n)] if split is None else [(0, split), (split, n)]
 
     t0 = clock.now()
-    with cuda_peak(device, lambda b: peaks.__setitem__("prefill", b)):
+    with cuda_peak(device, lambda b: peaks.__setitem__("prefill", b)), phase(PREFILL_FORWARD):
         for i, (a, b) in enumerate(chunks):
             if i == 1 and after_context is not None:
                 after_context(cache)

@@ -13,9 +13,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from bcr.contracts import DECOMPOSITION_PHASES
 from bcr.ledger import plotstyle as ps
 
-PHASE_ORDER = ["forward", "summary", "view_rebuild", "decode_attention", "other"]
 NOTE_MARKERS = ["D", "s", "^", "v"]
 
 
@@ -234,32 +234,34 @@ def ttft_distributions(serving: pd.DataFrame, path: Path) -> Path:
 
 
 def decomposition_bars(decomp: pd.DataFrame, path: Path) -> Path:
-    """Stacked milliseconds per phase for each (setting, context, decode path): before/after page-native."""
-    keys = sorted(decomp.groupby(["setting", "context", "decode_path"]).groups)
-    phases = [p for p in PHASE_ORDER if p in set(decomp["phase"])] + sorted(
-        set(decomp["phase"]) - set(PHASE_ORDER)
-    )
+    """Stacked milliseconds per phase at the largest context, one panel per query mode: the dense
+    arms (DynamicCache, StaticCache) on top, then each promoted setting on each decode path."""
+    largest = int(decomp["context"].max())
+    d = decomp[decomp["context"] == largest]
+    modes = list(dict.fromkeys(d["query_mode"]))
+    phases = [p for p in DECOMPOSITION_PHASES if f"{p}_ms" in d.columns]
+    n_bars = max(len(d[d["query_mode"] == m]) for m in modes)
     with ps.style():
-        fig, ax = plt.subplots(figsize=(7.2, 0.45 * max(2, len(keys)) + 1.3))
-        lefts = [0.0] * len(keys)
-        for i, phase in enumerate(phases):
-            vals = []
-            for k in keys:
-                m = decomp[
-                    (decomp["setting"] == k[0])
-                    & (decomp["context"] == k[1])
-                    & (decomp["decode_path"] == k[2])
-                    & (decomp["phase"] == phase)
-                ]["seconds"]
-                vals.append(float(m.sum()) * 1000 if len(m) else 0.0)
-            ax.barh(range(len(keys)), vals, left=lefts, color=ps.color(i), label=phase, height=0.6)
-            lefts = [a + v for a, v in zip(lefts, vals, strict=True)]
-        ax.set_yticks(range(len(keys)), [f"{s} · {c} · {p}" for s, c, p in keys])
-        ax.set_ylim(len(keys) - 0.5, -0.5)
-        ax.set_xlabel("ms per generation (mean over prompts and repeats)")
-        ax.set_title("Latency decomposition by phase")
+        fig, axes = plt.subplots(
+            len(modes), 1, figsize=(7.2, len(modes) * (0.32 * max(2, n_bars) + 0.9) + 0.9), squeeze=False
+        )
+        for ax, mode in zip(axes[:, 0], modes, strict=True):
+            g = d[d["query_mode"] == mode].reset_index(drop=True)
+            lefts = [0.0] * len(g)
+            for i, phase in enumerate(phases):
+                vals = [0.0 if math.isnan(v) else float(v) for v in g[f"{phase}_ms"]]
+                ax.barh(range(len(g)), vals, left=lefts, color=ps.color(i), label=phase, height=0.6)
+                lefts = [a + v for a, v in zip(lefts, vals, strict=True)]
+            labels = [
+                r.setting if r.setting == r.decode_path else f"{r.setting} · {r.decode_path}"
+                for r in g.itertuples()
+            ]
+            ax.set_yticks(range(len(g)), labels)
+            ax.set_ylim(len(g) - 0.5, -0.5)
+            ax.set_title(f"{mode}, context {largest}")
+        axes[-1, 0].set_xlabel("ms per generation (mean over the instrumented prompts)")
         fig.tight_layout()
-        ps.legend_below(fig, [ax], ncol=min(5, len(phases)))
+        ps.legend_below(fig, list(axes[:, 0]), ncol=4)
         return ps.save(fig, path)
 
 

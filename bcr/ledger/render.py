@@ -18,7 +18,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from bcr.contracts import DENSE_PATH, PROMPT_WORKLOADS, QUERY_MODES
+from bcr.contracts import DECOMPOSITION_PHASES, DENSE_PATH, PROMPT_WORKLOADS, QUERY_MODES
 from bcr.contracts import WORKLOAD as C_WORKLOAD
 from bcr.ledger import plots, stats, tables
 from bcr.ledger.claims import (
@@ -34,6 +34,17 @@ from bcr.ledger.limitations import limitations
 from bcr.ledger.version import ledger_version
 from bcr.provenance import PROVENANCE_COLUMNS, package_version
 
+# Short column headers for the decomposition table (the phase names are long for a 16-column table).
+PHASE_LABELS = {
+    "prefill_forward": "prefill",
+    "scoring": "scoring",
+    "phantoms": "phantoms",
+    "surprise": "surprise",
+    "packing": "packing",
+    "decode_attention": "attention",
+    "view_rebuild": "rebuild",
+    "decode_other": "step rest",
+}
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAGES = {
     "index.md": "index.md.j2",
@@ -60,9 +71,9 @@ EVIDENCE = {
         "the tiered frontier rule (`tiered.frontier` in the config)",
     ),
     "tiered_decomposition": (
-        "per-phase timings of the tiered decode",
-        "the latency-decomposition track (per-phase timers in the tiered decode and the page-native "
-        "`paged` path), which is not part of the workflow yet",
+        "per-phase timings of the promoted settings on every decode path, dense beside",
+        "the tiered_decomposition rule (instrumented runs on the first `tiered.decomposition_prompts` "
+        "timed prompts of each promotion run of the timed family)",
     ),
     "cache_ops": ("cache-operation timings", "the cache-operation benchmark (CPU token-trace replay)"),
     "tiered_controls": (
@@ -548,6 +559,8 @@ def site_data(
         ),
         "longctx": tables.longctx_summary(results["longctx"].df),
         "decomposition": _records(decomp),
+        "decomposition_phases": [p for p in DECOMPOSITION_PHASES if f"{p}_ms" in decomp.columns],
+        "phase_labels": PHASE_LABELS,
         "frontier": frontier,
         "paged": [r for sec in mode_sections for r in sec["promotion"] if r["decode_path"] != path],
         "peers": _records(peers),

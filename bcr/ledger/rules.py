@@ -45,6 +45,8 @@ METRIC_LABELS = {
     "compression": "stored-token compression",
     "ttft_ratio": "TTFT tiered/dense",
     "tpot_ratio": "TPOT tiered/dense",
+    "ttft_ratio_static": "TTFT tiered/dense StaticCache",
+    "tpot_ratio_static": "TPOT tiered/dense StaticCache",
     "peak_mem_ratio": "peak memory tiered/dense",
     "kv_peak_ratio": "peak KV bytes tiered/dense",
     "kv_peak_vs_stored": "peak KV ratio / stored fraction",

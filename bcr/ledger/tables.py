@@ -21,7 +21,15 @@ DENSE_PATH = "dense"
 GIB = 2**30
 # The intervals the pages show beside a ratio: the claim file's bootstrap unless the caller passes one.
 DEFAULT_BOOTSTRAP = {"level": 0.95, "resamples": 2000, "seed": 20250101}
-INTERVAL_METRICS = ("compression", "ttft_ratio", "tpot_ratio", "kv_peak_ratio", "peak_mem_ratio")
+INTERVAL_METRICS = (
+    "compression",
+    "ttft_ratio",
+    "tpot_ratio",
+    "tpot_ratio_static",
+    "kv_peak_ratio",
+    "kv_decode_ratio",
+    "peak_mem_ratio",
+)
 
 
 def with_intervals(rec: dict, g: pd.DataFrame, metrics: tuple[str, ...], bootstrap: dict | None) -> dict:
@@ -255,6 +263,7 @@ def promotion_table(
             "ttft_ratio": geomean(g["ttft_ratio"]),
             "tpot_ratio": geomean(g["tpot_ratio"]),
             "kv_peak_ratio": geomean(g["kv_peak_ratio"]),
+            "kv_decode_ratio": geomean(g["kv_decode_ratio"]),
             "peak_dense_gib": _max_gib(g["peak_mem_bytes_dense"]),
             "peak_tiered_gib": _max_gib(g["peak_mem_bytes"]),
             "dvram_pct": (1.0 - peak_ratio) * 100 if not math.isnan(peak_ratio) else math.nan,
@@ -405,11 +414,25 @@ def controls_table(df: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def decomposition_table(df: pd.DataFrame | None) -> pd.DataFrame:
-    """Mean seconds per (setting, context, decode path, phase) over prompts/repeats."""
+    """Per (mode, context, setting, decode path): mean milliseconds per generation in each phase over
+    the instrumented prompts, their total, the same arm's uninstrumented time, and the timers' cost
+    (``overhead`` = total / uninstrumented - 1).  Dense arms first in each (mode, context)."""
     if df is None or len(df) == 0:
         return pd.DataFrame()
-    g = df.groupby(["setting", "context", "decode_path", "phase"], sort=True)["seconds"].mean()
-    return g.reset_index()
+    keys = [C.QUERY_MODE, "context", "setting", "decode_path"]
+    d = df.assign(context=df["context"].astype(int))
+    wide = d.pivot_table(index=keys, columns="phase", values="seconds", aggfunc="mean") * 1000
+    phases = [p for p in C.DECOMPOSITION_PHASES if p in wide.columns]
+    wide = wide[phases].rename(columns=lambda p: f"{p}_ms")
+    runs = d.drop_duplicates([*keys, "prompt_id"]).groupby(keys)
+    wide["n"] = runs.size()
+    wide["total_ms"] = runs["total_s"].mean() * 1000
+    wide["reference_ms"] = runs["reference_s"].mean() * 1000
+    wide["overhead"] = wide["total_ms"] / wide["reference_ms"] - 1
+    out = wide.reset_index()
+    dense = out["decode_path"].isin([C.DENSE_PATH, C.DENSE_STATIC_PATH])
+    out = out.assign(_dense=~dense).sort_values([C.QUERY_MODE, "context", "_dense", "setting", "decode_path"])
+    return out.drop(columns="_dense").reset_index(drop=True)
 
 
 def peers_table(df: pd.DataFrame | None, bin_width: float) -> pd.DataFrame:

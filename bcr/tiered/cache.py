@@ -13,16 +13,17 @@ attention implementation fails loudly on the handle instead of silently ignoring
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from bcr.phases import PACKING, PHANTOMS, SCORING, SURPRISE, phase
 from bcr.tiered import manifest as mf
 from bcr.tiered import summaries
-from bcr.tiered.paths import PATHS, DecodePath, Part, nbytes
+from bcr.tiered.paths import PATHS, DecodePath, Tiers, nbytes
 from bcr.tiered.settings import TieredSetting
 
 
@@ -51,6 +52,10 @@ class TieredLayer(DynamicLayer):
         self.logical = 0
         self.obs_queries: torch.Tensor | None = None
         self.scaling: float | None = None
+        # layer-wise compression: once the layer holds ``compress_when`` tokens, right after its
+        # prefill attention, ``on_compress(self)`` compresses it (see TieredCache.compress_during_prefill)
+        self.compress_when: int | None = None
+        self.on_compress: Callable[[TieredLayer], None] | None = None
 
     # ``keys``/``values`` stay readable through the cache API: dense tensors before compression,
     # everything stored (exact tokens, phantoms, decode tokens; built on demand) after it.
@@ -96,7 +101,7 @@ class TieredLayer(DynamicLayer):
         """Prefill: dense sdpa (identical to the stock call) and observation capture; decode: the path."""
         if self.path is None:
             self._observe(query, scaling)
-            return sdpa_attention_forward(
+            out = sdpa_attention_forward(
                 module,
                 query,
                 self._keys,
@@ -106,6 +111,9 @@ class TieredLayer(DynamicLayer):
                 scaling=scaling,
                 **kwargs,
             )
+            if self.compress_when is not None and self.logical == self.compress_when:
+                self.on_compress(self)  # this layer's dense K/V go before the next layer's are computed
+            return out
         return self.path.attend(module, query, attention_mask, scaling, dropout, self.logical, **kwargs)
 
     def _observe(self, query: torch.Tensor, scaling: float) -> None:
@@ -116,8 +124,13 @@ class TieredLayer(DynamicLayer):
         self.obs_queries = q.detach().clone()
         self.scaling = float(scaling)
 
-    def compress(self) -> int:
-        """Build the manifest and the decode path from the prefill K/V; return the path's bytes."""
+    def compress(self, reserve: int = 0) -> int:
+        """Build the manifest and the decode path from the prefill K/V; return the path's bytes.
+
+        Tensor work is per layer, never per page: importance and the phantom error over all pages at
+        once, k-means over all candidate pages at once, and one gather each for the exact tokens and
+        the summaries (:meth:`_pack`).  ``reserve``: tokens the decode path should leave room for.
+        """
         if self.path is not None:
             raise RuntimeError(f"layer {self.layer_idx} is already compressed")
         if self.obs_queries is None or self._keys is None:
@@ -126,51 +139,74 @@ class TieredLayer(DynamicLayer):
                 "implementation (bcr.tiered.attention.tiered_attention)?"
             )
         s = self.setting
+        ps = s.page_size
         keys, values = self._keys, self._values
         b, hk, n, d = keys.shape
         if b != 1:
             raise NotImplementedError("tiered compression is per sequence (batch 1)")
-        obs = summaries.observe(self.obs_queries, keys, self.scaling)
-        importance = summaries.page_importance(obs, s.page_size).tolist()
-        m = mf.select_exact(self.layer_idx, n, s, importance, self.forced_phantom)
-        cand = mf.candidates(m)
+        with phase(SCORING):
+            obs = summaries.observe(self.obs_queries, keys, self.scaling)
+            importance = summaries.page_importance(obs, ps).tolist()
+            m = mf.select_exact(self.layer_idx, n, s, importance, self.forced_phantom)
+            cand = mf.candidates(m)
         phantoms = None
         if cand:
-            ps = s.page_size
-            idx = torch.tensor(cand, device=keys.device)
-            tok = (idx[:, None] * ps + torch.arange(ps, device=keys.device)[None, :]).reshape(-1)
-            page_k = keys[0][:, tok].reshape(hk, len(cand), ps, d)
-            page_v = values[0][:, tok].reshape(hk, len(cand), ps, d)
-            phantoms = summaries.build_phantoms(page_k, page_v, s.phantoms_per_page, s.cluster_iters)
-            errors = summaries.phantom_error(obs, values, cand, ps, phantoms)
-            scores = mf.control_scores(s, self.layer_idx, m.n_pages)
-            surprise = 0 if s.selection == "recent_only" else s.surprise_pages  # its window holds them
-            mf.finish(m, cand, errors.tolist(), surprise, self.forced_phantom, scores)
-        col = {p: i for i, p in enumerate(cand)}
-        phantom = set(m.phantom)
-        if phantom:  # one cast for all summaries; each page's part is then its own small tensor
-            ph_k = phantoms.keys.to(keys.dtype)
-            ph_v = phantoms.values.to(values.dtype)
-            ph_b = phantoms.log_bias.to(keys.dtype)
-        parts = []
-        for p in range(m.n_pages):
-            if p in phantom:
-                c = col[p]
-                parts.append(
-                    Part(
-                        keys=ph_k[:, c].unsqueeze(0).clone(),
-                        values=ph_v[:, c].unsqueeze(0).clone(),
-                        bias=ph_b[:, c].unsqueeze(0).clone(),
-                    )
-                )
-            else:
-                a, e = mf.page_span(p, s.page_size, n)
-                parts.append(Part(keys[:, :, a:e].clone(), values[:, :, a:e].clone(), None))
-        self.path = self.path_cls.from_parts(parts, s.page_size)
+            with phase(PHANTOMS):
+                idx = torch.tensor(cand, device=keys.device)
+                tok = (idx[:, None] * ps + torch.arange(ps, device=keys.device)[None, :]).reshape(-1)
+                page_k = keys[0][:, tok].reshape(hk, len(cand), ps, d)
+                page_v = values[0][:, tok].reshape(hk, len(cand), ps, d)
+                phantoms = summaries.build_phantoms(page_k, page_v, s.phantoms_per_page, s.cluster_iters)
+            with phase(SURPRISE):
+                errors = summaries.phantom_error(obs, values, cand, ps, phantoms)
+                scores = mf.control_scores(s, self.layer_idx, m.n_pages)
+                surprise = 0 if s.selection == "recent_only" else s.surprise_pages  # its window holds them
+                mf.finish(m, cand, errors.tolist(), surprise, self.forced_phantom, scores)
+        with phase(PACKING):
+            self.path = self.path_cls.from_tiers(_pack(m, cand, phantoms, keys, values), ps, reserve)
         self.manifest = m
         self._keys = self._values = None  # the dense prefill tensors are released here
         self.obs_queries = None
         return self.path.nbytes()
+
+
+def _pack(
+    m: mf.LayerManifest,
+    cand: list[int],
+    phantoms: summaries.Phantoms | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+) -> Tiers:
+    """The exact tokens (logical order) in one gather, the phantom pages' summaries in another."""
+    b, hk, n, d = keys.shape
+    ps, dev = m.page_size, keys.device
+    phantom = torch.tensor(m.phantom, dtype=torch.long, device=dev)
+    is_phantom = torch.zeros(m.n_pages, dtype=torch.bool, device=dev)
+    is_phantom[phantom] = True
+    exact_tok = (~is_phantom).repeat_interleave(ps)[:n].nonzero().squeeze(1)
+    page_tokens = torch.full((m.n_pages,), ps, dtype=torch.long)
+    page_tokens[-1] = n - (m.n_pages - 1) * ps
+    page_tokens[is_phantom.cpu()] = m.phantoms_per_page
+    if len(m.phantom):
+        cols = torch.searchsorted(torch.tensor(cand, device=dev), phantom)  # candidates ascend
+        ph_k = phantoms.keys[:, cols].reshape(hk, -1, d)[None].to(keys.dtype)
+        ph_v = phantoms.values[:, cols].reshape(hk, -1, d)[None].to(values.dtype)
+        ph_b = phantoms.log_bias[:, cols].reshape(hk, -1)[None].to(keys.dtype)
+    else:
+        ph_k, ph_v, ph_b = (
+            keys.new_empty(b, hk, 0, d),
+            values.new_empty(b, hk, 0, d),
+            keys.new_empty(b, hk, 0),
+        )
+    return Tiers(
+        keys.index_select(2, exact_tok),
+        values.index_select(2, exact_tok),
+        ph_k,
+        ph_v,
+        ph_b,
+        page_tokens.tolist(),
+        is_phantom.tolist(),
+    )
 
 
 def _dense_nbytes(layer: DynamicLayer) -> int:
@@ -178,7 +214,16 @@ def _dense_nbytes(layer: DynamicLayer) -> int:
 
 
 class TieredCache(Cache):
-    """Dense layers outside the band, :class:`TieredLayer` inside; ``compress()`` runs after prefill."""
+    """Dense layers outside the band, :class:`TieredLayer` inside, compressed once the prompt (or its
+    context) is in: layer by layer during the prefill (:meth:`compress_during_prefill`, the path
+    fresh runs take, so the dense K/V of every layer never coexist with the compressed cache) or all
+    at once after it (:meth:`compress`, for a cache filled from a shared prefill).  Both build the same
+    pages from the same K/V and queries; both report the prefill KV high-water mark of the layer-wise
+    order (measured in one, computed in the other).
+
+    ``reserve``: the tokens still to come after compression (question chunk and decode), which a
+    preallocating decode path sets aside.
+    """
 
     def __init__(
         self,
@@ -186,6 +231,7 @@ class TieredCache(Cache):
         setting: TieredSetting,
         decode_path: str = "densify",
         forced_phantom: dict[int, Iterable[int]] | None = None,
+        reserve: int = 0,
     ):
         layer_types = getattr(model_config, "layer_types", None) or []
         if any(t != "full_attention" for t in layer_types):
@@ -197,6 +243,7 @@ class TieredCache(Cache):
         num_layers = model_config.num_hidden_layers
         self.setting = setting
         self.decode_path = decode_path
+        self.reserve = reserve
         self.band = setting.layers(num_layers)
         forced = forced_phantom or {}
         unknown = sorted(set(forced) - set(self.band))
@@ -211,35 +258,77 @@ class TieredCache(Cache):
         self.prompt_logical_tokens: int | None = None
         self.prompt_stored_tokens: int | None = None
         self.prefill_peak_bytes: int | None = None
+        self._compress_at: int | None = None
 
     def tiered_layers(self) -> list[TieredLayer]:
         return [layer for layer in self.layers if isinstance(layer, TieredLayer)]
 
-    def compress(self, _cache: Cache | None = None) -> None:
-        """Compress every band layer (usable as ``greedy(after_prefill=cache.compress)``).
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if key_states.shape[-2] > 1:  # a prefill chunk: the cache's running high-water mark
+            self._peak(self.nbytes())
+        return out
 
-        Records the prompt's logical/stored token counts and the cache bytes' high-water mark during
-        compression: all dense prefill K/V, with each layer's new pages built before its dense K/V go.
-        """
+    def _peak(self, live: int) -> None:
+        self.prefill_peak_bytes = max(self.prefill_peak_bytes or 0, live)
+
+    def compress_during_prefill(self, length: int) -> None:
+        """Compress each band layer right after its prefill attention, in the forward that brings it
+        to ``length`` tokens (the whole prompt: question-aware; the context: question-agnostic)."""
+        if self.compress_s is not None:
+            raise RuntimeError("the cache is already compressed")
+        self._compress_at = length
+        self.compress_s = 0.0
+        for layer in self.tiered_layers():
+            layer.compress_when = length
+            layer.on_compress = self._compress_layer
+
+    def _compress_layer(self, layer: TieredLayer) -> None:
         t0 = time.perf_counter()
-        live = sum(_dense_nbytes(layer) for layer in self.layers)
-        peak = live
-        logical = stored = 0
-        for layer in self.layers:
-            n = layer.get_seq_length()
-            logical += n
+        live = self.nbytes()  # this layer still dense, those before it compressed
+        built = layer.compress(self.reserve)
+        self._peak(live + built)
+        self.compress_s += time.perf_counter() - t0
+        layer.compress_when = layer.on_compress = None
+        if all(t.manifest is not None for t in self.tiered_layers()):
+            self._count_tokens(self._compress_at)
+
+    def _count_tokens(self, n: int) -> None:
+        """Every layer held ``n`` tokens when the band was compressed."""
+        self.prompt_logical_tokens = n * len(self.layers)
+        self.prompt_stored_tokens = n * (len(self.layers) - len(self.band)) + sum(
+            m.stored_tokens for m in self.manifests()
+        )
+
+    def compress(self, _cache: Cache | None = None, *, prior_tokens: int = 0) -> None:
+        """Compress every band layer of a cache already holding its prompt (usable as
+        ``greedy(after_prefill=cache.compress)``).
+
+        The prefill high-water recorded is the one layer-wise compression reaches on the same prompt:
+        walking the layers in order, each layer's chunk arrives (layers before it final, layers after it
+        holding the ``prior_tokens`` of earlier prefill chunks), then a band layer's pages are built
+        beside its dense K/V.  A test checks it against a run that compresses during its prefill.
+        """
+        if self.compress_s is not None:
+            raise RuntimeError("the cache is already compressed")
+        t0 = time.perf_counter()
+        n = self.layers[0].get_seq_length()
+        dense = [_dense_nbytes(layer) for layer in self.layers]
+        prior = [b // n * prior_tokens for b in dense]
+        final: list[int] = []
+        peak = 0
+        for i, layer in enumerate(self.layers):
+            live = sum(final) + dense[i] + sum(prior[i + 1 :])
+            peak = max(peak, live)
             if isinstance(layer, TieredLayer):
-                dense = _dense_nbytes(layer)
-                built = layer.compress()
+                built = layer.compress(self.reserve)
                 peak = max(peak, live + built)
-                live += built - dense
-                stored += layer.manifest.stored_tokens
+                final.append(built)
             else:
-                stored += n
+                final.append(dense[i])
         self.compress_s = time.perf_counter() - t0
-        self.prompt_logical_tokens = logical
-        self.prompt_stored_tokens = stored
         self.prefill_peak_bytes = peak
+        self._count_tokens(n)
 
     def manifests(self) -> list[mf.LayerManifest]:
         return [layer.manifest for layer in self.tiered_layers() if layer.manifest is not None]

@@ -48,6 +48,11 @@ def register(tracks: argparse._SubParsersAction) -> None:
         help="time fresh interleaved runs on the first N prompts (default: tiered.timed_prompts; 0: none)",
     )
     p.add_argument("--out", nargs="+", required=True, help="one Parquet per --query-modes entry, in order")
+    p.add_argument(
+        "--decomposition",
+        help="also write the latency decomposition of the first tiered.decomposition_prompts timed "
+        "prompts here (instrumented runs in the same rounds; empty when nothing is timed)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -93,6 +98,14 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", required=True, help="sweep summary Parquet")
     p.set_defaults(func=cmd_promote)
 
+    p = tiered.add_parser(
+        "decomposition", help="gather the promotion runs' latency decompositions into one table"
+    )
+    add_config_arg(p)
+    p.add_argument("--inputs", nargs="*", default=[], help="per-run decomposition Parquet files")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_decomposition)
+
     p = tiered.add_parser("summarize", help="the promotion summary table")
     add_config_arg(p)
     p.add_argument(
@@ -137,7 +150,7 @@ def _summary_line(what: str, context: int, t: pd.DataFrame) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bcr.tiered.harness import measure
+    from bcr.tiered.harness import decomposition_frame, measure
 
     config = load_config(args)
     tcfg = config["tiered"]
@@ -158,6 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if tcfg.get("repeats") is not None:
         generation["repeats"] = int(tcfg["repeats"])
     timed = args.timed_prompts if args.timed_prompts is not None else tcfg.get("timed_prompts")
+    phases: list[dict] = []
+    n_phases = int(tcfg.get("decomposition_prompts", 0)) if args.decomposition else 0
     t0 = time.perf_counter()
     frames = (
         measure(
@@ -171,10 +186,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             timed_prompts=timed,
             dense_reference=reference,
             progress=progress,
+            decomposition_prompts=n_phases,
+            decomposition=phases,
         )
         if settings
         else {m: pd.DataFrame(columns=TIERED_COLUMNS) for m in args.query_modes}  # nothing promoted
     )
+    if args.decomposition:
+        decomp = decomposition_frame(phases)
+        provenance.write_rows(decomp, args.decomposition, config, device)
+        for (setting, path), g in decomp.groupby(["setting", "decode_path"], sort=False):
+            per = g.groupby("phase", sort=False)["seconds"].mean() * 1000
+            print(f"phases {setting} ({path}) ms: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items() if v))
     for mode, out in zip(args.query_modes, args.out, strict=True):
         df = frames[mode]
         provenance.write_rows(df, out, config, device)
@@ -331,4 +354,22 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         if not summary.empty
         else "no promoted settings: empty promotion summary"
     )
+    return 0
+
+
+def cmd_decomposition(args: argparse.Namespace) -> int:
+    from bcr.contracts import DECOMPOSITION_COLUMNS
+
+    config = load_config(args)
+    frames = [io.read_parquet(p, DECOMPOSITION_COLUMNS) for p in args.inputs]
+    frames = [f for f in frames if len(f)]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DECOMPOSITION_COLUMNS)
+    provenance.write_rows(
+        rows[DECOMPOSITION_COLUMNS], args.out, config, "cpu", measured_on=_measured_on(rows)
+    )
+    if rows.empty:
+        print("no instrumented runs: empty decomposition")
+        return 0
+    per = rows.groupby(["context", "setting", "decode_path", "phase"], sort=True)["seconds"].mean() * 1000
+    print(per.unstack("phase").round(2).to_string())
     return 0

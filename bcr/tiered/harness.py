@@ -21,26 +21,42 @@ tiered decode path; one frame per query mode.  Definitions (DESIGN.md, "Tiered c
 * ``logical_tokens`` / ``stored_tokens`` -- summed over layers, for the prompt (after compression,
   before decode); ``compression`` = logical / stored, ``stored_fraction`` = stored / logical;
 * ``ttft_ratio`` / ``tpot_ratio`` -- median tiered / median dense over the timed rounds (null on an
-  untimed prompt; ``repeats`` says how many rounds a row's latency has);
+  untimed prompt; ``repeats`` says how many rounds a row's latency has); ``*_ratio_static`` the
+  same against transformers' preallocated ``StaticCache``, timed in the same rounds (the dense row's
+  is DynamicCache / StaticCache);
 * ``kv_bytes_stored`` -- cache bytes after the last decode step;
-* ``kv_bytes_peak`` -- max of the prefill high-water mark (all dense prefill K/V plus the layer being
-  compressed) and the decode one, ``kv_bytes_peak_decode`` (stored bytes plus the largest transient a
+* ``kv_bytes_peak`` -- max of the prefill high-water mark (``kv_bytes_peak_prefill``: with the
+  band compressed layer by layer during the prefill, as the fresh runs do; every fresh run must
+  reach the very mark the shared run computes) and the decode one, ``kv_bytes_peak_decode`` (stored bytes plus the largest transient a
   layer's decode step builds: densify's concatenated views, GQA copies and bias row, or a dense
   layer's ``torch.cat``);
 * ``peak_mem_bytes`` -- CUDA ``max_memory_allocated`` over the timed runs, null on CPU.
+
+The first ``decomposition_prompts`` timed prompts also get one instrumented run per arm in the same
+rounds (:mod:`bcr.phases`): seconds per phase, the instrumented total, and the arm's uninstrumented
+time beside it, so the timers' own cost is visible.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
-from bcr.contracts import DENSE_PATH, QUERY_MODES, TIERED_COLUMNS, WORKLOAD
+from bcr import phases
+from bcr.contracts import (
+    DECOMPOSITION_COLUMNS,
+    DENSE_PATH,
+    DENSE_STATIC_PATH,
+    QUERY_MODES,
+    TIERED_COLUMNS,
+    WORKLOAD,
+)
 from bcr.generation import GreedyResult, cache_nbytes, greedy
 from bcr.measure import DeterminismError, check_repeats, interleaved, max_present, median_present
 from bcr.models import LoadedModel
@@ -49,6 +65,7 @@ from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache
 from bcr.tiered.manifest import LayerManifest, pages_of_span
 from bcr.tiered.settings import TieredSetting
+from bcr.tiered.shared import reserve_tokens
 
 QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
 
@@ -67,9 +84,19 @@ DIAGNOSTIC_COLUMNS = [
     "manifest",
     "setting_json",
     "repeats",
+    "static_exact",  # dense rows: the StaticCache arm's tokens equal DynamicCache's (null: untimed)
 ]
 COLUMNS = TIERED_COLUMNS + DIAGNOSTIC_COLUMNS
-FLOAT_COLUMNS = ["ttft_s", "tpot_s", "ttft_ratio", "tpot_ratio", "compress_s", "divergence_margin"]
+FLOAT_COLUMNS = [
+    "ttft_s",
+    "tpot_s",
+    "ttft_ratio",
+    "tpot_ratio",
+    "ttft_ratio_static",
+    "tpot_ratio_static",
+    "compress_s",
+    "divergence_margin",
+]
 INT_COLUMNS = [
     "first_divergence",
     "peak_mem_bytes",
@@ -114,8 +141,16 @@ def _gen_kwargs(loaded: LoadedModel, generation: dict) -> dict:
     )
 
 
-def run_dense(loaded: LoadedModel, ids: torch.Tensor, kw: dict, split: int | None = None) -> TieredRun:
-    cache = DynamicCache(config=loaded.model.config)
+def run_dense(
+    loaded: LoadedModel, ids: torch.Tensor, kw: dict, split: int | None = None, static: bool = False
+) -> TieredRun:
+    """The stock ``DynamicCache`` (concatenating every step), or a ``StaticCache`` preallocated for
+    the prompt and ``max_new_tokens`` (written in place, attended over its whole length with a mask)."""
+    config = loaded.model.config
+    if static:
+        cache = StaticCache(config=config, max_cache_len=ids.shape[1] + kw["max_new_tokens"])
+    else:
+        cache = DynamicCache(config=config)
     res, cache = greedy(loaded.model, ids, cache=cache, split=split, **kw)
     return _dense_account(res, cache, ids.shape[1])
 
@@ -129,18 +164,25 @@ def run_tiered(
     forced_phantom: dict[int, Iterable[int]] | None = None,
     query_mode: str = QUESTION_AWARE,
     split: int | None = None,
+    layerwise: bool = True,
 ) -> TieredRun:
-    """One tiered run: compress after the whole prompt (question-aware) or after the context, before
-    the question is fed through the compressed cache (question-agnostic; needs ``split``)."""
-    cache = TieredCache(loaded.model.config, setting, path, forced_phantom)
-    if query_mode == QUESTION_AWARE:
-        hooks = {"after_prefill": cache.compress}
-    elif query_mode == QUESTION_AGNOSTIC:
-        if split is None:
-            raise ValueError("the question-agnostic mode needs the prompt's question_start")
-        hooks = {"after_context": cache.compress}
-    else:
+    """One fresh tiered run: the band compressed layer by layer during the prefill, once each layer
+    holds the whole prompt (question-aware) or the context, before the question is fed through the
+    compressed cache (question-agnostic; needs ``split``).  ``layerwise=False`` compresses after the
+    forward instead (the shared runs' order; tests check both give the same run)."""
+    if query_mode not in QUERY_MODES:
         raise ValueError(f"unknown query mode {query_mode!r} (known: {', '.join(QUERY_MODES)})")
+    n = ids.shape[1]
+    reserve = reserve_tokens(query_mode, n, split, kw["max_new_tokens"])
+    cache = TieredCache(loaded.model.config, setting, path, forced_phantom, reserve)
+    aware = query_mode == QUESTION_AWARE
+    hooks = {}
+    if layerwise:
+        cache.compress_during_prefill(n if aware else split)
+    elif aware:
+        hooks = {"after_prefill": lambda c: cache.compress(prior_tokens=split or 0)}
+    else:
+        hooks = {"after_context": cache.compress}
     with tiered_attention(loaded.model):
         res, cache = greedy(loaded.model, ids, cache=cache, split=split, **hooks, **kw)
     return TieredRun.of(res, cache)
@@ -216,11 +258,13 @@ def _row(
     query_mode: str,
     timed: list[TieredRun] | None = None,
     dense_timed: list[TieredRun] | None = None,
+    static_timed: list[TieredRun] | None = None,
 ):
     """One result row: exactness and KV accounting from ``run`` against ``dense``; latency and CUDA
-    peaks from the ``timed`` repeats and ``dense_timed`` (None: an untimed row)."""
+    peaks from the ``timed`` repeats against ``dense_timed`` and ``static_timed`` (None: untimed)."""
     timed = timed or []
     dense_timed = dense_timed or []
+    static_timed = static_timed or []
     if path == DENSE_PATH:
         exact, first, diff = True, None, 0.0
     else:
@@ -252,6 +296,8 @@ def _row(
         "tpot_s": tpot,
         "ttft_ratio": _ratio(ttft, median_present([r.result.ttft_s for r in dense_timed])),
         "tpot_ratio": _ratio(tpot, median_present([r.result.tpot_s for r in dense_timed])),
+        "ttft_ratio_static": _ratio(ttft, median_present([r.result.ttft_s for r in static_timed])),
+        "tpot_ratio_static": _ratio(tpot, median_present([r.result.tpot_s for r in static_timed])),
         "kv_bytes_stored": run.stored_bytes,
         "kv_bytes_peak": max(run.peak_bytes_prefill, run.peak_bytes_decode),
         "peak_mem_bytes": max_present([peak_pre, peak_dec]),
@@ -274,6 +320,9 @@ def _row(
         # the reference continues after its answer with one token repeated (EOS, say): a flat tail
         "degenerate": len(set(reference[span:])) <= 1,
         "repeats": len(timed),
+        "static_exact": (
+            static_timed[0].result.tokens == reference if path == DENSE_PATH and static_timed else None
+        ),
     }
 
 
@@ -283,19 +332,22 @@ def _frame(rows: list[dict], extra: list[str] = ()) -> pd.DataFrame:
         df[c] = df[c].astype("Int64")
     for c in FLOAT_COLUMNS:
         df[c] = df[c].astype("float64")
+    df["static_exact"] = df["static_exact"].astype("boolean")
     return df
 
 
-def _dense_account(result: GreedyResult, cache: DynamicCache, n_prompt: int) -> TieredRun:
-    """A dense run's KV accounting: every layer at the prompt length after prefill; while decoding,
-    the stored bytes plus the largest layer's ``torch.cat`` growth."""
+def _dense_account(result: GreedyResult, cache: DynamicCache | StaticCache, n_prompt: int) -> TieredRun:
+    """A dense run's KV accounting.  ``DynamicCache``: every layer at the prompt length after
+    prefill; while decoding, the stored bytes plus the largest layer's ``torch.cat`` growth.
+    ``StaticCache``: its preallocated buffers from the start, written in place."""
     stored = cache_nbytes(cache)
     n_layers = len(cache.layers)
-    grow = max(layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
-    prefill = stored * n_prompt // cache.get_seq_length()
-    return TieredRun(
-        result, stored, prefill, stored + grow, n_prompt * n_layers, n_prompt * n_layers, None, []
-    )
+    if isinstance(cache, StaticCache):
+        prefill, decode = stored, stored
+    else:
+        grow = max(layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
+        prefill, decode = stored * n_prompt // int(cache.get_seq_length()), stored + grow
+    return TieredRun(result, stored, prefill, decode, n_prompt * n_layers, n_prompt * n_layers, None, [])
 
 
 def _check_dense_reference(pid: str, tokens: list[int], reference: dict[str, list[int]] | None) -> None:
@@ -312,7 +364,8 @@ def _check_dense_reference(pid: str, tokens: list[int], reference: dict[str, lis
 
 
 def _check_fresh(fresh: list[TieredRun], shared_run: TieredRun, what: str, pid: str) -> None:
-    """Timed fresh runs must compute what the shared-prefill run computed (tokens and manifests)."""
+    """Fresh runs (compressing layer by layer during their prefill) must compute what the shared-
+    prefill run computed: tokens, page manifests, and the prefill KV high-water mark it derived."""
     _check_same(fresh, what, pid)
     want = [m.to_json() for m in shared_run.manifests]
     if (
@@ -323,6 +376,54 @@ def _check_fresh(fresh: list[TieredRun], shared_run: TieredRun, what: str, pid: 
             f"prompt {pid}: {what}: a fresh run {fresh[0].result.tokens} differs from the run from the "
             f"shared prefill {shared_run.result.tokens}"
         )
+    if fresh[0].peak_bytes_prefill != shared_run.peak_bytes_prefill:
+        raise DeterminismError(
+            f"prompt {pid}: {what}: a fresh run's prefill KV high-water {fresh[0].peak_bytes_prefill} B "
+            f"differs from the {shared_run.peak_bytes_prefill} B the shared run computed"
+        )
+
+
+def instrumented(loaded: LoadedModel, device: torch.device, run):
+    """``run()`` with a phase clock current and the tiered attention implementation (which times the
+    decode attention of dense layers too): (the run, its clock)."""
+    clock = phases.PhaseClock(device)
+    with phases.timing(clock), tiered_attention(loaded.model):
+        out = run()
+    return out, clock
+
+
+def decomposition_rows(
+    prompt: dict, mode: str, setting: str, path: str, runs: list, reference: list[TieredRun]
+) -> list[dict]:
+    """Per phase, the mean over the instrumented runs (so the phases still sum to ``total_s``, their
+    mean total); ``reference_s``: the arm's uninstrumented TTFT + decode time (medians), same prompt."""
+    steps = len(runs[0][0].result.tokens) - 1
+    ttft = median_present([r.result.ttft_s for r in reference])
+    tpot = median_present([r.result.tpot_s for r in reference]) or 0.0
+    base = {
+        "setting": setting,
+        WORKLOAD: prompt[WORKLOAD],
+        "query_mode": mode,
+        "context": int(prompt["context"]),
+        "prompt_id": prompt["prompt_id"],
+        "decode_path": path,
+        "total_s": statistics.fmean(c.total for _, c in runs),
+        "reference_s": None if ttft is None else ttft + tpot * steps,
+        "steps": steps,
+    }
+    return [
+        {**base, "phase": name, "seconds": statistics.fmean(c.seconds[name] for _, c in runs)}
+        for name in phases.PHASES
+    ]
+
+
+def decomposition_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=DECOMPOSITION_COLUMNS)
+    df["context"] = df["context"].astype("int64")
+    df["steps"] = df["steps"].astype("int64")
+    for c in ("seconds", "total_s", "reference_s"):
+        df[c] = df[c].astype("float64")
+    return df
 
 
 def measure(
@@ -337,16 +438,21 @@ def measure(
     dense_reference: dict[str, list[int]] | None = None,
     forced_phantom: dict[str, dict[int, list[int]]] | None = None,
     progress=None,
+    decomposition_prompts: int = 0,
+    decomposition: list[dict] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Rows for every (mode, prompt, setting, path), a ``dense`` row first per prompt; one frame per mode.
 
     Exactness on every prompt from one prefill per prompt (:mod:`bcr.tiered.shared`: captured once,
     compressed per setting and mode).  The first ``timed_prompts`` prompts (None: all; 0: none) are
-    also timed: fresh dense and tiered runs, ``generation["repeats"]`` rounds in rotating order (the
-    rotation continuing from prompt to prompt), each of which must reproduce the shared run's tokens
-    and page manifests, and whose medians fill the latency columns.  The dense tokens must equal the
-    dense baseline file when one is given.  ``forced_phantom`` maps prompt_id -> {layer: pages} that
-    must be summarised (tests, diagnosis).
+    also timed: fresh dense (``DynamicCache`` and ``StaticCache``) and tiered runs,
+    ``generation["repeats"]`` rounds in rotating order (the rotation continuing from prompt to
+    prompt), each tiered one of which must reproduce the shared run's tokens, page manifests and
+    prefill high-water mark, and whose medians fill the latency columns.  The first
+    ``decomposition_prompts`` timed prompts add one instrumented run per arm to those rounds, whose
+    per-phase rows are appended to ``decomposition``.  The dense tokens must equal the dense baseline
+    file when one is given.  ``forced_phantom`` maps prompt_id -> {layer: pages} that must be
+    summarised (tests, diagnosis).
     """
     from bcr.tiered import shared
 
@@ -354,6 +460,8 @@ def measure(
     unknown = [m for m in modes if m not in QUERY_MODES]
     if unknown:
         raise ValueError(f"unknown query mode(s) {unknown} (known: {', '.join(QUERY_MODES)})")
+    if decomposition_prompts and decomposition is None:
+        raise ValueError("decomposition_prompts needs a decomposition list to append its rows to")
     kw = _gen_kwargs(loaded, generation)
     kw_t = dict(kw, keep_logits=False)  # timed runs: tokens and clocks (the shared runs compare logits)
     rows: dict[str, list[dict]] = {m: [] for m in modes}
@@ -382,28 +490,60 @@ def measure(
         del ctx, full  # the snapshots' K/V go before the timed runs allocate their own
         timed: dict = {}
         if timed_prompts is None or i < timed_prompts:
-            arms = {DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split)}
+            arms = {
+                DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split),
+                DENSE_STATIC_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split, True),
+            }
             for mode in modes:
                 for s in settings:
                     for path in decode_paths:
                         arms[mode, s.name, path] = lambda ids=ids, s=s, p=path, m=mode, f=forced, q=split: (
                             run_tiered(loaded, ids, s, p, kw_t, f, m, q)
                         )
+            if timed_so_far < decomposition_prompts:
+                for key, arm in list(arms.items()):
+                    arms["phases", key] = lambda arm=arm: instrumented(loaded, device, arm)
             warm = generation["warmup"] if timed_so_far == 0 else 0
             timed = interleaved(arms, generation["repeats"], warm, start=timed_so_far)
             timed_so_far += 1
-            _check_same(timed[DENSE_PATH], "dense", pid)
+            for path in (DENSE_PATH, DENSE_STATIC_PATH):
+                _check_same(timed[path], path, pid)
             if timed[DENSE_PATH][0].result.tokens != ref.tokens:
                 raise DeterminismError(f"prompt {pid}: a fresh dense run differs from the shared prefill's")
             for key, run in runs.items():
                 _check_fresh(timed[key], run, f"tiered ({key[1]}, {key[0]}, {key[2]})", pid)
+                if ("phases", key) in timed:
+                    fresh = [r for r, _ in timed["phases", key]]
+                    _check_fresh(fresh, run, f"instrumented tiered ({key[1]}, {key[0]}, {key[2]})", pid)
+            for key, got in timed.items():
+                if key[0] != "phases":
+                    continue
+                arm = key[1]
+                if arm in (DENSE_PATH, DENSE_STATIC_PATH):
+                    if got[0][0].result.tokens != timed[arm][0].result.tokens:
+                        raise DeterminismError(f"prompt {pid}: an instrumented {arm} run changed its tokens")
+                    for mode in modes:
+                        decomposition.extend(decomposition_rows(prompt, mode, arm, arm, got, timed[arm]))
+                else:
+                    mode, name, path = arm
+                    decomposition.extend(decomposition_rows(prompt, mode, name, path, got, timed[arm]))
         dense_timed = timed.get(DENSE_PATH)
+        static_timed = timed.get(DENSE_STATIC_PATH)
         for mode in modes:
             out = rows[mode]
             for s in settings:  # each setting's rows start with the dense reference (as one file each did)
                 out.append(
                     _row(
-                        s, prompt, DENSE_PATH, dense, dense, loaded.tokenizer, mode, dense_timed, dense_timed
+                        s,
+                        prompt,
+                        DENSE_PATH,
+                        dense,
+                        dense,
+                        loaded.tokenizer,
+                        mode,
+                        dense_timed,
+                        dense_timed,
+                        static_timed,
                     )
                 )
                 for path in decode_paths:
@@ -419,6 +559,7 @@ def measure(
                             mode,
                             timed.get(key),
                             dense_timed,
+                            static_timed,
                         )
                     )
                     if progress is not None:

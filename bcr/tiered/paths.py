@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward, use_gqa_in_sdpa
 
+from bcr.phases import VIEW_REBUILD, phase
 from bcr.tiered import lse
 
 
@@ -27,6 +28,45 @@ class Part:
     keys: torch.Tensor  # [B, Hk, n, D]
     values: torch.Tensor  # [B, Hk, n, D]
     bias: torch.Tensor | None  # [B, Hk, n] additive logit bias (log count), None for exact tokens
+
+
+@dataclass
+class Tiers:
+    """A compressed layer as packed once at compression: every exact token (logical order) in one
+    tensor, every phantom summary (page order) in another, and which page is which.
+
+    ``page_tokens[p]`` is what page ``p`` stores (its exact tokens, or its summaries when
+    ``page_phantom[p]``); a decode path takes these tensors as they are or splits views of them.
+    """
+
+    keys: torch.Tensor  # [B, Hk, E, D]
+    values: torch.Tensor  # [B, Hk, E, D]
+    ph_keys: torch.Tensor  # [B, Hk, P, D]
+    ph_values: torch.Tensor  # [B, Hk, P, D]
+    ph_bias: torch.Tensor  # [B, Hk, P] log member count (-inf for an empty cluster)
+    page_tokens: list[int]
+    page_phantom: list[bool]
+
+    @classmethod
+    def from_parts(cls, parts: list[Part]) -> Tiers:
+        """Pack pages given one by one (tests; compression gathers straight into tiers)."""
+        exact = [p for p in parts if p.bias is None]
+        phantom = [p for p in parts if p.bias is not None]
+        k0 = parts[0].keys
+        b, hk, _, d = k0.shape
+
+        def cat(ts: list[torch.Tensor], dim: int, shape: tuple) -> torch.Tensor:
+            return torch.cat(ts, dim=dim) if ts else k0.new_empty(*shape)
+
+        return cls(
+            cat([p.keys for p in exact], -2, (b, hk, 0, d)),
+            cat([p.values for p in exact], -2, (b, hk, 0, d)),
+            cat([p.keys for p in phantom], -2, (b, hk, 0, d)),
+            cat([p.values for p in phantom], -2, (b, hk, 0, d)),
+            cat([p.bias for p in phantom], -1, (b, hk, 0)),
+            [p.keys.shape[-2] for p in parts],
+            [p.bias is not None for p in parts],
+        )
 
 
 def nbytes(t: torch.Tensor | None) -> int:
@@ -55,7 +95,13 @@ class DecodePath(ABC):
 
     @classmethod
     @abstractmethod
-    def from_parts(cls, parts: list[Part], page_size: int) -> DecodePath: ...
+    def from_tiers(cls, tiers: Tiers, page_size: int, reserve: int = 0) -> DecodePath:
+        """The path holding a compressed prompt; ``reserve``: the tokens still to come (the question
+        chunk fed through the compressed cache, then the decode), for a path that preallocates them."""
+
+    @classmethod
+    def from_parts(cls, parts: list[Part], page_size: int, reserve: int = 0) -> DecodePath:
+        return cls.from_tiers(Tiers.from_parts(parts), page_size, reserve)
 
     @abstractmethod
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -102,14 +148,29 @@ class DensifyPath(DecodePath):
         self._tokens = 0
 
     @classmethod
-    def from_parts(cls, parts: list[Part], page_size: int) -> DensifyPath:
+    def from_tiers(cls, tiers: Tiers, page_size: int, reserve: int = 0) -> DensifyPath:
+        """Pages as views of the packed tiers (the note's layout: one tensor pair per page)."""
         path = cls(page_size)
-        for p in parts:
-            path.keys.append(p.keys)
-            path.values.append(p.values)
-            path.bias.append(p.bias)
-            path._bytes += nbytes(p.keys) + nbytes(p.values) + nbytes(p.bias)
-            path._tokens += p.keys.shape[-2]
+        exact = [n for n, ph in zip(tiers.page_tokens, tiers.page_phantom, strict=True) if not ph]
+        summary = [n for n, ph in zip(tiers.page_tokens, tiers.page_phantom, strict=True) if ph]
+        ek, ev = tiers.keys.split(exact, dim=-2), tiers.values.split(exact, dim=-2)
+        pk, pv = tiers.ph_keys.split(summary, dim=-2), tiers.ph_values.split(summary, dim=-2)
+        pb = tiers.ph_bias.split(summary, dim=-1)
+        e = p = 0
+        for phantom in tiers.page_phantom:
+            if phantom:
+                path.keys.append(pk[p])
+                path.values.append(pv[p])
+                path.bias.append(pb[p])
+                p += 1
+            else:
+                path.keys.append(ek[e])
+                path.values.append(ev[e])
+                path.bias.append(None)
+                e += 1
+        path._bytes = sum(nbytes(t) for t in (tiers.keys, tiers.values, tiers.ph_keys, tiers.ph_values))
+        path._bytes += nbytes(tiers.ph_bias)
+        path._tokens = sum(tiers.page_tokens)
         path.tail_tokens = page_size  # the prompt's pages are closed; decode starts a new page
         return path
 
@@ -151,8 +212,9 @@ class DensifyPath(DecodePath):
         )
 
     def attend(self, module, query, attention_mask, scaling, dropout, logical_length, **kwargs):
-        k = torch.cat(self.keys, dim=-2)
-        v = torch.cat(self.values, dim=-2)
+        with phase(VIEW_REBUILD):
+            k = torch.cat(self.keys, dim=-2)
+            v = torch.cat(self.values, dim=-2)
         transient = nbytes(k) + nbytes(v)
         q_len = query.shape[-2]
         stored = k.shape[-2]
@@ -163,7 +225,8 @@ class DensifyPath(DecodePath):
             if q_len == 1:
                 assert_no_padding(attention_mask)
             n_rep = query.shape[1] // k.shape[1]
-            bias = self._bias_row().repeat_interleave(n_rep, dim=1)[:, :, None, :]  # [B, Hq, 1, S]
+            with phase(VIEW_REBUILD):
+                bias = self._bias_row().repeat_interleave(n_rep, dim=1)[:, :, None, :]  # [B, Hq, 1, S]
             if q_len > 1:  # new tokens see all stored ones and each other causally
                 causal = torch.ones(q_len, q_len, dtype=torch.bool, device=k.device).tril()
                 visible = torch.cat(
@@ -195,8 +258,9 @@ class PagedPath(DecodePath):
     is concatenated, allocated or looped over per decode step.
 
     * exact tier: every exact token in one ``[B, Hk, capacity, D]`` pool per K and V, in logical
-      order, with a preallocated tail for decode tokens (capacity = the prompt's exact tokens +
-      :attr:`reserve`), written in place; outgrown, it doubles (a copy, never one per step);
+      order, with a preallocated tail for the tokens still to come (capacity = the prompt's exact
+      tokens + ``reserve``: the question chunk when it is fed through the compressed cache, plus
+      ``max_new_tokens``), written in place; outgrown, it doubles (a copy, never one per step);
     * phantom tier: all summaries in one tensor, their log-count bias stored once as an additive
       mask row ``[B, Hk, 1, P]`` (and which heads have every phantom at -inf, for the lse fix-up).
 
@@ -214,41 +278,25 @@ class PagedPath(DecodePath):
     """
 
     name = "paged"
-    reserve: ClassVar[int] = 128  # tokens (question chunk + decode) the pool takes before it grows
 
-    def __init__(self, page_size: int, keys: torch.Tensor, values: torch.Tensor, used: int, phantoms: Part):
+    def __init__(self, page_size: int, keys: torch.Tensor, values: torch.Tensor, used: int, tiers: Tiers):
         super().__init__(page_size)
         self.k_pool, self.v_pool, self.used = keys, values, used
-        self.ph_keys, self.ph_values = phantoms.keys, phantoms.values
-        bias = phantoms.bias
+        self.ph_keys, self.ph_values = tiers.ph_keys, tiers.ph_values
+        bias = tiers.ph_bias
         self.ph_mask = bias[:, :, None, :]  # [B, Hk, 1, P]
         self.ph_dead = torch.isneginf(bias).all(dim=-1, keepdim=True)  # [B, Hk, 1]
 
     @classmethod
-    def from_parts(cls, parts: list[Part], page_size: int, reserve: int | None = None) -> PagedPath:
-        exact = [p for p in parts if p.bias is None]
-        phantom = [p for p in parts if p.bias is not None]
-        k0 = parts[0].keys
-        b, hk, _, d = k0.shape
-        used = sum(p.keys.shape[-2] for p in exact)
-        capacity = used + (cls.reserve if reserve is None else reserve)
-        keys = k0.new_empty(b, hk, capacity, d)
-        values = parts[0].values.new_empty(b, hk, capacity, d)
-        at = 0
-        for p in exact:  # once, at compression
-            n = p.keys.shape[-2]
-            keys[:, :, at : at + n].copy_(p.keys)
-            values[:, :, at : at + n].copy_(p.values)
-            at += n
-        if phantom:
-            ph = Part(
-                torch.cat([p.keys for p in phantom], dim=-2),
-                torch.cat([p.values for p in phantom], dim=-2),
-                torch.cat([p.bias for p in phantom], dim=-1),
-            )
-        else:
-            ph = Part(k0.new_empty(b, hk, 0, d), k0.new_empty(b, hk, 0, d), k0.new_empty(b, hk, 0))
-        return cls(page_size, keys, values, used, ph)
+    def from_tiers(cls, tiers: Tiers, page_size: int, reserve: int = 0) -> PagedPath:
+        """The exact tier copied once into a pool with ``reserve`` free slots; the phantom tier as is."""
+        b, hk, used, d = tiers.keys.shape
+        capacity = used + max(reserve, 1)
+        keys = tiers.keys.new_empty(b, hk, capacity, d)
+        values = tiers.values.new_empty(b, hk, capacity, d)
+        keys[:, :, :used].copy_(tiers.keys)
+        values[:, :, :used].copy_(tiers.values)
+        return cls(page_size, keys, values, used, tiers)
 
     @property
     def has_phantoms(self) -> bool:

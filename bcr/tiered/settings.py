@@ -112,6 +112,13 @@ def promotion_contexts(config: dict) -> list[int]:
     return [int(c) for c in config["prompts"]["contexts"][1:]]
 
 
+def timed_contexts(config: dict) -> list[int]:
+    """The promotion contexts whose runs are timed (``tiered.timed_contexts``): the largest, where
+    the latency claims are made, or every one."""
+    contexts = promotion_contexts(config)
+    return contexts if config["tiered"].get("timed_contexts", "largest") == "all" else contexts[-1:]
+
+
 def sweep_context(config: dict) -> int:
     return int(config["prompts"]["contexts"][0])
 

@@ -88,12 +88,27 @@ def capture(
     return snaps[0], snaps[1]
 
 
+def reserve_tokens(mode: str, prompt_len: int, split: int | None, max_new_tokens: int) -> int:
+    """Tokens a compressed layer still takes after compression: the question chunk when it is fed
+    through the compressed cache (question-agnostic), then the decode (``max_new_tokens - 1`` fed
+    tokens: the last one generated is never fed back)."""
+    decode = max(max_new_tokens - 1, 0)
+    if mode == QUESTION_AGNOSTIC:
+        if split is None:
+            raise ValueError("the question-agnostic mode needs the prompt's question_start")
+        return prompt_len - split + decode
+    if mode == QUESTION_AWARE:
+        return decode
+    raise ValueError(f"unknown query mode {mode!r} (known: {', '.join(QUERY_MODES)})")
+
+
 def tiered_from(
     model_config,
     snap: Snapshot,
     setting: TieredSetting,
     path: str = "densify",
     forced_phantom: dict[int, Iterable[int]] | None = None,
+    reserve: int = 0,
 ) -> TieredCache:
     """A tiered cache holding the snapshot's prompt, dense, ready to :meth:`TieredCache.compress`."""
     kept = snap.obs_queries[0].shape[-2]
@@ -101,7 +116,7 @@ def tiered_from(
         raise ValueError(
             f"{setting.name}: obs_window {setting.obs_window} exceeds the {kept} queries captured"
         )
-    cache = TieredCache(model_config, setting, path, forced_phantom)
+    cache = TieredCache(model_config, setting, path, forced_phantom, reserve)
     for i, layer in enumerate(cache.layers):
         k, v = snap.keys[i], snap.values[i]
         layer.lazy_initialization(k, v)
@@ -144,12 +159,13 @@ def run_tiered_from(
 ) -> tuple[GreedyResult, TieredCache]:
     """One (setting, mode) from the shared snapshots; untimed (timing comes from fresh runs)."""
     model = loaded.model
+    reserve = reserve_tokens(mode, prompt.length, context.length, kw["max_new_tokens"])
     if mode == QUESTION_AWARE:
-        cache = tiered_from(model.config, prompt, setting, path, forced_phantom)
-        cache.compress()
+        cache = tiered_from(model.config, prompt, setting, path, forced_phantom, reserve)
+        cache.compress(prior_tokens=context.length)  # prefilled as context, then question
         first = prompt.logits
     elif mode == QUESTION_AGNOSTIC:
-        cache = tiered_from(model.config, context, setting, path, forced_phantom)
+        cache = tiered_from(model.config, context, setting, path, forced_phantom, reserve)
         cache.compress()
         with tiered_attention(model):
             first = prefill_chunk(model, ids, context.length, prompt.length, cache).clone()

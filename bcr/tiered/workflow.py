@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from bcr import config as cfgmod
-from bcr.contracts import TIERED_PROMOTION, TIERED_SWEEP
+from bcr.contracts import TIERED_PROMOTION, TIERED_PROMOTION_DECOMPOSITION, TIERED_SWEEP
 from bcr.tiered import settings as ts
 
 # The tiered keys every tiered run reads besides its settings.
-_SHARED = ("decode_paths", "n_prompts", "repeats", "timed_prompts", "query_modes")
+_SHARED = ("decode_paths", "n_prompts", "repeats", "timed_prompts", "decomposition_prompts", "query_modes")
 
 
 def _hash(config: dict, names: list[str]) -> str:
@@ -51,4 +51,17 @@ def checkpoint_results(checkpoint: Any, config: dict) -> list[str]:
             promoted = checkpoint.get(workload=workload, mode=mode).output.promoted
             out += [promoted, TIERED_SWEEP.path(workload=workload, mode=mode)]
             out += promotion_files(promoted, workload, mode, ts.promotion_contexts(config))
+    return out
+
+
+def decomposition_files(checkpoint: Any, config: dict, workload: str) -> list[str]:
+    """The timed family's per-run decompositions: one per timed promotion run its checkpoints imply."""
+    out = []
+    for mode in config["tiered"]["query_modes"]:
+        promoted = checkpoint.get(workload=workload, mode=mode).output.promoted
+        if json.loads(Path(promoted).read_text())["run"]:
+            out += [
+                TIERED_PROMOTION_DECOMPOSITION.path(workload=workload, mode=mode, context=c)
+                for c in ts.timed_contexts(config)
+            ]
     return out

@@ -54,6 +54,7 @@ def tiered_frame(
     compression: float = 2.3,
     ttft: float = 2.0,
     tpot: float = 2.0,
+    tpot_static: float | None = None,
     peak_ratio: float | None = None,
     kv_ratio: float = 1.4,
     kv_decode_ratio: float | None = None,
@@ -101,6 +102,10 @@ def tiered_frame(
                     "tpot_s": 0.002 * (tpot * jitter() if tiered else 1.0),
                     "ttft_ratio": ttft * jitter() if tiered else 1.0,
                     "tpot_ratio": tpot * jitter() if tiered else 1.0,
+                    "ttft_ratio_static": ttft * jitter() if tiered else 1.0,
+                    "tpot_ratio_static": (tpot if tpot_static is None else tpot_static) * jitter()
+                    if tiered
+                    else 1.0,
                     "kv_bytes_stored": int(kv_dense / comp),
                     "kv_bytes_peak": int(kv_dense * (kj := kv_ratio * jitter() if tiered else 1.0)),
                     # the decode-phase peak: the same draw, scaled to its own ratio
@@ -318,17 +323,39 @@ def write_longctx(root: Path, *, n: int = 30, mismatches: int = 0) -> None:
 
 
 def write_decomposition(root: Path) -> None:
+    """Two instrumented prompts per arm: dense, dense_static, and front_ret25 on each decode path."""
     rows = []
-    for path, rebuild in (("densify", 0.004), ("paged", 0.0)):
-        for phase, s in (
-            ("forward", 0.002),
-            ("summary", 0.001),
-            ("view_rebuild", rebuild),
-            ("decode_attention", 0.001),
-        ):
-            rows.append(
-                {"setting": "front_ret25", "context": 8192, "decode_path": path, "phase": phase, "seconds": s}
-            )
+    arms = [("dense", "dense", 0.0, 0.0), ("dense_static", "dense_static", 0.0, 0.0)]
+    arms += [("front_ret25", "densify", 0.004, 0.003), ("front_ret25", "paged", 0.0, 0.001)]
+    for setting, path, rebuild, compress in arms:
+        for pid in ("p0", "p1"):
+            phases = {
+                "prefill_forward": 0.020,
+                "scoring": compress / 3,
+                "phantoms": compress / 3,
+                "surprise": compress / 6,
+                "packing": compress / 6,
+                "decode_attention": 0.001,
+                "view_rebuild": rebuild,
+                "decode_other": 0.002,
+            }
+            total = sum(phases.values())
+            for phase, sec in phases.items():
+                rows.append(
+                    {
+                        "setting": setting,
+                        "workload": "needle",
+                        "query_mode": "question_aware",
+                        "context": 8192,
+                        "prompt_id": pid,
+                        "decode_path": path,
+                        "phase": phase,
+                        "seconds": sec,
+                        "total_s": total,
+                        "reference_s": total * 0.97,
+                        "steps": 15,
+                    }
+                )
     io.write_parquet(with_prov(pd.DataFrame(rows)), root / "tiered" / "decomposition.parquet")
 
 

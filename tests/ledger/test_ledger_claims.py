@@ -260,6 +260,17 @@ def test_page_native_claims(results_dir, verdicts):
     assert got["paged_latency"]["verdict"] == "rejected"
 
 
+@pytest.mark.parametrize(("static", "expected"), [(1.05, "supported"), (1.3, "rejected")])
+def test_page_native_latency_answers_to_the_static_cache_too(results_dir, verdicts, static, expected):
+    """Beating the stock DynamicCache (which concatenates every step) is not enough: the claim also
+    reads TPOT against a preallocated StaticCache, and flips with it alone."""
+    paths = ("dense", "densify", "paged")
+    _promotion(results_dir, paths=paths, compression=2.3, ttft=1.02, tpot=1.01, tpot_static=static)
+    row = verdicts(results_dir)["paged_latency"]
+    assert row["verdict"] == expected, row["reason"]
+    assert "StaticCache" in row["reason"]
+
+
 @pytest.mark.parametrize(("decode", "expected"), [(0.45, "supported"), (1.4, "rejected")])
 def test_page_native_memory_is_judged_on_the_decode_phase_peak(results_dir, verdicts, decode, expected):
     """The overall KV peak includes the dense prefill's (about dense's own): judged on it, no decode path

@@ -89,11 +89,13 @@ def test_every_plot_kind_is_deterministic(tmp_path):
     )
     decomp = pd.DataFrame(
         {
-            "setting": "front_ret25",
+            "query_mode": "question_aware",
             "context": 8192,
-            "decode_path": ["densify", "densify", "paged", "paged"],
-            "phase": ["forward", "view_rebuild", "forward", "view_rebuild"],
-            "seconds": [0.002, 0.004, 0.002, 0.0],
+            "setting": ["dense", "front_ret25", "front_ret25"],
+            "decode_path": ["dense", "densify", "paged"],
+            "prefill_forward_ms": [20.0, 20.0, 20.0],
+            "view_rebuild_ms": [0.0, 4.0, 0.0],
+            "decode_attention_ms": [1.0, 1.2, 0.8],
         }
     )
     for name, fn in {

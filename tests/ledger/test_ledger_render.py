@@ -260,3 +260,20 @@ def test_a_verdict_fixed_by_construction_is_labelled_so(tmp_path, spec, cpu_conf
         cid = _rid(c)
         row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{cid}">') :].split("</tr>")[0]
         assert "fixed by construction" not in row, c.id
+
+
+def test_the_decomposition_page_stacks_every_phase_with_dense_first(tmp_path, spec, cpu_config, reference):
+    root = tmp_path / "results"
+    root.mkdir()
+    synth.write_full(root)
+    _, pages = render(root, spec, cpu_config, reference, tmp_path)
+    page = pages["decomposition.md"]
+    section = page.split("### question_aware", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    assert [r.split("|")[2].strip() for r in rows][:2] == ["`dense`", "`dense_static`"]  # dense first
+    assert len(rows) == 4
+    for label in ("prefill", "scoring", "rebuild", "step rest"):
+        assert f" {label} |" in section
+    paged = next(r for r in rows if "| paged |" in r)
+    cells = [c.strip() for c in paged.split("|")]
+    assert cells[-2] == "3.09%"  # the instrumented total over the uninstrumented one (1 / 0.97)

@@ -17,6 +17,7 @@ from bcr.tiered.cache import TieredCache
 from bcr.tiered.harness import run_dense, run_tiered
 from bcr.tiered.paths import DensifyPath, PagedPath, Part
 from bcr.tiered.settings import resolve
+from bcr.tiered.shared import reserve_tokens
 from bcr.training import needle_spec
 
 MODES = ["question_aware", "question_agnostic"]
@@ -78,7 +79,8 @@ def test_paged_tokens_equal_densify(setup, mode, setting, context):
 def _decode(loaded, prompt, setting, path, mode, steps=8):
     """Greedy decode through a tiered cache; each layer's pools and capacity right after compression."""
     ids, split = _ids(prompt)
-    cache = TieredCache(loaded.model.config, setting, path)
+    reserve = reserve_tokens(mode, ids.shape[1], split, steps)  # the question chunk (agnostic) + decode
+    cache = TieredCache(loaded.model.config, setting, path, reserve=reserve)
     seen = {}
 
     def compress(c):
@@ -108,8 +110,10 @@ def test_decode_steps_allocate_nothing_proportional_to_the_context(setup, mode):
             assert p.has_phantoms
             # written in place: the pools are the ones compression allocated
             assert (p.k_pool.data_ptr(), p.v_pool.data_ptr(), p.ph_keys.data_ptr()) == seen[layer.layer_idx]
-            # every token fed after compression (question chunk, 7 decode tokens) sits in the tail
-            assert p.used == layer.manifest.exact_tokens + layer.logical - compressed_at < p.capacity
+            # every token fed after compression (question chunk, 7 decode tokens) sits in the tail,
+            # sized for exactly them when the pool was made (the last token is never fed back)
+            assert p.used == layer.manifest.exact_tokens + layer.logical - compressed_at
+            assert p.capacity == layer.manifest.exact_tokens + cache.reserve == p.used
         transient[context] = [layer.path.max_transient_bytes for layer in layers]
         ref, _, _ = _decode(loaded, prompts(context, 1)[0], s, "densify", mode)
         transient["densify", context] = [layer.path.max_transient_bytes for layer in ref.tiered_layers()]

@@ -11,6 +11,7 @@ SITE_RESULTS = [
     *expand(rules.tiered_promote.output.summary, workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *expand(rules.tiered_promotion_summary.output[0], workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *rules.cache_ops.output,
+    *rules.tiered_decomposition.output,
     *expand(
         rules.tiered_frontier.output,
         model=TIERED_FRONTIER_MODELS,

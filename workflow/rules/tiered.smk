@@ -9,6 +9,7 @@ from bcr.tiered import workflow as tiered_workflow
 
 TIERED_SWEEP_CONTEXT = tiered_settings.sweep_context(config)
 TIERED_PROMOTION_CONTEXTS = tiered_settings.promotion_contexts(config)
+TIERED_TIMED_CONTEXTS = tiered_settings.timed_contexts(config)
 TIERED_SWEEP = tiered_settings.sweep_settings(config)
 TIERED_MODES = list(config["tiered"]["query_modes"])
 TIERED_MODE_NAMES = "|".join(TIERED_MODES)
@@ -87,7 +88,9 @@ rule tiered_promotion:
         promoted=rules.tiered_promote.output.promoted,
         ckpt=model_checkpoint_files(),
     output:
-        C.TIERED_PROMOTION.path(),
+        runs=C.TIERED_PROMOTION.path(),
+        # the instrumented prompts' phases (an empty table where nothing is timed)
+        decomposition=C.TIERED_PROMOTION_DECOMPOSITION.path(),
     wildcard_constraints:
         context=r"\d+",
         mode=TIERED_MODE_NAMES,
@@ -95,8 +98,13 @@ rule tiered_promotion:
     params:
         code=command_hash("tiered", "run"),
         cfg=tiered_workflow.run_hash(config),
-        # latency is claimed on the primary family; the others are measured for exactness only
-        timed=lambda w: "" if w.workload == PRIMARY_FAMILY else "--timed-prompts 0",
+        # latency is claimed on the primary family at the timed contexts; the rest is measured for
+        # exactness only
+        timed=lambda w: (
+            ""
+            if w.workload == PRIMARY_FAMILY and int(w.context) in TIERED_TIMED_CONTEXTS
+            else "--timed-prompts 0"
+        ),
     log:
         "logs/tiered_promotion/{workload}/{mode}/{context}.log",
     threads: TIMED_THREADS
@@ -106,7 +114,7 @@ rule tiered_promotion:
     shell:
         "bcr tiered run --config {input.cfg} --promoted {input.promoted} --query-modes {wildcards.mode} "
         "--context {wildcards.context} --prompts {input.prompts} --dense {input.dense} {params.timed} "
-        "--out {output} --quiet > {log} 2>&1"
+        "--out {output.runs} --decomposition {output.decomposition} --quiet > {log} 2>&1"
 
 
 rule tiered_controls:
@@ -168,6 +176,27 @@ rule tiered_promotion_summary:
         mem_mb=4000,
     shell:
         "bcr tiered summarize --config {input.cfg} --inputs {input.runs} --out {output} > {log} 2>&1"
+
+
+rule tiered_decomposition:
+    """Where the time goes, per promoted setting, context and decode path, dense beside (the timed
+    family's instrumented prompts, gathered from its promotion runs)."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        runs=lambda w: tiered_workflow.decomposition_files(checkpoints.tiered_promote, config, PRIMARY_FAMILY),
+    output:
+        C.TIERED_DECOMPOSITION.path(),
+    params:
+        code=command_hash("tiered", "decomposition"),
+    log:
+        "logs/tiered_decomposition.log",
+    resources:
+        runtime=10,
+        mem_mb=4000,
+    shell:
+        "bcr tiered decomposition --config {input.cfg} --inputs {input.runs} --out {output} > {log} 2>&1"
 
 
 # The exactness frontier (bcr.tiered.frontier): tiered.frontier's grid at the sweep context, one job
