@@ -129,7 +129,7 @@ class TieredLayer(DynamicLayer):
 
         Tensor work is per layer, never per page: importance and the phantom error over all pages at
         once, k-means over all candidate pages at once, and one gather each for the exact tokens and
-        the summaries (:meth:`_pack`).  ``reserve``: tokens the decode path should leave room for.
+        the summaries (:func:`_pack`).  ``reserve``: tokens the decode path should leave room for.
         """
         if self.path is not None:
             raise RuntimeError(f"layer {self.layer_idx} is already compressed")

@@ -12,6 +12,7 @@ from bcr import io, provenance
 from bcr.cliutil import add_config_arg, add_model_arg, load_config
 from bcr.contracts import (
     CONTROL_COLUMNS,
+    DECODE_PATHS,
     DENSE_PATH,
     PROMPT_COLUMNS,
     QUERY_MODES,
@@ -48,6 +49,12 @@ def register(tracks: argparse._SubParsersAction) -> None:
         help="time fresh interleaved runs on the first N prompts (default: tiered.timed_prompts; 0: none)",
     )
     p.add_argument("--out", nargs="+", required=True, help="one Parquet per --query-modes entry, in order")
+    p.add_argument(
+        "--decode-paths",
+        nargs="+",
+        choices=DECODE_PATHS,
+        help="tiered decode paths to run (default: tiered.decode_paths; the sweep runs the first only)",
+    )
     p.add_argument(
         "--decomposition",
         help="also write the latency decomposition of the first tiered.decomposition_prompts timed "
@@ -179,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             loaded,
             prompts,
             settings,
-            list(tcfg["decode_paths"]),
+            list(args.decode_paths or tcfg["decode_paths"]),
             generation,
             device,
             args.query_modes,
@@ -254,6 +261,7 @@ def cmd_controls(args: argparse.Namespace) -> int:
             [args.query_mode],
             dense_reference=reference,
             seed=int(spec["seed"]),
+            decode_path=config["tiered"]["decode_paths"][0],  # exactness is decided on the first path
         )[args.query_mode]
     else:  # nothing promoted: nothing to match a control to (the file says so by having no rows)
         df = pd.DataFrame(columns=CONTROL_COLUMNS)
@@ -278,7 +286,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         loaded,
         prompts,
         [s for s, _, _ in points],
-        ["densify"],
+        list(config["tiered"]["decode_paths"][:1]),  # exactness is decided on the first path
         config["generation"],
         device,
         args.query_modes,

@@ -594,10 +594,11 @@ def measure_controls(
     dense_reference: dict[str, list[int]] | None = None,
     seed: int = 0,
     progress=None,
+    decode_path: str = "densify",
 ) -> dict[str, pd.DataFrame]:
     """Negative controls matched to each of ``settings``, untimed, one frame per mode: a row per
     (control, prompt) plus the matched setting's own row from the same shared prefill, and the
-    dense reference rows (``control`` and ``matched_to`` say which is which)."""
+    dense reference rows (``control`` and ``matched_to`` say which is which), on ``decode_path``."""
     from bcr.tiered import controls
 
     specs = {s.name: (None, s.name) for s in settings}
@@ -611,7 +612,7 @@ def measure_controls(
         loaded,
         prompts,
         all_settings,
-        ["densify"],
+        [decode_path],
         generation,
         device,
         modes,

@@ -132,6 +132,24 @@ class DecodePath(ABC):
         """Everything stored as dense tensors (keys, values, bias or None): for inspection and tests."""
 
 
+def _pages(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """``t`` ([B, Hk, T, ...]) cut along its token axis into pages of ``sizes`` (all equal but
+    perhaps the last), each page its own contiguous tensor, in one copy for all of them."""
+    if not sizes:
+        return []
+    w = sizes[0]
+    full = len(sizes) if sizes[-1] == w else len(sizes) - 1
+    if any(n != w for n in sizes[:full]):
+        raise ValueError(f"pages of unequal sizes {sorted(set(sizes[:full]))} before the last")
+    head = t[:, :, : full * w]
+    b, hk = head.shape[:2]
+    blocks = head.reshape(b, hk, full, w, *head.shape[3:]).movedim(2, 0).contiguous()
+    out = list(blocks.unbind(0))
+    if full < len(sizes):
+        out.append(t[:, :, full * w :].contiguous())
+    return out
+
+
 class DensifyPath(DecodePath):
     """Pages as separate tensors; dense views rebuilt with ``torch.cat`` at every decode step."""
 
@@ -149,13 +167,17 @@ class DensifyPath(DecodePath):
 
     @classmethod
     def from_tiers(cls, tiers: Tiers, page_size: int, reserve: int = 0) -> DensifyPath:
-        """Pages as views of the packed tiers (the note's layout: one tensor pair per page)."""
+        """The note's layout: one contiguous tensor per page (made in one copy per tier, so each
+        decode step's ``torch.cat`` reads contiguous pages, as it did when every page was cloned)."""
         path = cls(page_size)
         exact = [n for n, ph in zip(tiers.page_tokens, tiers.page_phantom, strict=True) if not ph]
         summary = [n for n, ph in zip(tiers.page_tokens, tiers.page_phantom, strict=True) if ph]
-        ek, ev = tiers.keys.split(exact, dim=-2), tiers.values.split(exact, dim=-2)
-        pk, pv = tiers.ph_keys.split(summary, dim=-2), tiers.ph_values.split(summary, dim=-2)
-        pb = tiers.ph_bias.split(summary, dim=-1)
+        ek, ev = _pages(tiers.keys, exact), _pages(tiers.values, exact)
+        pk, pv, pb = (
+            _pages(tiers.ph_keys, summary),
+            _pages(tiers.ph_values, summary),
+            _pages(tiers.ph_bias, summary),
+        )
         e = p = 0
         for phantom in tiers.page_phantom:
             if phantom:

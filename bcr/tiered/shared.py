@@ -9,7 +9,7 @@ dense K/V and its last ``obs_window`` queries, and each (setting, mode) compress
 * ``question_aware`` -- from the snapshot after the whole prompt (its last logits choose the first
   token, as in a fresh run).
 
-Nothing here copies a tensor: compression slices the snapshot's K/V into new parts, and appending a
+Nothing here copies a tensor: compression gathers from the snapshot's K/V into new tensors, and appending a
 decode token concatenates into a new tensor, so the snapshot stays as captured for the next setting.
 A run from a snapshot computes what a fresh run computes (tests/tiered check token and logit
 equality), at the cost of one compression and one decode per setting instead of a prefill each.

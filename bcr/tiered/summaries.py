@@ -131,24 +131,30 @@ def phantom_error(
     if not pages:
         return torch.zeros(0)
     v = _wide(values[0]).to(obs.weights.dtype)  # [Hk, N, D]
-    hk, r = obs.weights.shape[:2]
-    chunk = max(1, max_elements // (hk * r * max(page_size, v.shape[-1])))
+    hk, r, n = obs.weights.shape
+    d = v.shape[-1]
+    chunk = max(1, max_elements // (hk * r * max(page_size, d)))
     z = obs.weights.sum(-1)  # [Hk, R]
     num = torch.einsum("hrn,hnd->hrd", obs.weights, v)
     out = num / z[..., None]
+    # pages as their own axis (the partial last page is padded: it is never a candidate), so a
+    # chunk of candidates is one index_select of whole pages rather than a gather of their tokens
+    n_pages = -(-n // page_size)
+    pad = n_pages * page_size - n
+    w_pages = torch.nn.functional.pad(obs.weights, (0, pad)).view(hk, r, n_pages, page_size)
+    v_pages = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(hk, n_pages, page_size, d)
     idx_all = torch.tensor(pages, device=v.device)
+    log_bias = phantoms.log_bias
     errors = []
     for start in range(0, len(pages), chunk):
         idx = idx_all[start : start + chunk]
-        tok = (idx[:, None] * page_size + torch.arange(page_size, device=v.device)[None, :]).reshape(-1)
-        c = idx.shape[0]
-        w_p = obs.weights[:, :, tok].reshape(*obs.weights.shape[:2], c, page_size)  # [Hk, R, C, ps]
-        v_p = v[:, tok].reshape(v.shape[0], c, page_size, -1)  # [Hk, C, ps, D]
+        w_p = w_pages.index_select(2, idx)  # [Hk, R, C, ps]
+        v_p = v_pages.index_select(1, idx)  # [Hk, C, ps, D]
         z_p = w_p.sum(-1)
         num_p = torch.einsum("hrcp,hcpd->hrcd", w_p, v_p)
         pk = phantoms.keys[:, start : start + chunk]
         pv = phantoms.values[:, start : start + chunk]
-        bias = phantoms.log_bias[:, start : start + chunk]  # [Hk, C, k]
+        bias = log_bias[:, start : start + chunk]  # [Hk, C, k]
         s = torch.einsum("hrd,hckd->hrck", obs.queries, pk) * obs.scaling + bias[:, None]
         w_ph = torch.exp(s - obs.row_max[..., None])  # [Hk, R, C, k]
         z_ph = w_ph.sum(-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import types
 
+import pytest
 import torch
 
 from bcr.tiered import summaries
@@ -77,9 +78,10 @@ def test_densify_decode_path_applies_the_bias_like_brute_force():
     assert ph.counts.sum() == 16
 
 
-def test_phantom_error_matches_brute_force_swap():
+@pytest.mark.parametrize("n", [96, 100])  # whole pages, and a partial last page (padded, never a candidate)
+def test_phantom_error_matches_brute_force_swap(n):
     torch.manual_seed(0)
-    hk, hq, n, d, w, ps = 2, 4, 96, 8, 8, 16
+    hk, hq, d, w, ps = 2, 4, 8, 8, 16
     keys = torch.randn(1, hk, n, d)
     values = torch.randn(1, hk, n, d)
     query = torch.randn(1, hq, w, d)

@@ -13,6 +13,9 @@ TIERED_TIMED_CONTEXTS = tiered_settings.timed_contexts(config)
 TIERED_SWEEP = tiered_settings.sweep_settings(config)
 TIERED_MODES = list(config["tiered"]["query_modes"])
 TIERED_MODE_NAMES = "|".join(TIERED_MODES)
+# Exactness is decided on the first decode path (the sweep, the controls, the frontier); the
+# promotion runs measure every path of tiered.decode_paths beside it.
+TIERED_DECIDING_PATH = config["tiered"]["decode_paths"][0]
 # Negative controls run where the sweep decides and where the headline claims are made.
 TIERED_CONTROL_CONTEXTS = (
     sorted({TIERED_SWEEP_CONTEXT, max(CONTEXTS)}) if config["tiered"].get("negative_controls") else []
@@ -38,6 +41,7 @@ rule tiered_sweep:
         context=TIERED_SWEEP_CONTEXT,
         settings=" ".join(TIERED_SWEEP),
         modes=" ".join(TIERED_MODES),
+        path=TIERED_DECIDING_PATH,
     log:
         "logs/tiered_sweep/{workload}.log",
     threads: TIMED_THREADS
@@ -47,7 +51,7 @@ rule tiered_sweep:
     shell:
         "bcr tiered run --config {input.cfg} --settings {params.settings} --query-modes {params.modes} "
         "--context {params.context} --prompts {input.prompts} --dense {input.dense} --timed-prompts 0 "
-        "--out {output} --quiet > {log} 2>&1"
+        "--decode-paths {params.path} --out {output} --quiet > {log} 2>&1"
 
 
 checkpoint tiered_promote:
