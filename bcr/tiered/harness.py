@@ -27,9 +27,9 @@ tiered decode path; one frame per query mode.  Definitions (DESIGN.md, "Tiered c
 * ``kv_bytes_stored`` -- cache bytes after the last decode step;
 * ``kv_bytes_peak`` -- max of the prefill high-water mark (``kv_bytes_peak_prefill``: with the
   band compressed layer by layer during the prefill, as the fresh runs do; every fresh run must
-  reach the very mark the shared run computes) and the decode one, ``kv_bytes_peak_decode`` (stored bytes plus the largest transient a
-  layer's decode step builds: densify's concatenated views, GQA copies and bias row, or a dense
-  layer's ``torch.cat``);
+  reach the very mark the shared run computes) and the decode one, ``kv_bytes_peak_decode``
+  (stored bytes plus the largest transient a layer's decode step builds: densify's concatenated
+  views, GQA copies and bias row, or a dense layer's ``torch.cat``; a ``StaticCache`` builds none);
 * ``peak_mem_bytes`` -- CUDA ``max_memory_allocated`` over the timed runs, null on CPU.
 
 The first ``decomposition_prompts`` timed prompts also get one instrumented run per arm in the same
