@@ -33,7 +33,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from bcr import io
 
 # Material indigo first (the site's primary colour), then colour-blind-distinguishable accents.
-PALETTE = ["#3f51b5", "#e65100", "#00897b", "#8e24aa", "#6d4c41", "#546e7a", "#c2185b"]
+PALETTE = ["#3f51b5", "#e65100", "#00897b", "#8e24aa", "#6d4c41", "#546e7a", "#c2185b", "#f9a825"]
 NOTE_COLOR = "black"
 THRESHOLD_COLOR = "#b71c1c"
 REFERENCE_COLOR = "#424242"

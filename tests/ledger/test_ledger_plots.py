@@ -174,3 +174,12 @@ def test_frontier_plot_is_deterministic_and_follows_its_rows(tmp_path):
     table.loc[0, "n_exact"] -= 1
     c = plots.frontier(table, "m", tmp_path / "c.svg", promoted=stars, note_fraction=0.44)
     assert c.read_bytes() != a.read_bytes()
+
+
+def test_every_decomposition_phase_has_its_own_colour():
+    """The stacked bars colour phases by position: two phases sharing a colour would read as one."""
+    from bcr.contracts import DECOMPOSITION_PHASES
+    from bcr.ledger import plotstyle
+
+    colours = [plotstyle.color(i) for i in range(len(DECOMPOSITION_PHASES))]
+    assert len(set(colours)) == len(colours)
