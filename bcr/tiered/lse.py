@@ -15,18 +15,25 @@ correct (tests/tiered/test_tiered_lse.py checks it against SDPA over the concate
 Kernels: on CPU ``aten._scaled_dot_product_flash_attention_for_cpu`` returns ``(out, logsumexp)``
 and takes an additive mask.  Facts checked on torch 2.14.1: a row whose keys are all masked comes
 back with lse 0 (not -inf), so such rows are set to -inf here; a call with zero keys kills the
-process (SIGFPE), so empty segments are skipped.  Elsewhere (CUDA) the logits are computed in plain
-torch (float32 at least): exact, but it builds a logits row per key, which :attr:`Attended.transient`
-counts.
+process (SIGFPE), so empty segments are skipped.  On CUDA
+``aten._scaled_dot_product_efficient_attention(..., compute_log_sumexp=True)`` returns the
+log-sum-exp (padded to a multiple of 32 rows) and takes an additive bias; it is used once it has matched the plain-torch kernel on the first call
+of each (dtype, masked) kind in the process (:func:`_cuda_kernel_agrees`), else the plain kernel
+is kept and a warning says so.  The plain kernel (float32 logits, exact, a logits row per key, which
+:attr:`Attended.transient` counts) is the reference and the fallback; no GPU is needed to test the
+fallback logic (tests/tiered/test_tiered_lse.py substitutes the kernel).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 NEG_INF = float("-inf")
+# (dtype, masked) -> whether the CUDA kernel matched the plain one on its first call in this process
+_CUDA_CHECKED: dict[tuple[torch.dtype, bool], bool] = {}
 
 
 @dataclass
@@ -77,6 +84,39 @@ def _attend_math(q, k, v, mask, scale):
     return out, lse, 2 * _nbytes(logits)  # logits (+ softmax's reduction) are a row per key
 
 
+def _attend_efficient(q, k, v, mask, scale):
+    """CUDA memory-efficient attention with its log-sum-exp (rows beyond ``q``'s are padding)."""
+    bias = None
+    if mask is not None:
+        bias = mask.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[-2])
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, bias, True, 0.0, False, scale=scale
+    )[:2]
+    return out, lse[..., : q.shape[-2]].to(torch.promote_types(q.dtype, torch.float32))
+
+
+def _cuda_kernel_agrees(q, k, v, mask, scale, kernel=_attend_efficient) -> bool:
+    """Whether ``kernel`` runs on these inputs and matches the plain kernel (once per kind)."""
+    key = (q.dtype, mask is not None)
+    if key not in _CUDA_CHECKED:
+        ref_out, ref_lse, _ = _attend_math(q, k, v, mask, scale)
+        tol = 1e-4 if q.dtype == torch.float32 else 2e-2
+        try:
+            out, lse = kernel(q, k, v, mask, scale)
+            live = torch.isfinite(ref_lse)
+            ok = bool(
+                torch.allclose(out[live].float(), ref_out[live].float(), atol=tol, rtol=tol)
+                and torch.allclose(lse[live].float(), ref_lse[live].float(), atol=tol, rtol=tol)
+            )
+            why = "its output differs from the plain kernel's"
+        except RuntimeError as exc:  # e.g. a bias layout the kernel refuses
+            ok, why = False, f"it refused the inputs ({exc})"
+        if not ok:
+            warnings.warn(f"lse: the CUDA kernel is not used for {key}: {why}", stacklevel=3)
+        _CUDA_CHECKED[key] = ok
+    return _CUDA_CHECKED[key]
+
+
 def _fold_mask(mask: torch.Tensor | None, n_rep: int, length: int) -> torch.Tensor | None:
     """A per-position mask ``[.., L, S]`` as a mask over the folded rows ``[.., k*L, S]``."""
     if mask is None or mask.shape[-2] == 1 or n_rep == 1:
@@ -87,9 +127,11 @@ def _fold_mask(mask: torch.Tensor | None, n_rep: int, length: int) -> torch.Tens
 def attend(query: torch.Tensor, segments: list[Segment], scale: float, math: bool | None = None) -> Attended:
     """Attention of ``query`` [B, Hq, L, D] over all ``segments`` (one KV head per ``Hq / Hk`` heads).
 
-    ``math``: the plain-torch kernel (default: off CPU only; tests run it on CPU too).
+    ``math``: the plain-torch kernel (default: only off CPU where the CUDA kernel did not match it;
+    tests run it on CPU too).
     """
-    math = query.device.type != "cpu" if math is None else math
+    cuda = query.device.type == "cuda"
+    math = (query.device.type != "cpu" and not cuda) if math is None else math
     b, hq, length, d = query.shape
     live = [s for s in segments if s.keys.shape[-2] > 0]
     if not live:
@@ -106,14 +148,21 @@ def attend(query: torch.Tensor, segments: list[Segment], scale: float, math: boo
         mask = _fold_mask(None if s.mask is None else s.mask.to(query.dtype), n_rep, length)
         if mask is not None and mask is not s.mask:
             transient += _nbytes(mask)
-        if not math:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, s.keys, s.values, attn_mask=mask, scale=scale
-            )
-            if mask is not None:  # the kernel reports lse 0 for a row with every key masked
+        if not math and cuda and not _cuda_kernel_agrees(q, s.keys, s.values, mask, scale):
+            out, lse, scratch = _attend_math(q, s.keys, s.values, mask, scale)
+            transient += scratch
+        elif not math:
+            if cuda:
+                out, lse = _attend_efficient(q, s.keys, s.values, mask, scale)
+            else:
+                out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    q, s.keys, s.values, attn_mask=mask, scale=scale
+                )
+            if mask is not None:  # the kernels report lse 0 (or NaN rows) where every key is masked
                 dead = s.dead if s.dead is not None else torch.isneginf(s.mask).all(dim=-1)
                 dead = _fold_mask(dead[..., None], n_rep, length)[..., 0]
                 lse = lse.masked_fill(dead, NEG_INF)
+                out = out.masked_fill(dead[..., None], 0.0) if cuda else out
                 transient += _nbytes(lse)
         else:
             out, lse, scratch = _attend_math(q, s.keys, s.values, mask, scale)

@@ -36,7 +36,7 @@ class Tiers:
     tensor, every phantom summary (page order) in another, and which page is which.
 
     ``page_tokens[p]`` is what page ``p`` stores (its exact tokens, or its summaries when
-    ``page_phantom[p]``); a decode path takes these tensors as they are or splits views of them.
+    ``page_phantom[p]``); a decode path copies them once into its own layout.
     """
 
     keys: torch.Tensor  # [B, Hk, E, D]
@@ -282,7 +282,7 @@ class PagedPath(DecodePath):
     * exact tier: every exact token in one ``[B, Hk, capacity, D]`` pool per K and V, in logical
       order, with a preallocated tail for the tokens still to come (capacity = the prompt's exact
       tokens + ``reserve``: the question chunk when it is fed through the compressed cache, plus
-      ``max_new_tokens``), written in place; outgrown, it doubles (a copy, never one per step);
+      ``max_new_tokens - 1``), written in place; outgrown, it doubles (a copy, never one per step);
     * phantom tier: all summaries in one tensor, their log-count bias stored once as an additive
       mask row ``[B, Hk, 1, P]`` (and which heads have every phantom at -inf, for the lse fix-up).
 

@@ -122,3 +122,31 @@ def test_merge_by_hand():
     out, total = lse.merge([(o1, a), (o2, b)])
     assert torch.allclose(out, torch.tensor([[0.25, 0.75]]))
     assert torch.allclose(total, torch.log(torch.tensor([4.0])))
+
+
+def test_the_cuda_kernel_is_used_only_once_it_matches_the_plain_one(monkeypatch):
+    """No GPU here: the guard is tested with substitute kernels.  A kernel that matches is kept for
+    its kind; one that differs or refuses the inputs is dropped with a warning, once per kind."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)
+    mask = torch.zeros(1, 2, 1, 16)
+
+    def right(q, k, v, m, s):
+        out, logsumexp, _ = lse._attend_math(q, k, v, m, s)
+        return out, logsumexp
+
+    def wrong(q, k, v, m, s):
+        out, logsumexp = right(q, k, v, m, s)
+        return out + 0.1, logsumexp
+
+    def refuses(q, k, v, m, s):
+        raise RuntimeError("attn_bias is not correctly aligned")
+
+    monkeypatch.setattr(lse, "_CUDA_CHECKED", {})
+    assert lse._cuda_kernel_agrees(q, k, v, None, 0.35, kernel=right)
+    with pytest.warns(UserWarning, match="differs"):
+        assert not lse._cuda_kernel_agrees(q, k, v, mask, 0.35, kernel=wrong)
+    assert not lse._cuda_kernel_agrees(q, k, v, mask, 0.35, kernel=right)  # decided once per kind
+    monkeypatch.setattr(lse, "_CUDA_CHECKED", {})
+    with pytest.warns(UserWarning, match="refused"):
+        assert not lse._cuda_kernel_agrees(q, k, v, mask, 0.35, kernel=refuses)
