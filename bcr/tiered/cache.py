@@ -209,7 +209,55 @@ def _pack(
     )
 
 
+class PooledLayer(DynamicLayer):
+    """An uncompressed layer of a page-native cache: its K/V in one preallocated pool per K and V,
+    written in place, so decoding allocates nothing in proportion to the context (a stock
+    ``DynamicLayer`` concatenates every step).  Attention reads views of the pool -- the call dense
+    makes, bit-exact with it.  ``capacity``: the tokens the layer will hold (prompt + decode);
+    outgrown, the pool doubles.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.k_pool: torch.Tensor | None = None
+        self.v_pool: torch.Tensor | None = None
+        self.used = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self.k_pool is None or self.used + n > self.k_pool.shape[-2]:
+            self._grow(max(self.capacity, self.used + n, 2 * self.used), key_states, value_states)
+        self.k_pool[:, :, self.used : self.used + n].copy_(key_states)
+        self.v_pool[:, :, self.used : self.used + n].copy_(value_states)
+        self.used += n
+        self.keys = self.k_pool[:, :, : self.used]
+        self.values = self.v_pool[:, :, : self.used]
+        return self.keys, self.values
+
+    def _grow(self, capacity: int, like_k: torch.Tensor, like_v: torch.Tensor) -> None:
+        b, hk, _, d = like_k.shape
+        k, v = like_k.new_empty(b, hk, capacity, d), like_v.new_empty(b, hk, capacity, d)
+        if self.k_pool is not None:
+            k[:, :, : self.used].copy_(self.k_pool[:, :, : self.used])
+            v[:, :, : self.used].copy_(self.v_pool[:, :, : self.used])
+        self.k_pool, self.v_pool = k, v
+
+    def nbytes(self) -> int:
+        return nbytes(self.k_pool) + nbytes(self.v_pool)
+
+    def reset(self) -> None:
+        super().reset()
+        self.k_pool = self.v_pool = None
+        self.used = 0
+
+
 def _dense_nbytes(layer: DynamicLayer) -> int:
+    """Bytes a layer that is not compressed (yet) holds: its pools, or its dense K/V."""
+    if isinstance(layer, PooledLayer):
+        return layer.nbytes()
     return nbytes(layer.keys) + nbytes(layer.values)
 
 
@@ -222,7 +270,8 @@ class TieredCache(Cache):
     order (measured in one, computed in the other).
 
     ``reserve``: the tokens still to come after compression (question chunk and decode), which a
-    preallocating decode path sets aside.
+    preallocating decode path sets aside; ``capacity``: the tokens an uncompressed layer will hold
+    (prompt and decode), for which the ``paged`` path preallocates its :class:`PooledLayer` s.
     """
 
     def __init__(
@@ -232,6 +281,7 @@ class TieredCache(Cache):
         decode_path: str = "densify",
         forced_phantom: dict[int, Iterable[int]] | None = None,
         reserve: int = 0,
+        capacity: int | None = None,
     ):
         layer_types = getattr(model_config, "layer_types", None) or []
         if any(t != "full_attention" for t in layer_types):
@@ -249,8 +299,13 @@ class TieredCache(Cache):
         unknown = sorted(set(forced) - set(self.band))
         if unknown:
             raise ValueError(f"forced_phantom names layers {unknown} outside the band {self.band}")
+        # the page-native path keeps its uncompressed layers in pools too (densify: the note's
+        # stock layers); ``capacity`` is the tokens each will hold, prompt and decode
+        pooled = decode_path == "paged" and capacity is not None
         layers = [
-            TieredLayer(i, setting, decode_path, forced.get(i, ())) if i in self.band else DynamicLayer()
+            TieredLayer(i, setting, decode_path, forced.get(i, ()))
+            if i in self.band
+            else (PooledLayer(capacity) if pooled else DynamicLayer())
             for i in range(num_layers)
         ]
         super().__init__(layers=layers)
@@ -314,7 +369,11 @@ class TieredCache(Cache):
         t0 = time.perf_counter()
         n = self.layers[0].get_seq_length()
         dense = [_dense_nbytes(layer) for layer in self.layers]
-        prior = [b // n * prior_tokens for b in dense]
+        # before the last chunk a dense layer held ``prior_tokens``; a pooled one its whole pool
+        prior = [
+            (b if prior_tokens else 0) if isinstance(layer, PooledLayer) else b // n * prior_tokens
+            for b, layer in zip(dense, self.layers, strict=True)
+        ]
         final: list[int] = []
         peak = 0
         for i, layer in enumerate(self.layers):
@@ -345,11 +404,11 @@ class TieredCache(Cache):
 
     def max_transient_bytes(self) -> int:
         """Largest temporary one layer's decode step builds: densify views (+ GQA copies), or a dense
-        layer's ``torch.cat`` growth (old and new keys coexist for a moment)."""
+        layer's ``torch.cat`` growth (old and new keys coexist for a moment; none for a pooled one)."""
         out = 0
         for layer in self.layers:
             if isinstance(layer, TieredLayer) and layer.path is not None:
                 out = max(out, layer.path.max_transient_bytes)
-            else:
+            elif not isinstance(layer, PooledLayer):  # a pooled layer is written in place
                 out = max(out, nbytes(layer.keys))
         return out

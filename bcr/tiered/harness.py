@@ -65,7 +65,7 @@ from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache
 from bcr.tiered.manifest import LayerManifest, pages_of_span
 from bcr.tiered.settings import TieredSetting
-from bcr.tiered.shared import reserve_tokens
+from bcr.tiered.shared import dense_capacity, reserve_tokens
 
 QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
 
@@ -174,7 +174,8 @@ def run_tiered(
         raise ValueError(f"unknown query mode {query_mode!r} (known: {', '.join(QUERY_MODES)})")
     n = ids.shape[1]
     reserve = reserve_tokens(query_mode, n, split, kw["max_new_tokens"])
-    cache = TieredCache(loaded.model.config, setting, path, forced_phantom, reserve)
+    capacity = dense_capacity(n, kw["max_new_tokens"])
+    cache = TieredCache(loaded.model.config, setting, path, forced_phantom, reserve, capacity)
     aware = query_mode == QUESTION_AWARE
     hooks = {}
     if layerwise:

@@ -27,7 +27,7 @@ from bcr.contracts import QUERY_MODES
 from bcr.generation import GreedyResult, decode_steps, prefill_chunk
 from bcr.models import LoadedModel
 from bcr.tiered.attention import tiered_attention
-from bcr.tiered.cache import TieredCache, TieredLayer
+from bcr.tiered.cache import PooledLayer, TieredCache, TieredLayer
 from bcr.tiered.settings import TieredSetting
 
 QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
@@ -102,6 +102,11 @@ def reserve_tokens(mode: str, prompt_len: int, split: int | None, max_new_tokens
     raise ValueError(f"unknown query mode {mode!r} (known: {', '.join(QUERY_MODES)})")
 
 
+def dense_capacity(prompt_len: int, max_new_tokens: int) -> int:
+    """Tokens an uncompressed layer holds by the end: the prompt and the fed decode tokens."""
+    return prompt_len + max(max_new_tokens - 1, 0)
+
+
 def tiered_from(
     model_config,
     snap: Snapshot,
@@ -109,6 +114,7 @@ def tiered_from(
     path: str = "densify",
     forced_phantom: dict[int, Iterable[int]] | None = None,
     reserve: int = 0,
+    capacity: int | None = None,
 ) -> TieredCache:
     """A tiered cache holding the snapshot's prompt, dense, ready to :meth:`TieredCache.compress`."""
     kept = snap.obs_queries[0].shape[-2]
@@ -116,9 +122,12 @@ def tiered_from(
         raise ValueError(
             f"{setting.name}: obs_window {setting.obs_window} exceeds the {kept} queries captured"
         )
-    cache = TieredCache(model_config, setting, path, forced_phantom, reserve)
+    cache = TieredCache(model_config, setting, path, forced_phantom, reserve, capacity)
     for i, layer in enumerate(cache.layers):
         k, v = snap.keys[i], snap.values[i]
+        if isinstance(layer, PooledLayer):
+            layer.update(k, v)  # copied into its pool (the snapshot stays as captured)
+            continue
         layer.lazy_initialization(k, v)
         layer.keys, layer.values = k, v
         if isinstance(layer, TieredLayer):
@@ -160,12 +169,13 @@ def run_tiered_from(
     """One (setting, mode) from the shared snapshots; untimed (timing comes from fresh runs)."""
     model = loaded.model
     reserve = reserve_tokens(mode, prompt.length, context.length, kw["max_new_tokens"])
+    capacity = dense_capacity(prompt.length, kw["max_new_tokens"])
     if mode == QUESTION_AWARE:
-        cache = tiered_from(model.config, prompt, setting, path, forced_phantom, reserve)
+        cache = tiered_from(model.config, prompt, setting, path, forced_phantom, reserve, capacity)
         cache.compress(prior_tokens=context.length)  # prefilled as context, then question
         first = prompt.logits
     elif mode == QUESTION_AGNOSTIC:
-        cache = tiered_from(model.config, context, setting, path, forced_phantom, reserve)
+        cache = tiered_from(model.config, context, setting, path, forced_phantom, reserve, capacity)
         cache.compress()
         with tiered_attention(model):
             first = prefill_chunk(model, ids, context.length, prompt.length, cache).clone()

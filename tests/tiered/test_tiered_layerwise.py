@@ -178,3 +178,41 @@ def test_an_instrumented_run_computes_what_an_uninstrumented_one_does(setup):
         timed = run_tiered(loaded, ids, s, "densify", KW, None, "question_agnostic", split)
     assert timed.result.tokens == plain.result.tokens
     assert clock.total > 0 and clock.seconds[phases.VIEW_REBUILD] > 0
+
+
+def _paged_run(loaded, ids, split, s, mode, capacity):
+    from bcr.generation import greedy
+    from bcr.tiered.cache import TieredCache
+
+    n = ids.shape[1]
+    reserve = shared.reserve_tokens(mode, n, split, KW["max_new_tokens"])
+    cache = TieredCache(loaded.model.config, s, "paged", None, reserve, capacity)
+    cache.compress_during_prefill(n if mode == "question_aware" else split)
+    with tiered_attention(loaded.model):
+        res, cache = greedy(loaded.model, ids, cache=cache, split=split, **KW)
+    return res, cache
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_paged_pools_its_uncompressed_layers_bit_exact_with_stock_layers(setup, mode):
+    """``middle`` leaves two of four layers uncompressed: on the paged path they live in pools
+    written in place (no torch.cat per step), and the run is the stock layers' bit for bit."""
+    from bcr.tiered.cache import PooledLayer
+
+    config, loaded, prompts = setup
+    s = resolve(config, "middle")
+    prompt = prompts(1024, 1).to_dict("records")[0]
+    ids, split = _ids(prompt)
+    capacity = shared.dense_capacity(ids.shape[1], KW["max_new_tokens"])
+    stock, stock_cache = _paged_run(loaded, ids, split, s, mode, None)
+    pooled, cache = _paged_run(loaded, ids, split, s, mode, capacity)
+    assert pooled.tokens == stock.tokens
+    for a, b in zip(pooled.step_logits, stock.step_logits, strict=True):
+        assert torch.equal(a, b)
+    layers = [layer for layer in cache.layers if isinstance(layer, PooledLayer)]
+    assert len(layers) == 2 and not any(isinstance(x, PooledLayer) for x in stock_cache.layers)
+    for layer in layers:  # sized for the prompt and every fed decode token: never regrown
+        assert layer.k_pool.shape[-2] == capacity == layer.used
+    # the decode transient is the compressed layers' alone (stock layers add a layer's torch.cat)
+    assert cache.max_transient_bytes() < stock_cache.max_transient_bytes()
+    assert cache.nbytes() == stock_cache.nbytes()  # full pools hold exactly the stock layers' tokens
