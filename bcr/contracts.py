@@ -80,14 +80,11 @@ DENSE_COLUMNS = [
     "peak_decode_bytes",
     "repeats",
 ]
-# One row per (setting, query mode, context, prompt, decode path), written by the tiered harness.
+# What names a tiered row: one per (setting, family, query mode, context, prompt, decode path).
+TIERED_KEYS = ["setting", WORKLOAD, QUERY_MODE, "context", "prompt_id", "decode_path"]
+# One row per TIERED_KEYS, written by the tiered harness.
 TIERED_COLUMNS = [
-    "setting",
-    WORKLOAD,
-    QUERY_MODE,
-    "context",
-    "prompt_id",
-    "decode_path",
+    *TIERED_KEYS,
     EXACT,
     EXACT_ANSWER,
     "first_divergence",
@@ -174,12 +171,7 @@ DECOMPOSITION_PHASES = (
 # ``reference_s`` the same arm's uninstrumented TTFT + decode time on that prompt.  Dense arms
 # (DENSE_PATH, DENSE_STATIC_PATH) carry their path name as ``setting``.
 DECOMPOSITION_COLUMNS = [
-    "setting",
-    WORKLOAD,
-    QUERY_MODE,
-    "context",
-    "prompt_id",
-    "decode_path",
+    *TIERED_KEYS,
     "phase",
     "seconds",
     "total_s",

@@ -501,9 +501,9 @@ def measure(
                         arms[mode, s.name, path] = lambda ids=ids, s=s, p=path, m=mode, f=forced, q=split: (
                             run_tiered(loaded, ids, s, p, kw_t, f, m, q)
                         )
-            if timed_so_far < decomposition_prompts:
-                for key, arm in list(arms.items()):
-                    arms["phases", key] = lambda arm=arm: instrumented(loaded, device, arm)
+            phased = list(arms) if timed_so_far < decomposition_prompts else []
+            for key in phased:
+                arms["phases", key] = lambda arm=arms[key]: instrumented(loaded, device, arm)
             warm = generation["warmup"] if timed_so_far == 0 else 0
             timed = interleaved(arms, generation["repeats"], warm, start=timed_so_far)
             timed_so_far += 1
@@ -513,21 +513,18 @@ def measure(
                 raise DeterminismError(f"prompt {pid}: a fresh dense run differs from the shared prefill's")
             for key, run in runs.items():
                 _check_fresh(timed[key], run, f"tiered ({key[1]}, {key[0]}, {key[2]})", pid)
-                if ("phases", key) in timed:
-                    fresh = [r for r, _ in timed["phases", key]]
-                    _check_fresh(fresh, run, f"instrumented tiered ({key[1]}, {key[0]}, {key[2]})", pid)
-            for key, got in timed.items():
-                if key[0] != "phases":
+            for key in phased:  # the instrumented runs: gated like the others, then decomposed
+                got = timed["phases", key]
+                fresh = [r for r, _ in got]
+                if key in runs:
+                    mode, name, path = key
+                    _check_fresh(fresh, runs[key], f"instrumented tiered ({name}, {mode}, {path})", pid)
+                    decomposition.extend(decomposition_rows(prompt, mode, name, path, got, timed[key]))
                     continue
-                arm = key[1]
-                if arm in (DENSE_PATH, DENSE_STATIC_PATH):
-                    if got[0][0].result.tokens != timed[arm][0].result.tokens:
-                        raise DeterminismError(f"prompt {pid}: an instrumented {arm} run changed its tokens")
-                    for mode in modes:
-                        decomposition.extend(decomposition_rows(prompt, mode, arm, arm, got, timed[arm]))
-                else:
-                    mode, name, path = arm
-                    decomposition.extend(decomposition_rows(prompt, mode, name, path, got, timed[arm]))
+                if fresh[0].result.tokens != timed[key][0].result.tokens:
+                    raise DeterminismError(f"prompt {pid}: an instrumented {key} run changed its tokens")
+                for mode in modes:
+                    decomposition.extend(decomposition_rows(prompt, mode, key, key, got, timed[key]))
         dense_timed = timed.get(DENSE_PATH)
         static_timed = timed.get(DENSE_STATIC_PATH)
         for mode in modes:

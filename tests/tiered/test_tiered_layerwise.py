@@ -3,36 +3,19 @@ layout, and the latency decomposition the instrumented runs write."""
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
-from bcr import config as cfgmod
 from bcr import phases
 from bcr.contracts import DENSE_PATH, DENSE_STATIC_PATH
-from bcr.models import load_model
-from bcr.prompts import question_split, synthetic_prompt_set
+from bcr.prompts import question_split
 from bcr.tiered import shared, summaries
 from bcr.tiered.attention import tiered_attention
 from bcr.tiered.harness import decomposition_frame, measure, run_dense, run_tiered
 from bcr.tiered.settings import resolve
-from bcr.training import needle_spec
 
 MODES = ["question_aware", "question_agnostic"]
 KW = {"max_new_tokens": 16, "stop_at_eos": False, "keep_logits": True, "eos_token_ids": []}
-
-
-@pytest.fixture(scope="module")
-def setup(repo):
-    config = cfgmod.load(repo / "config" / "config.yaml")
-    torch.set_num_threads(config["runtime"]["threads"])
-    loaded = load_model(config["model"], torch.device("cpu"), root=repo)
-    spec = needle_spec(config["prompts"], config["model"]["architecture"])
-
-    def prompts(context: int, n: int = 2) -> pd.DataFrame:
-        return synthetic_prompt_set(context, n, config["prompts"]["seed"], spec)
-
-    return config, loaded, prompts
 
 
 def _ids(prompt):

@@ -8,33 +8,17 @@ import types
 import pytest
 import torch
 
-from bcr import config as cfgmod
 from bcr.generation import greedy
-from bcr.models import load_model
-from bcr.prompts import question_split, synthetic_prompt_set
+from bcr.prompts import question_split
 from bcr.tiered.attention import tiered_attention
 from bcr.tiered.cache import TieredCache
 from bcr.tiered.harness import run_dense, run_tiered
 from bcr.tiered.paths import DensifyPath, PagedPath, Part
 from bcr.tiered.settings import resolve
 from bcr.tiered.shared import reserve_tokens
-from bcr.training import needle_spec
 
 MODES = ["question_aware", "question_agnostic"]
 KW = {"max_new_tokens": 32, "stop_at_eos": False, "keep_logits": True, "eos_token_ids": []}
-
-
-@pytest.fixture(scope="module")
-def setup(repo):
-    config = cfgmod.load(repo / "config" / "config.yaml")
-    torch.set_num_threads(config["runtime"]["threads"])
-    loaded = load_model(config["model"], torch.device("cpu"), root=repo)
-    spec = needle_spec(config["prompts"], config["model"]["architecture"])
-
-    def prompts(context: int, n: int = 2):
-        return synthetic_prompt_set(context, n, config["prompts"]["seed"], spec).to_dict("records")
-
-    return config, loaded, prompts
 
 
 def _ids(prompt):
@@ -45,7 +29,7 @@ def _ids(prompt):
 def test_keep_all_paged_is_bit_exact_with_dense(setup, mode):
     config, loaded, prompts = setup
     keep_all = resolve(config, "keep_all")
-    for prompt in prompts(512):
+    for prompt in prompts(512).to_dict("records"):
         ids, split = _ids(prompt)
         dense = run_dense(loaded, ids, KW, split).result
         paged = run_tiered(loaded, ids, keep_all, "paged", KW, None, mode, split)
@@ -62,7 +46,7 @@ def test_keep_all_paged_is_bit_exact_with_dense(setup, mode):
 def test_paged_tokens_equal_densify(setup, mode, setting, context):
     config, loaded, prompts = setup
     s = resolve(config, setting)
-    for prompt in prompts(context):
+    for prompt in prompts(context).to_dict("records"):
         ids, split = _ids(prompt)
         ref = run_tiered(loaded, ids, s, "densify", KW, None, mode, split)
         paged = run_tiered(loaded, ids, s, "paged", KW, None, mode, split)
@@ -102,7 +86,9 @@ def test_decode_steps_allocate_nothing_proportional_to_the_context(setup, mode):
     s = resolve(config, "all_ret10_n1")  # every layer compressed: every layer on the LSE path
     transient = {}
     for context in (512, 2048):
-        cache, seen, compressed_at = _decode(loaded, prompts(context, 1)[0], s, "paged", mode)
+        cache, seen, compressed_at = _decode(
+            loaded, prompts(context, 1).to_dict("records")[0], s, "paged", mode
+        )
         layers = cache.tiered_layers()
         assert len(seen) == len(layers) == loaded.model.config.num_hidden_layers
         for layer in layers:
@@ -115,7 +101,7 @@ def test_decode_steps_allocate_nothing_proportional_to_the_context(setup, mode):
             assert p.used == layer.manifest.exact_tokens + layer.logical - compressed_at
             assert p.capacity == layer.manifest.exact_tokens + cache.reserve == p.used
         transient[context] = [layer.path.max_transient_bytes for layer in layers]
-        ref, _, _ = _decode(loaded, prompts(context, 1)[0], s, "densify", mode)
+        ref, _, _ = _decode(loaded, prompts(context, 1).to_dict("records")[0], s, "densify", mode)
         transient["densify", context] = [layer.path.max_transient_bytes for layer in ref.tiered_layers()]
     assert transient[512] == transient[2048]
     assert all(t > 0 for t in transient[512])
