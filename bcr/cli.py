@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "bcr.ledger.cli",
     "bcr.tiered.cli",
     "bcr.prefix.cli",
+    "bcr.serving.cli",
 ]
 
 

@@ -152,8 +152,25 @@ CACHE_OPS_COLUMNS = [
     "clock",
 ]
 # Files later tracks write (the ledger already reads them when present).
-SERVING_COLUMNS = ["ttft_s", "e2e_s", "cached_tokens"]
-LONGCTX_COLUMNS = ["prompt_id", EXACT]
+# One row per served request (bcr.serving.runs); the first nine are what every reader may rely on.
+SERVING_COLUMNS = [
+    WORKLOAD, "arm", "request_id", "prompt_tokens", "cached_tokens", "ttft_s", "e2e_s", "output_tokens", "error",
+]  # fmt: skip
+SERVING_REQUEST_COLUMNS = [*SERVING_COLUMNS, "engine", "force_miss", "order", "output_ids", "output_logprobs"]
+# The Result-1 table (bcr.serving.summary): arm against each baseline, paired by request.
+SERVING_SUMMARY_COLUMNS = [
+    "engine", WORKLOAD, "reuse", "arm", "baseline", "n", "errors_arm", "errors_baseline",
+    "cached_tokens_arm", "cached_tokens_baseline", "cached_delta", "outputs_equal",
+    "ttft_p50_ratio", "ttft_p50_low", "ttft_p50_high", "ttft_p99_ratio", "ttft_p99_low", "ttft_p99_high",
+    "e2e_p50_ratio", "e2e_p50_low", "e2e_p50_high", "ttft_p50_arm_ms", "ttft_p50_baseline_ms",
+]  # fmt: skip
+# Long-context correctness per prompt (bcr.serving.correctness); ``exact`` (token ids and their
+# log-probabilities bit-identical) is what the ledger reads.
+LONGCTX_COLUMNS = [
+    "engine", "prompt_id", "arm", "baseline", "asks", "prompt_tokens", EXACT, "tokens_exact", "logprobs_exact",
+    "first_divergent_ask", "first_divergence", "cached_tokens_arm", "cached_tokens_baseline", "reused_equals_cold_arm",
+    "reused_equals_cold_baseline", "errors",
+]  # fmt: skip
 # The latency decomposition's phases, in the order a generation passes through them (bcr.phases
 # times them; the site stacks them in this order).
 DECOMPOSITION_PHASES = (
@@ -297,9 +314,33 @@ CACHE_OPS = _file(
     "serving/cache_ops.parquet", CACHE_OPS_COLUMNS, "µs per cache operation and arm", "cache_ops"
 )
 SERVING_REQUESTS = _file(
-    "serving/{engine}/{workload}/{arm}.parquet", SERVING_COLUMNS, "one row per served request"
+    "serving/{engine}/{workload}/{arm}.parquet", SERVING_COLUMNS, "one row per served request", "serving_run"
 )
-LONGCTX = _file("correctness/longctx.parquet", LONGCTX_COLUMNS, "bcr vs radix outputs near max context")
+# Outside SERVING_REQUESTS's glob (one level deeper), so no reader takes a 0%-reuse run for an arm.
+SERVING_FORCE_MISS = _file(
+    "serving/{engine}/force_miss/{workload}/{arm}.parquet",
+    SERVING_COLUMNS,
+    "one row per request served with SGLANG_RADIX_FORCE_MISS=1 (0% reuse: the cache's own overhead)",
+    "serving_run",
+)
+SERVING_SUMMARY = _file(
+    "serving/summary.parquet",
+    SERVING_SUMMARY_COLUMNS,
+    "per workload: cached-token delta and TTFT/E2E ratios against each baseline arm",
+    "serving_summary",
+)
+LONGCTX_REQUESTS = _file(
+    "correctness/{engine}/requests/{arm}.parquet",
+    SERVING_COLUMNS,
+    "the longctx workload's requests per arm, output token ids included",
+    "longctx_correctness",
+)
+LONGCTX = _file(
+    "correctness/longctx.parquet",
+    LONGCTX_COLUMNS,
+    "bcr vs radix outputs near max context",
+    "longctx_correctness",
+)
 PEERS = _file("peers/kvpress.parquet", PEERS_COLUMNS, "kvpress presses on our prompts")
 LEDGER = _file("ledger.parquet", what="one computed verdict per claim", rule="evaluate_claims")
 SITE_INDEX = _file("site/index.html", what="the built site", rule="build_site")

@@ -28,7 +28,16 @@ IGNORE = shutil.ignore_patterns(
 TINY_OVERRIDE = {
     "prompts": {"contexts": [256, 512, 1024], "n_prompts": 2},
     "generation": {"repeats": 2, "warmup": 1},
-    "serving": {"cache_ops": {"page_sizes": [16], "repeats": 1, "warmup": 0}},
+    "serving": {
+        "cache_ops": {"page_sizes": [16], "repeats": 1, "warmup": 0},
+        "workloads": {
+            "system_repeat": {"systems": 1, "system_len": 256, "questions": 4, "output_len": 4},
+            "rag_fanout": {"questions": 4, "output_len": 4},
+            "longctx": {"prompts": 2, "prompt_len": 512, "output_len": 4},
+        },
+        "run": {"arms": ["bcr", "radix"], "force_miss": False, "warmup": 0},
+        "local": {"kv_tokens": 16384},
+    },
 }
 
 
@@ -77,7 +86,7 @@ def test_the_cluster_command_works_as_typed_in_the_repository_root(tmp_path):
         has_gres = "gres=gpu:a100:1" in res.group(1)
         assert not (has_gres and re.search(r"\bgpu=|gpu_model=", res.group(1))), block
         (gpu_rules if has_gres else cpu_rules).add(m.group(1))
-    assert {"dense_baseline", "model_card", "tiered_sweep"} <= gpu_rules
+    assert {"dense_baseline", "model_card", "tiered_sweep", "serving_run", "longctx_correctness"} <= gpu_rules
     assert {"build_prompts", "build_site", "evaluate_claims", "cache_ops"} <= cpu_rules
     assert "results/prompts/distractor/32768.parquet" in out and "train_tiny_model" not in out
 
@@ -141,6 +150,21 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
         assert (f.groupby("setting")["knob"].nunique() == 1).all()
         assert (results / "model" / model / "card.json").is_file()
     assert (results / "site" / "frontier" / "index.html").is_file()
+    # serving: both arms behind the local engine, equal reuse, a summary and the long-context check
+    for workload in ("system_repeat", "rag_fanout"):
+        arms = {
+            a: pd.read_parquet(results / "serving" / "local" / workload / f"{a}.parquet")
+            for a in ("bcr", "radix")
+        }
+        assert all(len(df) == 4 and df["error"].isna().all() for df in arms.values())
+        assert arms["bcr"]["cached_tokens"].sum() == arms["radix"]["cached_tokens"].sum() > 0
+    summary = pd.read_parquet(results / "serving" / "summary.parquet")
+    assert (
+        set(summary["workload"]) == {"system_repeat", "rag_fanout"} and (summary["cached_delta"] == 0).all()
+    )
+    longctx = pd.read_parquet(results / "correctness" / "longctx.parquet")
+    assert len(longctx) == 2 and longctx["exact"].all() and (longctx["cached_tokens_bcr"] > 0).all()
+    assert (results / "site" / "serving" / "index.html").is_file()
 
     # Nothing to do on a second invocation.
     assert planned_rules(snakemake(*args, "-n", cwd=copy, pythonpath=copy).stdout) == {}
@@ -159,7 +183,13 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     assert set(touch("ledger/render.py")) == {"build_site", "all"}
     assert set(touch("ledger/rules.py")) == {"evaluate_claims", "build_site", "all"}
     # The cache benchmark's modules rerun it (and the site), nothing of the model or tiered tracks.
-    assert set(touch("prefix/chain.py")) == {"cache_ops", "evaluate_claims", "build_site", "all"}
+    assert set(touch("prefix/chain.py")) == {
+        "cache_ops", "serving_run", "longctx_correctness", "serving_summary", "evaluate_claims", "build_site", "all",
+    }  # fmt: skip
+    # The client is the serving runs' alone: not the cache benchmark's.
+    assert set(touch("serving/client.py")) == {
+        "serving_run", "longctx_correctness", "serving_summary", "evaluate_claims", "build_site", "all",
+    }  # fmt: skip
 
     # Editing the dense baseline reruns it for every family and context, not the prompts or the model.
     plan = touch("dense.py")

@@ -29,7 +29,7 @@ import functools
 import time
 from array import array
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -77,8 +77,13 @@ def make_pools(
     max_context: int,
     need_sort: bool = True,
     device: str = "cpu",
+    kvcache: Any = None,
 ) -> Pools:
-    """Pools on ``device``; ``need_sort`` makes the free list order canonical (sorted on demand)."""
+    """Pools on ``device``; ``need_sort`` makes the free list order canonical (sorted on demand).
+
+    ``kvcache``: the token-to-KV pool the slots index (a model engine's ``MHATokenToKVPool``);
+    None for a replay, where slots hold nothing.
+    """
     from sglang.srt.mem_cache.allocator import PagedTokenToKVPoolAllocator, TokenToKVPoolAllocator
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
 
@@ -86,7 +91,7 @@ def make_pools(
     r2t = ReqToTokenPool(size=max_reqs, max_context_len=max_context, device=device, enable_memory_saver=False)
     if page_size == 1:
         alloc = TokenToKVPoolAllocator(
-            size=kv_tokens, dtype=torch.float16, device=device, kvcache=None, need_sort=need_sort
+            size=kv_tokens, dtype=torch.float16, device=device, kvcache=kvcache, need_sort=need_sort
         )
     else:
         alloc = PagedTokenToKVPoolAllocator(
@@ -94,7 +99,7 @@ def make_pools(
             page_size=page_size,
             dtype=torch.float16,
             device=device,
-            kvcache=None,
+            kvcache=kvcache,
             need_sort=need_sort,
         )
     return Pools(r2t, alloc, page_size)
@@ -192,6 +197,16 @@ class Running:
     cost: float = 0.0  # seconds the scheduler's thread spent in cache calls for this request
 
 
+class ModelHooks(Protocol):
+    """What a model does at the engine's slot events; a replay has none (its slots hold nothing)."""
+
+    def load(self, run: Running, prefix: torch.Tensor) -> None:
+        """The request matched ``prefix`` (slot ids of positions ``[0, run.matched)``): read its KV."""
+
+    def extend(self, run: Running, start: int, end: int, slots: torch.Tensor) -> None:
+        """Compute positions ``[start, end)`` of the request's tokens and write their KV at ``slots``."""
+
+
 class Engine:
     """The scheduler's cache calls for requests in flight (any interleaving the caller chooses)."""
 
@@ -203,9 +218,11 @@ class Engine:
         chunk: int | None = None,
         timer: OpTimer | None = None,
         shadow: bool = False,
+        model: ModelHooks | None = None,
     ):
         self.cache = cache
         self.pools = pools
+        self.model = model
         self.ps = pools.page_size
         self.chunk = chunk
         self.timer = timer
@@ -229,17 +246,24 @@ class Engine:
     def start(
         self,
         prompt: Iterable[int],
-        outputs: Iterable[int],
+        outputs: Iterable[int] | int,
         *,
         rid: str | None = None,
         extra_key: str | None = None,
         cache_salt: str | None = None,
     ) -> Running:
-        """Match, lock, take a row and write the cached prefix into it."""
+        """Match, lock, take a row and write the cached prefix into it.
+
+        ``outputs``: the output tokens a replay feeds back, or how many a model will emit
+        (:meth:`emit` fills them in).
+        """
         schedule_batch, common = self._sg[0], self._sg[1]
         from sglang.srt.sampling.sampling_params import SamplingParams
 
-        outputs = np.asarray(list(outputs), dtype=np.int64)
+        if isinstance(outputs, int):
+            outputs = np.zeros(outputs, dtype=np.int64)
+        else:
+            outputs = np.asarray(list(outputs), dtype=np.int64)
         if len(outputs) < 1:
             raise ValueError("a request produces at least one output token")
         rid = rid or f"r{self._seq}"
@@ -282,6 +306,8 @@ class Engine:
             self.writers.append(np.concatenate([np.asarray(req.origin_input_ids, dtype=np.int64), outputs]))
             self._check_hit(run, prefix)
         self.running[rid] = run
+        if self.model is not None:
+            self.model.load(run, prefix)
         return run
 
     def prefill(self, run: Running, *, all_chunks: bool = True) -> bool:
@@ -308,16 +334,24 @@ class Engine:
         return run.filled >= run.prompt_len
 
     def decode(self, run: Running, steps: int | None = None) -> bool:
-        """Emit output tokens; every one but the last gets KV.  Returns True when all are out."""
-        req = run.req
+        """Emit the trace's output tokens; every one but the last gets KV.  True when all are out."""
         left = len(run.outputs) - run.decoded
         steps = left if steps is None else min(steps, left)
         for _ in range(steps):
-            token = int(run.outputs[run.decoded])
-            req.output_ids.append(token)
-            run.decoded += 1
-            if run.decoded < len(run.outputs):
-                self._extend(run, req.kv.kv_committed_len + 1)
+            self.emit(run, int(run.outputs[run.decoded]))
+        return run.decoded >= len(run.outputs)
+
+    def emit(self, run: Running, token: int) -> bool:
+        """One output token (the trace's, or a model's choice): it gets KV -- the decode step that
+        feeds it -- unless it is the last.  True when all are out."""
+        req = run.req
+        if run.decoded >= len(run.outputs):
+            raise RuntimeError(f"{req.rid}: all {len(run.outputs)} output tokens are already out")
+        run.outputs[run.decoded] = token
+        req.output_ids.append(token)
+        run.decoded += 1
+        if run.decoded < len(run.outputs):
+            self._extend(run, req.kv.kv_committed_len + 1)
         return run.decoded >= len(run.outputs)
 
     def finish(self, run: Running) -> None:
@@ -428,6 +462,8 @@ class Engine:
         slots = parts[0] if len(parts) == 1 else torch.cat(parts)
         self.pools.req_to_token_pool.write((kv.req_pool_idx, slice(start, end)), slots)
         kv.kv_committed_len = kv.kv_allocated_len = end
+        if self.model is not None:
+            self.model.extend(run, start, end, slots)
         if self.shadow is not None:
             writer = self._writer_of[req.rid]
             idx = slots.cpu().numpy()

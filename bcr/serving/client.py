@@ -5,16 +5,20 @@ engine): a request is ``POST /generate`` with ``input_ids``, greedy ``sampling_p
 ``stream: true``; the answer is server-sent events, ``data: {json}`` lines ending with
 ``data: [DONE]``, each chunk carrying ``output_ids`` (cumulative by default, deltas when the server
 runs with ``--incremental-streaming-output``) and ``meta_info`` (``prompt_tokens``,
-``cached_tokens``, ``completion_tokens``, ``finish_reason``).
+``cached_tokens``, ``completion_tokens``, ``finish_reason``, and with ``return_logprob``
+``output_token_logprobs``: ``[logprob, token id, text]`` per output token).
 
 Per request: TTFT is the time from sending to the first chunk that carries output tokens, E2E the
 time to the end of the stream, both on ``time.perf_counter``; ``cached_tokens`` and the output ids
 come from the last chunk.  A request that fails -- HTTP error, broken stream, or past its timeout --
 becomes a row with ``error`` set, never a dropped row.  Before the measured requests the client
-flushes the server's cache (``POST /flush_cache``, retried while the server is busy, as SGLang
-refuses a flush then) and sends the warm-up requests, which are not recorded.  Requests are sent in
+sends the warm-up requests, which are not recorded, and then flushes the server's cache
+(``POST /flush_cache``, retried while the server is busy, as SGLang refuses a flush then), so the
+measured requests start from an empty cache.  Requests are sent in
 order, at most ``concurrency`` in flight, the i-th no earlier than ``i / rate`` seconds after the
 first (``rate`` None: as fast as the concurrency allows), so every arm sees the same schedule.
+:func:`run_interleaved` sends the same requests to several servers, request by request in rotating
+order, so that servers running side by side share the machine's drift.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Request:
     request_id: str
     input_ids: list[int]
     max_new_tokens: int
+    return_logprob: bool = False  # also the log-probability of each output token (meta_info)
 
 
 @dataclasses.dataclass
@@ -47,6 +52,7 @@ class Result:
     ttft_s: float | None = None
     e2e_s: float | None = None
     output_ids: list[int] = dataclasses.field(default_factory=list)
+    output_logprobs: list[float] = dataclasses.field(default_factory=list)  # when asked for
     error: str | None = None
 
     @property
@@ -60,11 +66,14 @@ class FlushRefused(RuntimeError):
 
 def payload(req: Request) -> dict:
     """Greedy generation of exactly ``max_new_tokens`` tokens (EOS ignored), streamed."""
-    return {
+    body = {
         "input_ids": list(req.input_ids),
         "sampling_params": {"max_new_tokens": req.max_new_tokens, "temperature": 0.0, "ignore_eos": True},
         "stream": True,
     }
+    if req.return_logprob:
+        body["return_logprob"] = True
+    return body
 
 
 async def generate(
@@ -99,6 +108,9 @@ async def generate(
                         res.cached_tokens = int(meta["cached_tokens"])
                     if meta.get("prompt_tokens") is not None:
                         res.prompt_tokens = int(meta["prompt_tokens"])
+                    lps = [float(x[0]) for x in meta.get("output_token_logprobs") or []]
+                    if lps:
+                        res.output_logprobs = res.output_logprobs + lps if incremental else lps
                 if not done:
                     res.error = "stream ended before [DONE]"
                     return res
@@ -138,18 +150,18 @@ async def run(
     incremental: bool = False,
     progress: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """Flush, warm up (unrecorded, one at a time), then every request on the shared schedule; the
-    rows in request order."""
+    """Warm up (unrecorded, one at a time), flush, then every request on the shared schedule; the
+    rows in request order.  Flushing after the warm-up leaves the measured requests an empty cache."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive (requests per second) or None, got {rate}")
     limit = aiohttp.TCPConnector(limit=concurrency + 1)
     async with aiohttp.ClientSession(connector=limit, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        if flush_first:
-            await flush(session, url)
         for req in warmup:
             await generate(session, url, req, timeout_s, incremental)
+        if flush_first:
+            await flush(session, url)
         gate = asyncio.Semaphore(concurrency)
         start = time.perf_counter()
 
@@ -163,6 +175,39 @@ async def run(
             return res
 
         return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+
+
+async def run_interleaved(
+    urls: dict[str, str],
+    requests: Sequence[Request],
+    *,
+    warmup: Sequence[Request] = (),
+    timeout_s: float = 600.0,
+    flush_first: bool = True,
+    incremental: bool = False,
+    progress: Callable[[Result], None] | None = None,
+) -> dict[str, list[Result]]:
+    """The same requests to several servers, one request in flight at a time: request i goes to
+    every server in turn before request i+1 goes to any, the turn order rotating with i.  Each
+    server sees the whole sequence in order (its cache evolves as in :func:`run` at concurrency 1),
+    and drift in the machine's speed lands on every server alike.  Warm-up and flush per server
+    first.  The rows per server name, in request order."""
+    names = list(urls)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        for name in names:
+            for req in warmup:
+                await generate(session, urls[name], req, timeout_s, incremental)
+            if flush_first:
+                await flush(session, urls[name])
+        out: dict[str, list[Result]] = {name: [] for name in names}
+        for i, req in enumerate(requests):
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                res = await generate(session, urls[name], req, timeout_s, incremental)
+                out[name].append(res)
+                if progress is not None:
+                    progress(res)
+        return out
 
 
 def run_sync(url: str, requests: Sequence[Request], **kw) -> list[Result]:

@@ -154,6 +154,17 @@ def check_config(config: dict) -> list[tuple[str, Any]]:
     for name in serving.get("cache_ops", {}).get("plain", []):
         if name not in serving["workloads"]:
             problems.append(("serving.cache_ops.plain", f"{name!r} is not a workload of this config"))
+    for name in serving.get("run", {}).get("workloads", []):
+        if name not in serving["workloads"]:
+            problems.append(("serving.run.workloads", f"{name!r} is not a workload of this config"))
+    corr = serving.get("correctness")
+    if corr is not None:
+        if corr["arm"] == corr["baseline"]:
+            problems.append(("serving.correctness", f"arm and baseline are both {corr['arm']!r}"))
+        if "longctx" not in serving["workloads"]:
+            problems.append(("serving.correctness", "needs the longctx workload under serving.workloads"))
+    if (serving.get("run") or corr) and serving.get("engine", "local") == "local" and "local" not in serving:
+        problems.append(("serving.local", "the local engine needs its pool size (serving.local.kv_tokens)"))
     max_context = config.get("model", {}).get("max_context")
     for name, cfg in serving["workloads"].items():
         if name == "rag_fanout" and cfg["docs_per_set"] > cfg["documents"]:

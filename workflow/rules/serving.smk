@@ -22,3 +22,103 @@ rule cache_ops:
         mem_mb=8000,
     shell:
         "bcr prefix bench --config {input.cfg} --out {output} > {log} 2>&1"
+
+
+# Request-level serving (bcr/serving/): each workload through one server per arm, timed by the same
+# streaming client; the local engine on CPU (the default), SGLang's server on GPUs (config/a100.yaml).
+SERVING = config["serving"]
+SERVING_ENGINE = SERVING.get("engine", "local")
+SERVING_RUN = SERVING.get("run") or {}
+SERVING_WORKLOADS = list(SERVING_RUN.get("workloads", []))
+SERVING_ARMS = list(SERVING_RUN.get("arms", []))
+SERVING_FORCE_MISS = bool(SERVING_RUN.get("force_miss", False))
+SERVING_CORRECTNESS = SERVING.get("correctness")
+# The local engine runs the config's model (the committed checkpoint); SGLang loads its own.
+SERVING_MODEL = model_checkpoint_files() if SERVING_ENGINE == "local" else []
+
+
+rule serving_run:
+    """One workload through every arm's server (then every arm at 0% reuse): one row per request."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        model=SERVING_MODEL,
+    output:
+        requests=[
+            C.SERVING_REQUESTS.path(engine=SERVING_ENGINE, workload="{workload}", arm=a)
+            for a in SERVING_ARMS
+        ],
+        force_miss=[
+            C.SERVING_FORCE_MISS.path(engine=SERVING_ENGINE, workload="{workload}", arm=a)
+            for a in (SERVING_ARMS if SERVING_FORCE_MISS else [])
+        ],
+    params:
+        code=command_hash("serving", "run"),
+        cfg=section_hash("serving", "runtime", "model"),
+        results=C.RESULTS_ROOT,
+        logs=f"logs/serving/{SERVING_ENGINE}/{{workload}}",
+    wildcard_constraints:
+        workload="|".join(SERVING_WORKLOADS) or "none",
+    log:
+        f"logs/serving/{SERVING_ENGINE}/{{workload}}.log",
+    threads: TIMED_THREADS
+    resources:
+        runtime=120,
+        mem_mb=16000,
+    shell:
+        "bcr serving run --config {input.cfg} --workload {wildcards.workload} --results {params.results} "
+        "--logs {params.logs} > {log} 2>&1"
+
+
+rule serving_summary:
+    """The note's Result 1: cached-token delta and TTFT/E2E ratios per workload, paired by request."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        requests=expand(rules.serving_run.output.requests, workload=SERVING_WORKLOADS),
+        force_miss=expand(rules.serving_run.output.force_miss, workload=SERVING_WORKLOADS),
+    output:
+        C.SERVING_SUMMARY.path(),
+    params:
+        code=command_hash("serving", "summary"),
+    log:
+        "logs/serving/summary.log",
+    resources:
+        runtime=10,
+        mem_mb=4000,
+    shell:
+        "bcr serving summary --config {input.cfg} --requests {input.requests} {input.force_miss} "
+        "--out {output} > {log} 2>&1"
+
+
+rule longctx_correctness:
+    """Prompts near the maximum context, each asked twice, through both arms: outputs compared."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        model=SERVING_MODEL,
+    output:
+        requests=[
+            C.LONGCTX_REQUESTS.path(engine=SERVING_ENGINE, arm=a)
+            for a in (
+                [SERVING_CORRECTNESS["arm"], SERVING_CORRECTNESS["baseline"]] if SERVING_CORRECTNESS else []
+            )
+        ],
+        prompts=C.LONGCTX.path(),
+    params:
+        code=command_hash("serving", "longctx"),
+        cfg=section_hash("serving", "runtime", "model"),
+        results=C.RESULTS_ROOT,
+        logs=f"logs/correctness/{SERVING_ENGINE}",
+    log:
+        "logs/correctness/longctx.log",
+    threads: TIMED_THREADS
+    resources:
+        runtime=120,
+        mem_mb=16000,
+    shell:
+        "bcr serving longctx --config {input.cfg} --results {params.results} --logs {params.logs} "
+        "> {log} 2>&1"

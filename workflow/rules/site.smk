@@ -11,6 +11,8 @@ SITE_RESULTS = [
     *expand(rules.tiered_promote.output.summary, workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *expand(rules.tiered_promotion_summary.output[0], workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *rules.cache_ops.output,
+    *([rules.serving_summary.output[0]] if SERVING_WORKLOADS else []),
+    *([rules.longctx_correctness.output.prompts] if SERVING_CORRECTNESS else []),
     *rules.tiered_decomposition.output,
     *expand(
         rules.tiered_frontier.output,
