@@ -31,6 +31,7 @@ EXACT_ANSWER = "exact_answer"  # identical over the answer span only (the note's
 
 # Serving arms: our cache, SGLang's Python RadixCache, and UnifiedRadixCache on each of its cores.
 ARMS = ("bcr", "radix", "unified_python", "unified_rust")
+OUR_ARM = ARMS[0]  # the arm every serving summary compares against each of the others
 # Decode paths: the stock transformers cache (the reference) and the tiered ones (bcr.tiered.paths).
 DENSE_PATH = "dense"
 DENSE_STATIC_PATH = "dense_static"  # transformers' preallocated StaticCache, timed beside DENSE_PATH

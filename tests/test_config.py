@@ -90,6 +90,28 @@ def _write(tmp_path, cfg):
         (lambda c: c.pop("model"), "model", "required key is missing"),
         (lambda c: c["model"].pop("path"), "model.path", "required key is missing"),
         (lambda c: c["generation"].__setitem__("repeats", 1), "generation.repeats", "minimum"),
+        (lambda c: c["serving"].__setitem__("engine", "vllm"), "serving.engine", "is not one of"),
+        (
+            lambda c: c["serving"]["run"]["workloads"].append("system_prompts_x"),
+            "serving.run.workloads[2]",
+            "is not one of",
+        ),
+        (
+            lambda c: c["serving"]["workloads"].pop("rag_fanout"),
+            "serving.run.workloads",
+            "not a workload of this config",
+        ),
+        (
+            lambda c: c["serving"]["correctness"].__setitem__("baseline", "bcr"),
+            "serving.correctness",
+            "both 'bcr'",
+        ),
+        (
+            lambda c: c["serving"]["workloads"].pop("longctx"),
+            "serving.correctness",
+            "needs the longctx workload",
+        ),
+        (lambda c: c["serving"].pop("local"), "serving.local", "pool size"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, default_config, mutate, key, fragment):

@@ -156,6 +156,7 @@ def load_results(root: str | Path, primary: str | None = None) -> Results:
         _table(root, "tiered_decomposition", C.TIERED_DECOMPOSITION),
         _table(root, "cache_ops", C.CACHE_OPS, LEDGER_CACHE_OPS_COLUMNS),
         _serving(root),
+        _table(root, "serving_summary", C.SERVING_SUMMARY),
         _table(root, "longctx", C.LONGCTX),
         _table(root, "peers", C.PEERS),
     ]

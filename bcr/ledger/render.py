@@ -81,14 +81,17 @@ EVIDENCE = {
         "the tiered controls rule (recent-only and random-page compressors at the same stored fraction)",
     ),
     "serving_requests": (
-        "SGLang serving runs (per-request latencies of each arm)",
-        "the serving track's SGLang server runs (`bcr.prefix.launcher`), which need a CUDA GPU: the "
-        "study config `config/a100.yaml` on the `slurm-a100` cluster profile",
+        "serving runs (per-request latencies of each arm)",
+        "the serving_run rule (each workload through every arm's server: the local engine on CPU, "
+        "SGLang's server under config/a100.yaml)",
+    ),
+    "serving_summary": (
+        "the serving summary (Result 1, paired by request)",
+        "the serving_summary rule, from every arm's request rows",
     ),
     "longctx": (
         "the long-context correctness check (bcr against radix near the maximum context)",
-        "the long-context correctness track, which serves prompts near the model's maximum context "
-        "through SGLang's server and so needs a CUDA GPU: the study config on the `slurm-a100` profile",
+        "the longctx_correctness rule (prompts near the maximum context, each asked twice, through both arms)",
     ),
     "peers": (
         "kvpress peer runs",
@@ -484,7 +487,8 @@ def site_data(
     arm, baseline = (
         (serving_claim.rule["arm"], serving_claim.rule["baseline"]) if serving_claim else ("bcr", "radix")
     )
-    serving = tables.serving_table(results["serving_requests"].df, reference, arm, baseline, boot)
+    serving = tables.serving_table(results["serving_summary"].df, reference, arm, baseline)
+    serving_all = tables.serving_baselines_table(results["serving_summary"].df, arm)
     ops_ours, ops_base = (
         (ops_claim.rule["arm"], ops_claim.rule["baseline"]) if ops_claim else ("bcr", "unified_rust")
     )
@@ -549,6 +553,7 @@ def site_data(
         "bootstrap_level": round(float(boot["level"]) * 100),
         "promotion": [r for sec in mode_sections for r in sec["promotion"]],
         "serving": _records(serving),
+        "serving_all": _records(serving_all),
         "serving_arms": (arm, baseline),
         "cache_ops": _records(cache_ops),
         "ops_arms": ops_arms,

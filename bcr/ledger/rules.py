@@ -4,7 +4,8 @@ The rule kinds (``kind:`` in config/claims.yaml):
 
 * ``ratio`` — per-prompt ratios of one tiered setting, geometric mean with a seeded bootstrap
   interval; the whole interval must sit on the claimed side of the threshold.
-* ``quantile_ratio`` — a latency quantile of two serving arms (unpaired, per workload), only where
+* ``quantile_ratio`` — a latency quantile of two serving arms (paired by request where both served the
+  same requests, unpaired otherwise; per workload), only where
   both arms reused the same number of tokens (a fair comparison).
 * ``all_exact`` — every checked prompt exact; ``exists_exact_setting`` — some tiered setting exact
   on every prompt at every promotion context.
@@ -33,6 +34,7 @@ from bcr.ledger.stats import (
     Interval,
     exact_rate_interval,
     geomean_interval,
+    paired_quantile_ratio_interval,
     quantile_ratio_interval,
     rate_text,
     sig,
@@ -237,7 +239,18 @@ def rule_quantile_ratio(rule: dict, ctx: EvalContext) -> Outcome:
             )
             parts.append((NOT_YET, name, Outcome(NOT_YET, why, evidence)))
             continue
-        iv = quantile_ratio_interval(a[metric], b[metric], q=rule["quantile"], **_boot(ctx))
+        if (
+            "request_id" in g.columns
+            and set(a["request_id"]) == set(b["request_id"])
+            and a["request_id"].is_unique
+        ):
+            # the same requests in both arms: pair them (the summary's and the site's interval)
+            b = b.set_index("request_id").loc[a["request_id"]].reset_index()
+            iv = paired_quantile_ratio_interval(
+                a[metric].to_numpy(float), b[metric].to_numpy(float), q=rule["quantile"], **_boot(ctx)
+            )
+        else:
+            iv = quantile_ratio_interval(a[metric], b[metric], q=rule["quantile"], **_boot(ctx))
         if iv.n < rule["min_n"]:
             why = f"{name}: {iv.n} requests per arm (minimum {rule['min_n']})"
             parts.append((NOT_YET, name, Outcome(NOT_YET, why, evidence, n=iv.n)))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bcr import contracts as C
-from bcr.ledger.stats import geomean, geomean_interval, quantile_ratio_interval
+from bcr.ledger.stats import geomean, geomean_interval
 
 DENSE_PATH = "dense"
 GIB = 2**30
@@ -298,52 +298,46 @@ def _max_gib(s: pd.Series) -> float:
 # --- serving ---------------------------------------------------------------------------------------
 
 
-def serving_table(
-    df: pd.DataFrame | None, reference: dict, arm: str, baseline: str, bootstrap: dict | None = None
-) -> pd.DataFrame:
-    """Result 1: per (engine, workload), reuse delta and TTFT/E2E quantile ratios ``arm / baseline``."""
-    if df is None or len(df) == 0:
+def serving_table(summary: pd.DataFrame | None, reference: dict, arm: str, baseline: str) -> pd.DataFrame:
+    """Result 1 from the serving summary (:mod:`bcr.serving.summary`, paired by request): per
+    (engine, workload), ``arm / baseline`` with reuse, beside the note's reference values."""
+    if summary is None or len(summary) == 0:
         return pd.DataFrame()
     note = {r["workload"]: r for r in reference.get("serving", {}).get("rows", [])}
+    rows = summary[
+        (summary["reuse"] == "cached") & (summary["arm"] == arm) & (summary["baseline"] == baseline)
+    ]
     recs = []
-    for (engine, workload), g in df.groupby(["engine", "workload"], sort=True):
-        a, b = g[g["arm"] == arm], g[g["arm"] == baseline]
-        if not len(a) or not len(b):
-            continue
-        b_rows = b
-        ref = note.get(workload, {})
-        recs.append(
-            {
-                "engine": engine,
-                "workload": workload,
-                "n_arm": len(a),
-                "n_baseline": len(b),
-                "cached_delta": int(a["cached_tokens"].sum() - b["cached_tokens"].sum()),
-                "ttft_p50_ratio": _q(a["ttft_s"], 0.5) / _q(b["ttft_s"], 0.5),
-                "ttft_p99_ratio": _q(a["ttft_s"], 0.99) / _q(b["ttft_s"], 0.99),
-                "e2e_p50_ratio": _q(a["e2e_s"], 0.5) / _q(b["e2e_s"], 0.5),
-                "note_cached_delta": ref.get("cached_delta"),
-                "note_ttft_p50_ratio": ref.get("ttft_p50_ratio"),
-                "note_ttft_p99_ratio": ref.get("ttft_p99_ratio"),
-                "note_e2e_p50_ratio": ref.get("e2e_p50_ratio"),
-            }
-        )
-        b = {**DEFAULT_BOOTSTRAP, **(bootstrap or {})}
-        for key, col, q in (
-            ("ttft_p50_ratio", "ttft_s", 0.5),
-            ("ttft_p99_ratio", "ttft_s", 0.99),
-            ("e2e_p50_ratio", "e2e_s", 0.5),
-        ):
-            iv = (
-                quantile_ratio_interval(
-                    a[col], b_rows[col], q=q, level=b["level"], resamples=b["resamples"], seed=b["seed"]
-                )
-                if col in g.columns
-                else None
-            )
-            recs[-1][f"{key}_low"] = iv.low if iv else math.nan
-            recs[-1][f"{key}_high"] = iv.high if iv else math.nan
+    for _, r in rows.sort_values(["engine", "workload"]).iterrows():
+        ref = note.get(r["workload"], {})
+        rec = {
+            "engine": r["engine"],
+            "workload": r["workload"],
+            "n": int(r["n"]),
+            "errors": int(r["errors_arm"] + r["errors_baseline"]),
+            "cached_delta": int(r["cached_delta"]),
+            "cached_tokens": int(r["cached_tokens_arm"]),
+            "outputs_equal": int(r["outputs_equal"]),
+            "note_cached_delta": ref.get("cached_delta"),
+        }
+        for key in ("ttft_p50", "ttft_p99", "e2e_p50"):
+            rec[f"{key}_ratio"] = r[f"{key}_ratio"]
+            rec[f"{key}_ratio_low"] = r[f"{key}_low"]
+            rec[f"{key}_ratio_high"] = r[f"{key}_high"]
+            rec[f"note_{key}_ratio"] = ref.get(f"{key}_ratio")
+        recs.append(rec)
     return pd.DataFrame(recs)
+
+
+def serving_baselines_table(summary: pd.DataFrame | None, arm: str) -> pd.DataFrame:
+    """Every baseline arm, with reuse and at 0% reuse (force-miss): ``arm / baseline`` ratios."""
+    if summary is None or len(summary) == 0:
+        return pd.DataFrame()
+    rows = summary[summary["arm"] == arm].copy()
+    for key in ("ttft_p50", "ttft_p99", "e2e_p50"):
+        rows[f"{key}_ratio_low"] = rows[f"{key}_low"]
+        rows[f"{key}_ratio_high"] = rows[f"{key}_high"]
+    return rows.sort_values(["engine", "workload", "reuse", "baseline"]).reset_index(drop=True)
 
 
 def _q(s: pd.Series, q: float) -> float:
@@ -382,6 +376,11 @@ def longctx_summary(df: pd.DataFrame | None) -> dict[str, Any] | None:
     if df is None or len(df) == 0:
         return None
     out: dict[str, Any] = {"checked": len(df), "mismatches": int((~df["exact"].astype(bool)).sum())}
+    for col in ("tokens_exact", "logprobs_exact", "reused_equals_cold_arm", "reused_equals_cold_baseline"):
+        out[col] = int(df[col].astype(bool).sum()) if col in df.columns else None
+    out["asks"] = int(df["asks"].iloc[0]) if "asks" in df.columns else None
+    out["prompt_tokens"] = int(df["prompt_tokens"].max()) if "prompt_tokens" in df.columns else None
+    out["engine"] = str(df["engine"].iloc[0]) if "engine" in df.columns else None
     for arm in ("radix", "bcr"):
         col = f"cached_tokens_{arm}"
         out[f"cached_{arm}"] = int(df[col].sum()) if col in df.columns else None

@@ -3,7 +3,7 @@
 Each arm's backend flag and tree core come from the arm registry (:mod:`bcr.prefix.arms`).
 
 Every arm shares page size, memory budget, scheduling policy and seed, so only the cache differs.
-The serving track runs this on GPUs; here only the command is built and checked.
+:mod:`bcr.serving.servers` starts the command, waits for ``/health`` and stops it with :func:`stop`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 from bcr.prefix import arms
@@ -99,39 +95,6 @@ def spec_from_config(serving: dict, model: str, arm: str, **overrides: Any) -> S
     server = dict(serving.get("server", {}))
     server.update(overrides)
     return ServerSpec(model=model, arm=arm, **server)
-
-
-def launch(spec: ServerSpec, log_path: str | Path) -> subprocess.Popen:
-    """Start the server in its own process group, stdout and stderr to ``log_path``."""
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 -- the child keeps writing after we return
-    try:
-        return subprocess.Popen(
-            spec.command(), env=spec.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    finally:
-        log.close()
-
-
-def wait_ready(
-    spec: ServerSpec, proc: subprocess.Popen, timeout_s: float = 900.0, poll_s: float = 2.0
-) -> None:
-    """Block until ``/health_generate`` answers 200; fail fast if the server process died."""
-    deadline = time.monotonic() + timeout_s
-    url = spec.base_url + "/health_generate"
-    while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            raise RuntimeError(f"sglang server ({spec.arm}) exited with code {code} before becoming ready")
-        try:
-            with urllib.request.urlopen(url, timeout=poll_s) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(poll_s)
-    raise TimeoutError(f"sglang server ({spec.arm}) not ready after {timeout_s:.0f}s at {url}")
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> int:

@@ -29,6 +29,7 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p = serving.add_parser("summary", help="the Result-1 table from every arm's request rows")
     add_config_arg(p)
     p.add_argument("--requests", nargs="+", required=True, help="request Parquet files of every arm")
+    p.add_argument("--claims", help="claims file whose `bootstrap` settings the intervals use (the ledger's)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_summary)
 
@@ -127,12 +128,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bcr import io, provenance
+    from bcr.contracts import OUR_ARM
     from bcr.serving import summary
 
     config = load_config(args)
     frames = [io.read_parquet(p) for p in args.requests]
     df = pd.concat(frames, ignore_index=True)
-    table = summary.summarise(df, arm=config["serving"]["correctness"]["arm"])
+    boot = None
+    if args.claims:
+        import yaml
+
+        boot = yaml.safe_load(Path(args.claims).read_text()).get("bootstrap")
+    table = summary.summarise(df, arm=OUR_ARM, bootstrap=boot)
     measured = sorted(set(df["device"].astype(str))) if "device" in df.columns else []
     provenance.write_rows(table, args.out, config, "cpu", measured_on=", ".join(measured) or None)
     print(summary.describe(table))

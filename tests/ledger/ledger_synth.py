@@ -298,23 +298,66 @@ def write_cache_ops(
 def write_serving(
     root: Path, *, ratio: float = 1.09, n: int = 200, reuse_delta: int = 0, seed: int = 0
 ) -> None:
+    """Request rows of two arms on two workloads (the same requests, as the serving rule writes
+    them), their force-miss runs, and the summary computed from them."""
+    from bcr.serving.summary import summarise
+
     rng = np.random.default_rng(seed)
+    frames = []
     for workload in ("system_repeat", "rag_fanout"):
-        for arm, f in (("radix", 1.0), ("bcr", ratio)):
-            ttft = np.exp(rng.normal(np.log(0.05), 0.1, n)) * f
-            cached = np.full(n, 1000) + (reuse_delta if arm == "bcr" else 0) * (np.arange(n) == 0)
-            df = pd.DataFrame(
-                {"request_id": np.arange(n), "ttft_s": ttft, "e2e_s": ttft + 0.5, "cached_tokens": cached}
-            )
-            io.write_parquet(with_prov(df), root / "serving" / "sglang" / workload / f"{arm}.parquet")
+        for force_miss in (False, True):
+            base = np.exp(rng.normal(np.log(0.05), 0.1, n)) * (3.0 if force_miss else 1.0)
+            for arm, f in (("radix", 1.0), ("bcr", ratio)):
+                ttft = base * f * np.exp(rng.normal(0.0, 0.02, n))
+                cached = np.full(n, 0 if force_miss else 1000)
+                cached = cached + (reuse_delta if arm == "bcr" and not force_miss else 0) * (
+                    np.arange(n) == 0
+                )
+                df = pd.DataFrame(
+                    {
+                        "workload": workload,
+                        "arm": arm,
+                        "request_id": [f"{workload}-{i}" for i in range(n)],
+                        "prompt_tokens": 1100,
+                        "cached_tokens": cached,
+                        "ttft_s": ttft,
+                        "e2e_s": ttft + 0.5,
+                        "output_tokens": 16,
+                        "error": pd.Series([None] * n, dtype="string"),
+                        "engine": "sglang",
+                        "force_miss": force_miss,
+                        "order": np.arange(n),
+                        "output_ids": [[5] * 16] * n,
+                        "output_logprobs": [[-0.5] * 16] * n,
+                    }
+                )
+                sub = ("force_miss/" if force_miss else "") + f"{workload}/{arm}.parquet"
+                io.write_parquet(with_prov(df), root / "serving" / "sglang" / sub)
+                frames.append(df)
+    summary = summarise(pd.concat(frames, ignore_index=True), bootstrap={"resamples": 500})
+    io.write_parquet(with_prov(summary), root / "serving" / "summary.parquet")
 
 
 def write_longctx(root: Path, *, n: int = 30, mismatches: int = 0) -> None:
     exact = [i >= mismatches for i in range(n)]
     df = pd.DataFrame(
         {
-            "prompt_id": [f"l{i}" for i in range(n)],
+            "engine": "sglang",
+            "prompt_id": list(range(n)),
+            "arm": "bcr",
+            "baseline": "radix",
+            "asks": 2,
+            "prompt_tokens": 30720,
             "exact": exact,
+            "tokens_exact": exact,
+            "logprobs_exact": exact,
+            "first_divergent_ask": pd.array([None if e else 1 for e in exact], dtype="Int64"),
+            "first_divergence": pd.array([None if e else 3 for e in exact], dtype="Int64"),
+            "cached_tokens_arm": 11000,
+            "cached_tokens_baseline": 11000,
+            "reused_equals_cold_arm": True,
+            "reused_equals_cold_baseline": True,
+            "errors": 0,
             "cached_tokens_radix": 11000,
             "cached_tokens_bcr": 11000,
         }

@@ -104,6 +104,8 @@ def test_cli_writes_parquet_with_provenance(default_config, tmp_path):
     cfg = copy.deepcopy(default_config)
     cfg["serving"] = tiny_serving(cfg["serving"])
     cfg["serving"]["workloads"].pop("longctx")
+    for key in ("run", "correctness"):  # the request-level runs are not this command's
+        cfg["serving"].pop(key)
     cfg["serving"]["cache_ops"]["plain"] = []
     cfg["serving"]["cache_ops"]["arms"] = ["bcr", "unified_rust"]
     path = tmp_path / "config.yaml"

@@ -56,7 +56,7 @@ rule serving_run:
     params:
         code=command_hash("serving", "run"),
         cfg=section_hash("serving", "runtime", "model"),
-        results=C.RESULTS_ROOT,
+        results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
         logs=f"logs/serving/{SERVING_ENGINE}/{{workload}}",
     wildcard_constraints:
         workload="|".join(SERVING_WORKLOADS) or "none",
@@ -77,6 +77,7 @@ rule serving_summary:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
+        claims=str(REPO / "config" / "claims.yaml"),  # its bootstrap settings: the ledger's intervals
         requests=expand(rules.serving_run.output.requests, workload=SERVING_WORKLOADS),
         force_miss=expand(rules.serving_run.output.force_miss, workload=SERVING_WORKLOADS),
     output:
@@ -89,8 +90,8 @@ rule serving_summary:
         runtime=10,
         mem_mb=4000,
     shell:
-        "bcr serving summary --config {input.cfg} --requests {input.requests} {input.force_miss} "
-        "--out {output} > {log} 2>&1"
+        "bcr serving summary --config {input.cfg} --claims {input.claims} --requests {input.requests} "
+        "{input.force_miss} --out {output} > {log} 2>&1"
 
 
 rule longctx_correctness:
@@ -111,7 +112,7 @@ rule longctx_correctness:
     params:
         code=command_hash("serving", "longctx"),
         cfg=section_hash("serving", "runtime", "model"),
-        results=C.RESULTS_ROOT,
+        results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
         logs=f"logs/correctness/{SERVING_ENGINE}",
     log:
         "logs/correctness/longctx.log",
