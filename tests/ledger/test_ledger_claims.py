@@ -150,7 +150,8 @@ def test_nothing_promoted_because_nothing_was_exact_is_rejected(results_dir, ver
 
 
 @pytest.mark.parametrize(
-    ("n", "mismatches", "expected"), [(30, 0, "supported"), (30, 1, "rejected"), (12, 0, "supported"), (11, 0, "not yet")]
+    ("n", "mismatches", "expected"),
+    [(30, 0, "supported"), (30, 1, "rejected"), (12, 0, "supported"), (11, 0, "not yet")],
 )
 def test_longctx_correctness(results_dir, verdicts, n, mismatches, expected):
     synth.write_longctx(results_dir, n=n, mismatches=mismatches)
