@@ -112,6 +112,11 @@ def _write(tmp_path, cfg):
             "needs the longctx workload",
         ),
         (lambda c: c["serving"].pop("local"), "serving.local", "pool size"),
+        (
+            lambda c: c["serving"]["run"]["workloads"].remove("system_repeat"),
+            "serving.run.force_miss",
+            "not one of serving.run.workloads",
+        ),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, default_config, mutate, key, fragment):

@@ -35,7 +35,7 @@ TINY_OVERRIDE = {
             "rag_fanout": {"questions": 4, "output_len": 4},
             "longctx": {"prompts": 2, "prompt_len": 512, "output_len": 4},
         },
-        "run": {"arms": ["bcr", "radix"], "force_miss": False, "warmup": 0},
+        "run": {"workloads": ["system_repeat"], "arms": ["bcr", "radix"], "force_miss": [], "warmup": 0},
         "local": {"kv_tokens": 16384},
     },
 }
@@ -151,7 +151,7 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
         assert (results / "model" / model / "card.json").is_file()
     assert (results / "site" / "frontier" / "index.html").is_file()
     # serving: both arms behind the local engine, equal reuse, a summary and the long-context check
-    for workload in ("system_repeat", "rag_fanout"):
+    for workload in ("system_repeat",):
         arms = {
             a: pd.read_parquet(results / "serving" / "local" / workload / f"{a}.parquet")
             for a in ("bcr", "radix")
@@ -159,9 +159,7 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
         assert all(len(df) == 4 and df["error"].isna().all() for df in arms.values())
         assert arms["bcr"]["cached_tokens"].sum() == arms["radix"]["cached_tokens"].sum() > 0
     summary = pd.read_parquet(results / "serving" / "summary.parquet")
-    assert (
-        set(summary["workload"]) == {"system_repeat", "rag_fanout"} and (summary["cached_delta"] == 0).all()
-    )
+    assert set(summary["workload"]) == {"system_repeat"} and (summary["cached_delta"] == 0).all()
     longctx = pd.read_parquet(results / "correctness" / "longctx.parquet")
     assert len(longctx) == 2 and longctx["exact"].all() and (longctx["cached_tokens_bcr"] > 0).all()
     assert (results / "site" / "serving" / "index.html").is_file()

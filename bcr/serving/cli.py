@@ -13,9 +13,12 @@ def register(tracks: argparse._SubParsersAction) -> None:
     serving = tracks.add_parser(
         "serving", help="exact-prefix serving: every arm behind a real server"
     ).add_subparsers(dest="command", required=True)
-    p = serving.add_parser("run", help="one workload through every arm's server (then each with force-miss)")
+    p = serving.add_parser("run", help="one workload through every arm's server (or each at 0% reuse)")
     add_config_arg(p)
     p.add_argument("--workload", required=True)
+    p.add_argument(
+        "--force-miss", action="store_true", help="every arm at 0%% reuse (SGLANG_RADIX_FORCE_MISS=1)"
+    )
     p.add_argument("--results", default="results", help="results root (rows go to serving/{engine}/...)")
     p.add_argument("--logs", required=True, help="directory for the servers' logs (kept)")
     p.set_defaults(func=cmd_run)
@@ -77,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config=config,
         out=out,
         log_dir=Path(args.logs),
-        force_miss=bool(config["serving"]["run"]["force_miss"]),
+        force_miss=args.force_miss,
         write=_writer(config, _device(config)),
     )
     return 0

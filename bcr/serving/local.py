@@ -70,8 +70,9 @@ class PoolKV:
     @torch.inference_mode()
     def extend(self, run: sim.Running, start: int, end: int, slots: torch.Tensor) -> None:
         req = run.req
+        n = len(req.origin_input_ids)  # positions past the prompt are output tokens fed back
         fill = list(req.origin_input_ids[start:end]) + list(
-            req.output_ids[max(0, start - len(req.origin_input_ids)) : end - len(req.origin_input_ids)]
+            req.output_ids[max(0, start - n) : max(0, end - n)]
         )
         if len(fill) != end - start or self.cache.get_seq_length() != start:
             raise RuntimeError(

@@ -2,9 +2,9 @@
 
 Every arm gets its own fresh server; the client sends it the warm-up requests, flushes its cache
 and sends the workload's requests on the shared schedule (``serving.run``: concurrency, rate,
-timeout).  With ``force_miss`` every arm also gets a server with ``SGLANG_RADIX_FORCE_MISS=1`` (0%
-reuse), written under ``serving/{engine}/force_miss/...`` so nothing reads it as an arm.  Two
-schedules:
+timeout).  A ``force_miss`` pass gives every arm a server with ``SGLANG_RADIX_FORCE_MISS=1`` (0%
+reuse) instead, written under ``serving/{engine}/force_miss/...`` so nothing reads it as an arm.
+Two schedules:
 
 * **interleaved** (the local engine at concurrency 1, no rate): all servers are started together and
   waited for before the first request (an idle one takes no CPU); then request i goes to every
@@ -129,18 +129,14 @@ def run_workload(
     log: Callable[[str], None] = print,
     return_logprob: bool = False,
 ) -> dict[tuple[str, bool], pd.DataFrame]:
-    """Every arm (then every arm with force-miss) on ``workload``; ``out(arm, force_miss)`` is where
+    """Every arm on ``workload`` (at 0% reuse with ``force_miss``); ``out(arm, force_miss)`` is where
     its rows go.  Raises :class:`bcr.serving.servers.ServerFailed` at the first server that fails."""
     serving = config["serving"]
     run_cfg = serving["run"]
     trace = build_workload(workload, serving)
     requests = requests_of(trace, return_logprob)
     warmup = warmup_requests(trace, serving, int(run_cfg["warmup"]))
-    plan = [
-        (arm, fm)
-        for fm in ([False, True] if force_miss else [False])
-        for arm in arm_order(list(arms), workload)
-    ]
+    plan = [(arm, force_miss) for arm in arm_order(list(arms), workload)]
     interleave = engine == "local" and int(run_cfg["concurrency"]) == 1 and run_cfg.get("rate") is None
     with servers.stopped_on_exit() as started:
 

@@ -154,9 +154,13 @@ def check_config(config: dict) -> list[tuple[str, Any]]:
     for name in serving.get("cache_ops", {}).get("plain", []):
         if name not in serving["workloads"]:
             problems.append(("serving.cache_ops.plain", f"{name!r} is not a workload of this config"))
-    for name in serving.get("run", {}).get("workloads", []):
+    run = serving.get("run", {})
+    for name in run.get("workloads", []):
         if name not in serving["workloads"]:
             problems.append(("serving.run.workloads", f"{name!r} is not a workload of this config"))
+    for name in run.get("force_miss", []):
+        if name not in run.get("workloads", []):
+            problems.append(("serving.run.force_miss", f"{name!r} is not one of serving.run.workloads"))
     corr = serving.get("correctness")
     if corr is not None:
         if corr["arm"] == corr["baseline"]:

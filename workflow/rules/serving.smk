@@ -31,28 +31,21 @@ SERVING_ENGINE = SERVING.get("engine", "local")
 SERVING_RUN = SERVING.get("run") or {}
 SERVING_WORKLOADS = list(SERVING_RUN.get("workloads", []))
 SERVING_ARMS = list(SERVING_RUN.get("arms", []))
-SERVING_FORCE_MISS = bool(SERVING_RUN.get("force_miss", False))
+SERVING_FORCE_MISS = list(SERVING_RUN.get("force_miss", []))  # workloads also served at 0% reuse
 SERVING_CORRECTNESS = SERVING.get("correctness")
 # The local engine runs the config's model (the committed checkpoint); SGLang loads its own.
 SERVING_MODEL = model_checkpoint_files() if SERVING_ENGINE == "local" else []
 
 
 rule serving_run:
-    """One workload through every arm's server (then every arm at 0% reuse): one row per request."""
+    """One workload through every arm's server: one row per request."""
     conda:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
         model=SERVING_MODEL,
     output:
-        requests=[
-            C.SERVING_REQUESTS.path(engine=SERVING_ENGINE, workload="{workload}", arm=a)
-            for a in SERVING_ARMS
-        ],
-        force_miss=[
-            C.SERVING_FORCE_MISS.path(engine=SERVING_ENGINE, workload="{workload}", arm=a)
-            for a in (SERVING_ARMS if SERVING_FORCE_MISS else [])
-        ],
+        [C.SERVING_REQUESTS.path(engine=SERVING_ENGINE, workload="{workload}", arm=a) for a in SERVING_ARMS],
     params:
         code=command_hash("serving", "run"),
         cfg=section_hash("serving", "runtime", "model"),
@@ -71,6 +64,34 @@ rule serving_run:
         "--logs {params.logs} > {log} 2>&1"
 
 
+rule serving_force_miss:
+    """The same workload through every arm at 0% reuse (SGLANG_RADIX_FORCE_MISS=1): the caches' own
+    overhead around full prefills, under its own path so nothing reads it as an arm."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        model=SERVING_MODEL,
+    output:
+        [C.SERVING_FORCE_MISS.path(engine=SERVING_ENGINE, workload="{workload}", arm=a) for a in SERVING_ARMS],
+    params:
+        code=command_hash("serving", "run"),
+        cfg=section_hash("serving", "runtime", "model"),
+        results=lambda w, input: str(Path(input.cfg).parent.parent),
+        logs=f"logs/serving/{SERVING_ENGINE}/force_miss/{{workload}}",
+    wildcard_constraints:
+        workload="|".join(SERVING_FORCE_MISS) or "none",
+    log:
+        f"logs/serving/{SERVING_ENGINE}/force_miss/{{workload}}.log",
+    threads: TIMED_THREADS
+    resources:
+        runtime=120,
+        mem_mb=16000,
+    shell:
+        "bcr serving run --config {input.cfg} --workload {wildcards.workload} --force-miss "
+        "--results {params.results} --logs {params.logs} > {log} 2>&1"
+
+
 rule serving_summary:
     """The note's Result 1: cached-token delta and TTFT/E2E ratios per workload, paired by request."""
     conda:
@@ -78,8 +99,8 @@ rule serving_summary:
     input:
         cfg=ancient(RUN_CONFIG),
         claims=str(REPO / "config" / "claims.yaml"),  # its bootstrap settings: the ledger's intervals
-        requests=expand(rules.serving_run.output.requests, workload=SERVING_WORKLOADS),
-        force_miss=expand(rules.serving_run.output.force_miss, workload=SERVING_WORKLOADS),
+        requests=expand(rules.serving_run.output, workload=SERVING_WORKLOADS),
+        force_miss=expand(rules.serving_force_miss.output, workload=SERVING_FORCE_MISS),
     output:
         C.SERVING_SUMMARY.path(),
     params:
