@@ -153,7 +153,7 @@ def cmd_model_card(args: argparse.Namespace) -> int:
         if train_report.is_file():
             card["training"] = io.read_json(train_report)
         spec = training.needle_spec(config["prompts"], mcfg["architecture"])
-        n = mcfg["training"]["eval_prompts"]
+        n = config.get("model_card", {}).get("eval_prompts") or mcfg["training"]["eval_prompts"]
         for workload in config["prompts"]["workloads"]:
             for c in config["prompts"]["contexts"]:
                 acc = training.needle_accuracy(m, spec, c, n, config["runtime"]["seed"] + 1, workload)

@@ -113,7 +113,7 @@ def _write(tmp_path, cfg):
         ),
         (lambda c: c["serving"].pop("local"), "serving.local", "pool size"),
         (
-            lambda c: c["serving"]["run"]["workloads"].remove("system_repeat"),
+            lambda c: c["serving"]["run"].__setitem__("force_miss", ["longctx"]),
             "serving.run.force_miss",
             "not one of serving.run.workloads",
         ),

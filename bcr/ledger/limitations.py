@@ -27,6 +27,7 @@ CAVEATS = {
     "cpu": "CPU run",
     "tiered-budget": "fixed budget of this setting",
     "exactness": "short generations",
+    "local-engine": "local engine, not SGLang's server",
 }
 
 
@@ -104,6 +105,29 @@ def _hardware(results: Results) -> list[dict]:
             )
         )
     return out
+
+
+def _serving_engine(results: Results) -> list[dict]:
+    """Serving rows from the local engine (the CPU stand-in for SGLang's server) say so."""
+    engines: set[str] = set()
+    for name in ("serving_requests", "longctx"):
+        table = results.tables.get(name)
+        if table is not None and table.present and "engine" in table.df.columns:
+            engines |= set(table.df["engine"].astype(str))
+    if "local" not in engines:
+        return []
+    return [
+        _item(
+            "warning",
+            "Local serving engine",
+            "Serving and long-context rows come from the local engine (`bcr/serving/local.py`): the "
+            "configured model behind SGLang's `/generate` API with each arm's real SGLang cache over a "
+            "real KV pool, but one request at a time in Python, not SGLang's scheduler, batching or "
+            "kernels. Its latency ratios say whether a cache's own work shows through a real reuse path; "
+            "they do not measure SGLang's server on a GPU (`config/a100.yaml` does).",
+            "local-engine",
+        )
+    ]
 
 
 def _contexts(results: Results, config: dict, reference: dict) -> list[dict]:
@@ -288,6 +312,7 @@ def limitations(
     items = [
         *_model(results, config, reference),
         *_hardware(results),
+        *_serving_engine(results),
         *_contexts(results, config, reference),
         *_tiered_budget(results, config, headline, study, study_name),
         *_samples(results, ledger, reference),

@@ -296,7 +296,13 @@ def write_cache_ops(
 
 
 def write_serving(
-    root: Path, *, ratio: float = 1.09, n: int = 200, reuse_delta: int = 0, seed: int = 0
+    root: Path,
+    *,
+    ratio: float = 1.09,
+    n: int = 200,
+    reuse_delta: int = 0,
+    seed: int = 0,
+    engine: str = "sglang",
 ) -> None:
     """Request rows of two arms on two workloads (the same requests, as the serving rule writes
     them), their force-miss runs, and the summary computed from them."""
@@ -324,7 +330,7 @@ def write_serving(
                         "e2e_s": ttft + 0.5,
                         "output_tokens": 16,
                         "error": pd.Series([None] * n, dtype="string"),
-                        "engine": "sglang",
+                        "engine": engine,
                         "force_miss": force_miss,
                         "order": np.arange(n),
                         "output_ids": [[5] * 16] * n,
@@ -332,7 +338,7 @@ def write_serving(
                     }
                 )
                 sub = ("force_miss/" if force_miss else "") + f"{workload}/{arm}.parquet"
-                io.write_parquet(with_prov(df), root / "serving" / "sglang" / sub)
+                io.write_parquet(with_prov(df), root / "serving" / engine / sub)
                 frames.append(df)
     summary = summarise(pd.concat(frames, ignore_index=True), bootstrap={"resamples": 500})
     io.write_parquet(with_prov(summary), root / "serving" / "summary.parquet")

@@ -191,6 +191,15 @@ def test_limitations_are_generated_from_the_data(tmp_path, spec, cpu_config, ref
     cpu_config["model"]["max_context"] = 16384
     _, pages = render(root, spec, cpu_config, reference, tmp_path)
     assert "generated tokens exceed" not in pages["limitations.md"]
+    assert "Local serving engine" not in pages["limitations.md"]  # no serving rows at all
+
+    synth.write_serving(root, engine="local")  # the CPU default's engine: said, and marked on its claim
+    _, pages = render(root, spec, cpu_config, reference, tmp_path)
+    assert "Local serving engine" in pages["limitations.md"]
+    assert (
+        "local engine, not SGLang&#39;s server" in pages["serving.md"]
+        or "local engine, not SGLang's server" in pages["serving.md"]
+    )
 
 
 def test_what_changed_lists_the_notes_seven_claims(tmp_path, spec, cpu_config, reference):

@@ -45,7 +45,7 @@ rule model_card:
     params:
         code=command_hash("model", "card"),
         cfg=lambda w: bcr_config.config_hash(
-            {"model": MODELS[w.model], **{k: config.get(k) for k in ("runtime", "prompts")}}
+            {"model": MODELS[w.model], **{k: config.get(k) for k in ("runtime", "prompts", "model_card")}}
         ),
     log:
         "logs/model_card/{model}.log",
