@@ -322,7 +322,7 @@ SERVING_FORCE_MISS = _file(
     "serving/{engine}/force_miss/{workload}/{arm}.parquet",
     SERVING_COLUMNS,
     "one row per request served with SGLANG_RADIX_FORCE_MISS=1 (0% reuse: the cache's own overhead)",
-    "serving_run",
+    "serving_force_miss",
 )
 SERVING_SUMMARY = _file(
     "serving/summary.parquet",
