@@ -12,7 +12,10 @@ gets the same real SGLang objects -- ``Req``, ``ReqToTokenPool``, ``TokenToKVPoo
 * finish: ``release_kv_cache(req, cache, checkpoint=True)`` (``common.py:400``).
 
 A timed engine also sums each request's cache calls (match, lock, path, prefill checkpoints,
-release) into its ``request`` total.  :meth:`Engine.plain` is the other caller: plain
+release) into its ``request`` total.  With :class:`ModelHooks` the same calls serve a real model
+(:mod:`bcr.serving.local`): it reads the matched prefix's K/V at the slots the cache returned and
+computes and writes every position the engine gives slots, and :meth:`Engine.emit` feeds back the
+tokens it chooses.  :meth:`Engine.plain` is the other caller: plain
 ``match_prefix`` / ``path_device_indices`` / ``insert`` calls without request state.
 
 Slots are allocated like ``alloc_extend``: a partial last page is continued slot by slot, new

@@ -1,4 +1,4 @@
-"""One workload through every arm's server, one arm at a time: the request-level serving results.
+"""One workload through every arm's server, every arm on the same requests: the request-level serving rows.
 
 Every arm gets its own fresh server; the client sends it the warm-up requests, flushes its cache
 and sends the workload's requests on the shared schedule (``serving.run``: concurrency, rate,
