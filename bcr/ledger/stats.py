@@ -12,6 +12,7 @@ quantiles; samples that cannot be paired are resampled arm by arm.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,27 @@ def _clean(values: np.ndarray | list[float]) -> np.ndarray:
     return arr[np.isfinite(arr) & (arr > 0)]
 
 
+def _resampled(
+    resamples: int, seed: int, width: int, stats: Callable[[np.random.Generator, int], np.ndarray]
+) -> np.ndarray:
+    """``resamples`` bootstrap statistics from one seeded generator; ``stats(rng, k)`` gives ``k`` of
+    them, drawn in chunks of about two million resampled values (``width`` per statistic)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    chunk = max(1, 2_000_000 // width)
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        out[start:stop] = stats(rng, stop - start)
+    return out
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The two-sided ``level`` percentile interval of bootstrap statistics."""
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
 def geomean(values: np.ndarray | list[float]) -> float:
     arr = _clean(values)
     return float(np.exp(np.log(arr).mean())) if len(arr) else math.nan
@@ -66,15 +88,8 @@ def geomean_interval(
     point = float(np.exp(logs.mean()))
     if n == 1:
         return Interval(point, point, point, 1)
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = logs[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    means = _resampled(resamples, seed, n, lambda rng, k: logs[rng.integers(0, n, size=(k, n))].mean(axis=1))
+    low, high = _percentiles(means, level)
     return Interval(point, float(np.exp(low)), float(np.exp(high)), n)
 
 
@@ -96,16 +111,13 @@ def quantile_ratio_interval(
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0)
     point = float(np.quantile(a, q) / np.quantile(b, q))
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(resamples)
-    chunk = max(1, 2_000_000 // max(len(a), len(b)))
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        qa = np.quantile(a[rng.integers(0, len(a), size=(stop - start, len(a)))], q, axis=1)
-        qb = np.quantile(b[rng.integers(0, len(b), size=(stop - start, len(b)))], q, axis=1)
-        ratios[start:stop] = qa / qb
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+
+    def ratios(rng: np.random.Generator, k: int) -> np.ndarray:
+        qa = np.quantile(a[rng.integers(0, len(a), size=(k, len(a)))], q, axis=1)
+        qb = np.quantile(b[rng.integers(0, len(b), size=(k, len(b)))], q, axis=1)
+        return qa / qb
+
+    low, high = _percentiles(_resampled(resamples, seed, max(len(a), len(b)), ratios), level)
     return Interval(point, float(low), float(high), n)
 
 
@@ -132,15 +144,12 @@ def paired_quantile_ratio_interval(
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0)
     point = float(np.quantile(a, q) / np.quantile(b, q))
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(resamples)
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        ratios[start:stop] = np.quantile(a[idx], q, axis=1) / np.quantile(b[idx], q, axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+
+    def ratios(rng: np.random.Generator, k: int) -> np.ndarray:
+        idx = rng.integers(0, n, size=(k, n))  # the same units for both arms: pairs stay whole
+        return np.quantile(a[idx], q, axis=1) / np.quantile(b[idx], q, axis=1)
+
+    low, high = _percentiles(_resampled(resamples, seed, n, ratios), level)
     return Interval(point, float(low), float(high), n)
 
 

@@ -83,8 +83,7 @@ def rows(
         for i, r in enumerate(results)
     ]
     df = pd.DataFrame(recs, columns=SERVING_REQUEST_COLUMNS)
-    for col in ("cached_tokens",):
-        df[col] = df[col].astype("Int64")
+    df["cached_tokens"] = df["cached_tokens"].astype("Int64")  # None for a failed request
     for col in ("ttft_s", "e2e_s"):
         df[col] = df[col].astype("float64")
     df["error"] = df["error"].astype("string")
