@@ -11,6 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 setup:
 	@bash scripts/setup_env.sh
+	@bash scripts/setup_peers.sh
 
 ## run: the whole pipeline on the embedded CPU default (config/config.yaml); the site lands in results/site
 run: setup

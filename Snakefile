@@ -19,6 +19,7 @@ include: "workflow/rules/prompts.smk"
 include: "workflow/rules/dense.smk"
 include: "workflow/rules/tiered.smk"
 include: "workflow/rules/serving.smk"
+include: "workflow/rules/peers.smk"
 include: "workflow/rules/site.smk"
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "bcr.tiered.cli",
     "bcr.prefix.cli",
     "bcr.serving.cli",
+    "bcr.peers.cli",
 ]
 
 

@@ -30,6 +30,7 @@ MAIN_SCHEMA = "config.schema.yaml"
 # "module:function" names of cross-field checks, each ``check(config) -> list[(key, message)]``.
 TRACK_CHECKS: list[str] = [
     "bcr.config:check_models",
+    "bcr.peers.plan:check_config",
     "bcr.tiered.frontier:check",
     "bcr.tiered.settings:check",
     "bcr.ledger.checks:check",

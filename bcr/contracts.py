@@ -196,7 +196,24 @@ DECOMPOSITION_COLUMNS = [
     "reference_s",
     "steps",
 ]
-PEERS_COLUMNS = ["press", "context", "prompt_id", "stored_fraction", EXACT]
+# kvpress's presses on our prompts (bcr.peers): one row per (press, matched point, query mode,
+# prompt); ``compression_ratio`` is kvpress's (the fraction removed) = 1 - the matched setting's
+# stored fraction at the sweep context; ``kv_bytes_stored`` the bytes the press's cache really holds;
+# ``exact`` / ``exact_answer`` against a dense run of the same mode in the peer environment;
+# ``error`` names the step that failed (then nothing is measured).
+PEERS_RUN_COLUMNS = [
+    "press", "compression_ratio", "setting_matched", "target_stored_fraction", QUERY_MODE, WORKLOAD, "context",
+    "prompt_id", "stored_fraction", EXACT, EXACT_ANSWER, "first_divergence", "answer_correct",
+    "dense_answer_correct", "ttft_s", "tpot_s", "kv_bytes_stored", "kv_bytes_dense", "hook_equal", "pipeline_equal",
+    "dense_equal_main", "output_ids", "dense_ids", "error",
+]  # fmt: skip
+OURS_PRESS = "tiered"  # the ``press`` value of our own rows in the comparison
+# The comparison: every press's rows and ours (``press`` = OURS_PRESS: the matched setting's tiered rows).
+PEERS_COLUMNS = [
+    "press", "compression_ratio", "setting_matched", "target_stored_fraction", QUERY_MODE, WORKLOAD, "context",
+    "prompt_id", "stored_fraction", EXACT, EXACT_ANSWER, "first_divergence", "answer_correct", "ttft_s", "tpot_s",
+    "kv_bytes_stored", "hook_equal", "pipeline_equal", "dense_equal_main", "error",
+]  # fmt: skip
 # Negative controls: tiered rows plus which control and the setting it is matched to (null: the
 # matched setting itself, measured from the same shared prefill).
 CONTROL_COLUMNS = [*TIERED_COLUMNS, "control", "matched_to"]
@@ -342,7 +359,18 @@ LONGCTX = _file(
     "bcr vs radix outputs near max context",
     "longctx_correctness",
 )
-PEERS = _file("peers/kvpress.parquet", PEERS_COLUMNS, "kvpress presses on our prompts")
+PEERS_RUNS = _file(
+    "peers/runs/{workload}.parquet",
+    PEERS_RUN_COLUMNS,
+    "kvpress's presses on one family's prompts, both modes, at the matched stored fractions",
+    "peers_run",
+)
+PEERS = _file(
+    "peers/kvpress.parquet",
+    PEERS_COLUMNS,
+    "every press's rows beside ours at the same stored fraction",
+    "peers_compare",
+)
 LEDGER = _file("ledger.parquet", what="one computed verdict per claim", rule="evaluate_claims")
 SITE_INDEX = _file("site/index.html", what="the built site", rule="build_site")
 

@@ -41,6 +41,7 @@ TINY_OVERRIDE = {
         "run": {"workloads": ["system_repeat"], "arms": ["bcr", "radix"], "force_miss": [], "warmup": 0},
         "local": {"kv_tokens": 16384},
     },
+    "peers": {"presses": {"snapkv": {}, "streaming_llm": {}}},
 }
 
 
@@ -153,6 +154,15 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
         assert (f.groupby("setting")["knob"].nunique() == 1).all()
         assert (results / "model" / model / "card.json").is_file()
     assert (results / "site" / "frontier" / "index.html").is_file()
+    # peers: both presses in both modes on both families, beside ours, nothing failed
+    peers = pd.read_parquet(results / "peers" / "kvpress.parquet")
+    assert set(peers["press"]) == {"snapkv", "streaming_llm", "tiered"} and peers["error"].isna().all()
+    assert set(peers["query_mode"]) == {"question_aware", "question_agnostic"}
+    assert set(peers["workload"]) == {"needle", "scattered"} and set(peers["context"]) == {256, 1024}
+    runs = pd.read_parquet(results / "peers" / "runs" / "needle.parquet")
+    assert runs["pipeline_equal"].dropna().all() and runs["hook_equal"].dropna().all()
+    assert runs["transformers"].iloc[0] != dense["transformers"].iloc[0]  # the peer environment's
+    assert (results / "site" / "peers" / "index.html").is_file()
     # serving: both arms behind the local engine, equal reuse, a summary and the long-context check
     for workload in ("system_repeat",):
         arms = {

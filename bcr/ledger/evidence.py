@@ -86,6 +86,10 @@ class Results:
             what = workload if name == "dense" else f"{workload} {mode}"
             reason = t.reason or ("" if len(df) else f"`{t.pattern}` has no {what} rows")
             tables[name] = replace(t, df=df, files=files, reason=reason)
+        peers = tables.get("peers")
+        if peers is not None and peers.df is not None:
+            df = peers.df[(peers.df[C.WORKLOAD] == workload) & (peers.df[C.QUERY_MODE] == mode)]
+            tables["peers"] = replace(peers, df=df.reset_index(drop=True))
         key = (workload, mode)
         return replace(
             self,

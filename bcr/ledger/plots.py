@@ -324,3 +324,50 @@ def frontier(
         fig.tight_layout()
         ps.legend_below(fig, used, ncol=3)
         return ps.save(fig, path)
+
+
+def peers(table: pd.DataFrame, frontier_table: pd.DataFrame, context: int, path: Path, ours: str) -> Path:
+    """Exact rate (95% Clopper–Pearson bars) against stored fraction at one context, a panel per
+    (family, mode): our frontier as a line (the primary model's grid points, where measured at this
+    context), our matched settings as stars, each press as its own line through its points."""
+    t = table[table["context"] == context]
+    panels = sorted({(w, m) for w, m in zip(t["workload"], t["query_mode"], strict=True)})
+    presses = [p for p in dict.fromkeys(t["press"]) if p != ours]
+    with ps.style():
+        cols = min(2, max(1, len(panels)))
+        rows = max(1, -(-len(panels) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.1 * rows + 0.9), squeeze=False)
+        used = []
+        for ax, (workload, mode) in zip(axes.flat, panels, strict=False):
+            used.append(ax)
+            g = t[(t["workload"] == workload) & (t["query_mode"] == mode)]
+            f = frontier_table
+            if f is not None and len(f):
+                f = f[(f["workload"] == workload) & (f["query_mode"] == mode)].sort_values("stored_fraction")
+                if len(f):
+                    f = f[f["model"] == f["model"].iloc[0]]
+                    ax.plot(f["stored_fraction"], f["n_exact"] / f["n"], color="black", linewidth=1.0,
+                            marker=".", label="ours: frontier (sweep context)", zorder=2)  # fmt: skip
+            for i, press in enumerate([ours, *presses]):
+                line = g[g["press"] == press].sort_values("stored_fraction")
+                if not len(line):
+                    continue
+                rate = line["exact_rate"]
+                err = [(rate - line["exact_low"]).clip(lower=0), (line["exact_high"] - rate).clip(lower=0)]
+                mine = press == ours
+                ax.errorbar(
+                    line["stored_fraction"], rate, yerr=err, fmt="*-" if mine else "o-",
+                    color=ps.NOTE_COLOR if mine else ps.color(i), markersize=9 if mine else 4,
+                    elinewidth=0.8, linewidth=0.8, label="ours: matched settings" if mine else press, zorder=4 if mine else 3,
+                )  # fmt: skip
+            ax.set_xlim(0.0, 1.0)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_title(f"{workload}, {mode}", fontsize=9)
+            ax.set_xlabel("stored fraction (median over prompts)")
+            ax.set_ylabel("exact rate (answer span)")
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.set_visible(False)
+        fig.suptitle(f"Peers at {context} tokens: exact rate against stored fraction")
+        fig.tight_layout()
+        ps.legend_below(fig, used, ncol=4)
+        return ps.save(fig, path)

@@ -18,7 +18,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from bcr.contracts import DECOMPOSITION_PHASES, DENSE_PATH, PROMPT_WORKLOADS, QUERY_MODES
+from bcr.contracts import DECOMPOSITION_PHASES, DENSE_PATH, OURS_PRESS, PROMPT_WORKLOADS, QUERY_MODES
 from bcr.contracts import WORKLOAD as C_WORKLOAD
 from bcr.ledger import plots, stats, tables
 from bcr.ledger.claims import (
@@ -95,8 +95,7 @@ EVIDENCE = {
     ),
     "peers": (
         "kvpress peer runs",
-        "the peers track (kvpress's presses on the same prompts), which is not part of the workflow yet "
-        "and needs kvpress and a CUDA GPU",
+        "the peers_compare rule, from peers_run's rows (kvpress's presses in .venv-peers) and the tiered rows",
     ),
 }
 
@@ -433,6 +432,27 @@ def _frontier_section(spec: ClaimFile, results: Results, reference: dict, pdir: 
     }
 
 
+def _peers_section(results: Results, config: dict, pdir: Path) -> dict:
+    """The peers page: per (context, mode, matched setting, press) the exact count and interval, the
+    peer environment's checks, and a plot per context (ours as the frontier line at the sweep context)."""
+    df = results["peers"].df
+    table = tables.peers_table(df)
+    frontier = tables.frontier_table(results["tiered_frontier"].df)
+    plot_files = {}
+    for context in sorted({int(c) for c in table["context"]}):
+        name = f"peers_{context}.svg"
+        f = frontier if context == int(config["prompts"]["contexts"][0]) else None
+        plots.peers(table, f, context, pdir / name, OURS_PRESS)
+        plot_files[f"peers:{context}"] = f"plots/{name}"
+    checks = {}
+    if df is not None and len(df):
+        for col in ("hook_equal", "pipeline_equal", "dense_equal_main"):
+            if col in df:
+                v = df[col].dropna().astype(bool)
+                checks[col] = {"n": len(v), "equal": int(v.sum())}
+    return {"table": _records(table), "plots": plot_files, "checks": checks}
+
+
 def _promoted_sweep_points(results: Results) -> pd.DataFrame:
     """The promoted settings' sweep rows, one per (model, family, mode, setting): answer-span exact
     count and median stored fraction (what the frontier plots star)."""
@@ -494,8 +514,6 @@ def site_data(
     )
     cache_ops, ops_arms = tables.cache_ops_table(results["cache_ops"].df, ops_ours, ops_base)
     decomp = tables.decomposition_table(results["tiered_decomposition"].df)
-    peers_bin = next((c.rule["bin_width"] for c in spec.claims if c.rule["kind"] == "peer_exact"), 0.05)
-    peers = tables.peers_table(results["peers"].df, peers_bin)
     modes, families = query_modes(config), workloads(config)
     ectx = eval_context(spec, results, config, families[0], modes[0] if modes else None)
 
@@ -522,6 +540,8 @@ def site_data(
         plot_files["cache_ops_page"] = str(int(page))
     frontier = _frontier_section(spec, results, reference, pdir)
     plot_files.update(frontier.pop("plots"))
+    peers = _peers_section(results, config, pdir)
+    plot_files.update(peers.pop("plots"))
     if results["serving_requests"].present:
         plots.ttft_distributions(results["serving_requests"].df, pdir / "ttft_distributions.svg")
         plot_files["ttft"] = "plots/ttft_distributions.svg"
@@ -568,7 +588,7 @@ def site_data(
         "phase_labels": PHASE_LABELS,
         "frontier": frontier,
         "paged": [r for sec in mode_sections for r in sec["promotion"] if r["decode_path"] != path],
-        "peers": _records(peers),
+        "peers": peers,
         "dense": _records(_dense_summary(dense)),
         "plots": plot_files,
         "provenance": _records(prov),

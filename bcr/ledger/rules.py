@@ -554,42 +554,67 @@ def rule_coverage(rule: dict, ctx: EvalContext) -> Outcome:
 
 
 def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
+    """Ours against each press at the same matched setting (so the same target stored fraction), same
+    prompts, one family and mode (the view's), at ``context``: the answer-span exact rate, the tiered
+    claims' primary measure.  Supported when ours is at least every press's with ``min_n`` prompts
+    each; rejected as soon as one press is exact more often.  Flips when a press beats ours."""
     table = ctx.results["peers"]
     if not table.present:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=0.0)
     df = table.df
-    context = int(df["context"].max()) if rule["context"] == "largest" else int(rule["context"])
-    t = tables.peers_table(df[df["context"] == context], rule["bin_width"])
-    evidence = f"{table.pattern} · context {context} · stored-fraction bins of {rule['bin_width']:g}"
+    if not len(df):
+        return Outcome(NOT_YET, f"`{table.pattern}` has no rows of this family and mode", table.pattern)
+    failed = df[df["error"].notna()] if "error" in df else df.iloc[:0]
+    if len(failed) == len(df[df["press"] != rule["ours"]]) and len(failed):
+        return Outcome(
+            NOT_YET, f"every press row failed: {failed['error'].iloc[0]}", table.pattern, threshold=0.0
+        )
+    t = tables.peers_table(df)
+    both = t.groupby(["context", "setting_matched"])["press"].agg(
+        lambda p: rule["ours"] in set(p) and len(set(p)) > 1
+    )
+    both = both[both]
+    if both.empty:
+        return Outcome(
+            NOT_YET, f"no context and setting holds both {rule['ours']} and a press", table.pattern
+        )
+    contexts = sorted({c for c, _ in both.index})
+    context = contexts[-1] if rule["context"] == "largest" else int(rule["context"])
+    evidence = f"{table.pattern} · context {context} · answer-span exact rate at the matched setting"
     parts = []
-    for fbin, g in t.groupby("fraction_bin"):
-        ours = g[g["press"] == rule["ours"]]
-        peers = g[g["press"] != rule["ours"]]
-        if not len(ours) or not len(peers):
+    for (c, setting), _ in both.items():
+        if c != context:
             continue
-        o = ours.iloc[0]
-        for p in peers.itertuples():
-            name = f"{p.press} @ {fbin:.2f}"
+        g = t[(t["context"] == c) & (t["setting_matched"] == setting)]
+        o = g[g["press"] == rule["ours"]].iloc[0]
+        for p in g[g["press"] != rule["ours"]].itertuples():
             n = int(min(o["n"], p.n))
             diff = float(o["exact_rate"] - p.exact_rate)
-            text = f"{name}: ours {o['exact_rate']:.2f} vs {p.exact_rate:.2f}"
+            text = (
+                f"{p.press} @ {setting}: ours {o['n_exact']}/{o['n']} vs {p.n_exact}/{p.n}"
+                f" [{p.exact_low:.2f}, {p.exact_high:.2f}]"
+            )
             if n < rule["min_n"]:
                 parts.append(
-                    (NOT_YET, name, Outcome(NOT_YET, f"{text} (n={n}, minimum {rule['min_n']})", evidence, n))
+                    (
+                        NOT_YET,
+                        p.press,
+                        Outcome(NOT_YET, f"{text} (n={n}, minimum {rule['min_n']})", evidence, n),
+                    )
                 )
                 continue
             verdict = SUPPORTED if diff >= 0 else REJECTED
-            parts.append((verdict, name, Outcome(verdict, text, evidence, n, diff, 0.0, value_text=text)))
+            parts.append((verdict, p.press, Outcome(verdict, text, evidence, n, diff, 0.0, value_text=text)))
     if not parts:
         return Outcome(
-            NOT_YET, f"no stored-fraction bin holds both {rule['ours']} and a peer", evidence, threshold=0.0
+            NOT_YET, f"context {context}: no setting holds both {rule['ours']} and a press", evidence
         )
     verdict, deciding = _combine(parts)
     if verdict == SUPPORTED:
         deciding = min((p[2] for p in parts), key=lambda o: o.value)
     deciding.verdict = verdict
     deciding.n = min(p[2].n for p in parts)
-    deciding.reason = "; ".join(p[2].reason for p in parts) + "; holds when ours ≥ every peer in every bin"
+    deciding.reason = "; ".join(p[2].reason for p in parts) + "; holds when ours ≥ every press"
     return deciding
 
 

@@ -434,22 +434,42 @@ def decomposition_table(df: pd.DataFrame | None) -> pd.DataFrame:
     return out.drop(columns="_dense").reset_index(drop=True)
 
 
-def peers_table(df: pd.DataFrame | None, bin_width: float) -> pd.DataFrame:
-    """Exact rate per (context, stored-fraction bin, press); presses compared only within a bin."""
+PEERS_TABLE_COLUMNS = [
+    "context", C.WORKLOAD, C.QUERY_MODE, "setting_matched", "press", "n", "n_exact", "exact_rate", "exact_low", "exact_high",
+    "n_exact_trajectory", "stored_fraction", "accuracy", "kv_bytes_stored", "errors",
+]  # fmt: skip
+
+
+def peers_table(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Per (context, family, mode, matched setting, press): the answer-span exact count (the primary measure,
+    as for the tiered rows) with its 95% Clopper–Pearson interval, the whole-trajectory count, the
+    median stored fraction, answer accuracy, stored KV bytes and failed rows."""
     if df is None or len(df) == 0:
-        return pd.DataFrame()
-    out = df.copy()
-    out["fraction_bin"] = (out["stored_fraction"].astype(float) / bin_width).round().astype(int) * bin_width
-    agg = {
-        "n": ("exact", "size"),
-        "n_exact": ("exact", "sum"),
-        "stored_fraction": ("stored_fraction", "mean"),
-    }
-    if "answer_correct" in out.columns:
-        agg["accuracy"] = ("answer_correct", "mean")
-    t = out.groupby(["context", "fraction_bin", "press"], sort=True).agg(**agg).reset_index()
-    t["exact_rate"] = t["n_exact"] / t["n"]
-    return t
+        return pd.DataFrame(columns=PEERS_TABLE_COLUMNS)
+    from bcr.ledger.stats import exact_rate_interval
+
+    out = []
+    keys = ["context", C.WORKLOAD, C.QUERY_MODE, "setting_matched", "press"]
+    for key, g in df.groupby(keys, sort=True):
+        ok = g[g["error"].isna()] if "error" in g else g
+        k, n = int(ok[C.EXACT_ANSWER].astype(bool).sum()), len(ok)
+        ci = exact_rate_interval(k, n)
+        out.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "n": n,
+                "n_exact": k,
+                "exact_rate": ci.point,
+                "exact_low": ci.low,
+                "exact_high": ci.high,
+                "n_exact_trajectory": int(ok[C.EXACT].astype(bool).sum()),
+                "stored_fraction": float(ok["stored_fraction"].median()) if n else math.nan,
+                "accuracy": float(ok["answer_correct"].astype(bool).mean()) if n else math.nan,
+                "kv_bytes_stored": float(ok["kv_bytes_stored"].median()) if n else math.nan,
+                "errors": len(g) - n,
+            }
+        )
+    return pd.DataFrame(out, columns=PEERS_TABLE_COLUMNS)
 
 
 FRONTIER_TABLE_COLUMNS = [

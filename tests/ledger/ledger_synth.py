@@ -408,21 +408,46 @@ def write_decomposition(root: Path) -> None:
     io.write_parquet(with_prov(pd.DataFrame(rows)), root / "tiered" / "decomposition.parquet")
 
 
-def write_peers(root: Path, *, ours_rate: float = 1.0, peer_rate: float = 0.5, n: int = 8) -> None:
+def write_peers(
+    root: Path,
+    *,
+    ours_rate: float = 1.0,
+    peer_rate: float = 0.5,
+    n: int = 8,
+    modes: tuple[str, ...] = ("question_aware", "question_agnostic"),
+    error: str | None = None,
+) -> None:
+    """The comparison file: ours and two presses at one matched setting, per mode, at 8192."""
     rows = []
-    for press, rate in (("tiered", ours_rate), ("snapkv", peer_rate), ("streaming_llm", peer_rate / 2)):
-        k = round(rate * n)
-        for i in range(n):
-            rows.append(
-                {
-                    "press": press,
-                    "context": 8192,
-                    "prompt_id": f"p{i}",
-                    "stored_fraction": 0.44,
-                    "exact": i < k,
-                    "answer_correct": i < k,
-                }
-            )
+    for mode in modes:
+        for press, rate in (("tiered", ours_rate), ("snapkv", peer_rate), ("streaming_llm", peer_rate / 2)):
+            k = round(rate * n)
+            failed = error is not None and press != "tiered"
+            for i in range(n):
+                rows.append(
+                    {
+                        "press": press,
+                        "compression_ratio": 0.56,
+                        "setting_matched": "front_ret25",
+                        "target_stored_fraction": 0.44,
+                        "query_mode": mode,
+                        "workload": "needle",
+                        "context": 8192,
+                        "prompt_id": f"p{i}",
+                        "stored_fraction": None if failed else 0.44,
+                        "exact": None if failed else i < k,
+                        "exact_answer": None if failed else i < k,
+                        "first_divergence": None if failed or i < k else 3,
+                        "answer_correct": None if failed else i < k,
+                        "ttft_s": None if failed else 0.1,
+                        "tpot_s": None if failed else 0.01,
+                        "kv_bytes_stored": None if failed else 1000.0,
+                        "hook_equal": None,
+                        "pipeline_equal": True if press != "tiered" and i == 0 and not failed else None,
+                        "dense_equal_main": None if press == "tiered" or failed else True,
+                        "error": error if failed else None,
+                    }
+                )
     io.write_parquet(with_prov(pd.DataFrame(rows)), root / "peers" / "kvpress.parquet")
 
 

@@ -211,7 +211,24 @@ def test_cache_ops_claim_reads_every_op_and_the_total(results_dir, verdicts):
 @pytest.mark.parametrize(("ours", "peer", "expected"), [(1.0, 0.5, "supported"), (0.25, 0.75, "rejected")])
 def test_peers_verdict(results_dir, verdicts, ours, peer, expected):
     synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer)
-    assert verdicts(results_dir)["peers_equal_fraction"]["verdict"] == expected
+    for mode in ("question_aware", "question_agnostic"):
+        assert verdicts(results_dir)[f"peers_equal_fraction[{mode}]"]["verdict"] == expected
+
+
+def test_peers_verdict_is_per_mode_and_needs_its_prompts(results_dir, verdicts):
+    synth.write_peers(results_dir, modes=("question_aware",))
+    got = verdicts(results_dir)
+    assert got["peers_equal_fraction[question_aware]"]["verdict"] == "supported"
+    assert got["peers_equal_fraction[question_agnostic]"]["verdict"] == "not yet"
+    synth.write_peers(results_dir, ours_rate=1.0, peer_rate=1.0, n=4)  # a tie, but under min_n 8
+    row = verdicts(results_dir)["peers_equal_fraction[question_aware]"]
+    assert row["verdict"] == "not yet" and "minimum 8" in row["reason"]
+
+
+def test_peers_verdict_says_why_when_every_press_failed(results_dir, verdicts):
+    synth.write_peers(results_dir, error="peer environment: build failed: step: pip install")
+    row = verdicts(results_dir)["peers_equal_fraction[question_aware]"]
+    assert row["verdict"] == "not yet" and "build failed" in row["reason"]
 
 
 def test_generalisation_needs_two_models_and_two_workloads(results_dir, verdicts):

@@ -122,7 +122,7 @@ def test_missing_evidence_says_not_yet_with_the_file_and_what_produces_it(render
     for page, pattern, producer in (
         ("serving.md", "results/serving/*/*/*.parquet", "rule `serving_run`"),
         ("correctness.md", "results/correctness/longctx.parquet", "rule `longctx_correctness`"),
-        ("peers.md", "results/peers/kvpress.parquet", "no rule of this workflow writes it yet"),
+        ("peers.md", "results/peers/kvpress.parquet", "rule `peers_compare`"),
     ):
         text = pages[page]
         # one box (the claim's) says what the page waits on, the file, and what would produce it
@@ -251,7 +251,7 @@ def test_missing_evidence_names_the_rule_that_writes_it(tmp_path):
     info = evidence_info(load_results(tmp_path))  # nothing produced: every table says what would
     assert info["tiered_sweep"]["needs"].startswith("rule `tiered_sweep` writes it")
     assert info["cache_ops"]["needs"].startswith("rule `cache_ops` writes it")
-    assert info["peers"]["needs"].startswith("no rule of this workflow writes it yet")
+    assert info["peers"]["needs"].startswith("rule `peers_compare` writes it")
 
 
 def test_a_verdict_fixed_by_construction_is_labelled_so(tmp_path, spec, cpu_config, reference):

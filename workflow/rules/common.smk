@@ -37,6 +37,11 @@ def section_hash(*keys):
     return bcr_config.config_hash({k: config.get(k) for k in keys})
 
 
+def key_path_pairs(keys, paths):
+    """``KEY=PATH`` arguments (a command's per-context or per-mode inputs), in order."""
+    return " ".join(f"{k}={p}" for k, p in zip(keys, paths, strict=True))
+
+
 def train_rule_name(name):
     """``train_tiny_model`` for the primary (the name the docs use), ``train_<name>`` otherwise."""
     return "train_tiny_model" if name == PRIMARY_MODEL else f"train_{name.replace('-', '_')}"

@@ -14,6 +14,7 @@ SITE_RESULTS = [
     *([rules.serving_summary.output[0]] if SERVING_WORKLOADS else []),
     *([rules.longctx_correctness.output.prompts] if SERVING_CORRECTNESS else []),
     *rules.tiered_decomposition.output,
+    *(rules.peers_compare.output if PEERS_CFG else []),
     *expand(
         rules.tiered_frontier.output,
         model=TIERED_FRONTIER_MODELS,

@@ -1,0 +1,364 @@
+"""kvpress presses on our prompts, in the peer environment only (``python -m bcr.peers.runner``).
+
+The protocol is ``KVPressTextGenerationPipeline``'s on token ids (our tiny models have no tokenizer):
+the press compresses during the prefill, greedy decoding reads the compressed cache at the prompt's
+logical positions.  ``question_agnostic`` is the pipeline's own order (the context is prefilled and
+compressed, then the question is fed through the cache); ``question_aware`` prefills context and
+question in one forward under the press, so the question is compressed with them.
+
+One dense prefill per prompt and mode serves every press: a forward hook records what each attention
+layer's hook receives (its kwargs, its output, the layer's K/V), and each press then runs kvpress's
+own ``forward_hook`` on exactly those arguments inside ``press(model)`` (its set-up).  During a
+prefill a press's hook changes only the cache, never the layer's output, so this computes what
+``with press(model): model(...)`` computes, at one prefill for all presses instead of one each
+(tests/peers check the caches are identical, and the tokens equal the pipeline's on a word-level
+tokenizer).  ``exact`` compares with a dense run of the same mode in this same environment.
+
+Imports nothing of bcr but its pure modules (contracts, prompts, io): this interpreter has other
+versions of transformers and pandas than the main environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bcr import io
+from bcr.contracts import QUERY_MODES
+from bcr.prompts import answer_correct, answer_span, question_split
+
+QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
+# Our press names -> kvpress classes: presses that score tokens and drop the lowest (ScorerPress),
+# so the memory they report stored is really freed and a prefill hook is all they need.
+PRESSES = {
+    "streaming_llm": "StreamingLLMPress",
+    "snapkv": "SnapKVPress",
+    "knorm": "KnormPress",
+    "expected_attention": "ExpectedAttentionPress",
+    "tova": "TOVAPress",
+    "keydiff": "KeyDiffPress",
+}
+
+
+def make_press(name: str, compression_ratio: float, options: dict | None = None) -> Any:
+    """A kvpress press by our name; ``compression_ratio`` is kvpress's: the fraction removed."""
+    import kvpress
+
+    if name not in PRESSES:
+        raise ValueError(f"unknown press {name!r}; known: {', '.join(PRESSES)}")
+    press = getattr(kvpress, PRESSES[name])(compression_ratio=compression_ratio, **(options or {}))
+    if not isinstance(press, kvpress.ScorerPress):
+        raise ValueError(f"{name}: not a ScorerPress; its hook plumbing is not the one replayed here")
+    return press
+
+
+@dataclass
+class Capture:
+    """One dense prefill: what each attention layer's forward hook saw, and the last logits."""
+
+    length: int
+    layers: list[tuple[Any, dict, Any, torch.Tensor, torch.Tensor]]  # module, kwargs, output, K, V
+    cache: Any  # the dense DynamicCache the prefill filled
+    logits: torch.Tensor
+    seconds: float
+
+
+def sync(device: torch.device) -> None:
+    """On CUDA, wait for the queued kernels before a clock is read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def attention_layers(model: Any) -> list[Any]:
+    return [layer.self_attn for layer in model.model.layers]
+
+
+@torch.inference_mode()
+def capture(model: Any, ids: torch.Tensor) -> Capture:
+    """Prefill ``ids`` [1, n] densely, recording every attention layer's hook arguments."""
+    from transformers import DynamicCache
+
+    layers = attention_layers(model)
+    seen: list[Any] = [None] * len(layers)
+
+    def recorder(i: int) -> Callable:
+        def hook(module: Any, args: Any, kwargs: dict, output: Any) -> None:
+            layer = kwargs["past_key_values"].layers[i]
+            seen[i] = (module, dict(kwargs), output, layer.keys, layer.values)
+
+        return hook
+
+    handles = [a.register_forward_hook(recorder(i), with_kwargs=True) for i, a in enumerate(layers)]
+    cache = DynamicCache()
+    try:
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+        sync(ids.device)
+        seconds = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+    return Capture(ids.shape[1], seen, cache, out.logits[0, -1].float(), seconds)
+
+
+@torch.inference_mode()
+def compress(press: Any, model: Any, cap: Capture) -> Any:
+    """The cache ``with press(model)`` would leave after the captured prefill: kvpress's own hook on
+    each layer's recorded arguments, over a fresh cache holding that layer's dense K/V."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with press(model):  # post_init_from_model, rotary embeddings on the layers: the press's set-up
+        for i, (module, kwargs, output, keys, values) in enumerate(cap.layers):
+            cache.update(keys, values, i)
+            press.forward_hook(module, (), {**kwargs, "past_key_values": cache}, output)
+    return cache
+
+
+def cache_tokens(cache: Any) -> tuple[int, int]:
+    """(tokens summed over layers, bytes of keys and values)."""
+    tokens = sum(int(layer.keys.shape[-2]) for layer in cache.layers)
+    nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    return tokens, nbytes
+
+
+@torch.inference_mode()
+def greedy(
+    model: Any, cache: Any, position: int, n: int, *, feed: torch.Tensor | None = None, first: Any = None
+) -> tuple[list[int], list[float]]:
+    """``n`` greedy tokens from ``cache``: first fed ``feed`` (the question) at logical positions from
+    ``position`` (the pipeline's ``generate_answer``), or the first token is ``argmax(first)``.
+
+    Positions are logical (the prompt's), never the compressed cache's length.  Returns the tokens
+    and each decode step's seconds.
+    """
+    steps: list[float] = []
+    dev = model.device
+    if feed is not None:
+        pos = torch.arange(position, position + feed.shape[1], device=dev).unsqueeze(0)
+        out = model(input_ids=feed, past_key_values=cache, position_ids=pos, logits_to_keep=1)
+        tokens = [int(out.logits[0, -1].argmax())]
+        position += feed.shape[1]
+    else:
+        tokens = [int(first.argmax())]
+    for i in range(n - 1):
+        t0 = time.perf_counter()
+        out = model(
+            input_ids=torch.tensor([[tokens[-1]]], device=dev),
+            past_key_values=cache,
+            position_ids=torch.tensor([[position + i]], device=dev),
+        )
+        tokens.append(int(out.logits[0, -1].argmax()))  # .item() synchronises before the clock
+        steps.append(time.perf_counter() - t0)
+    return tokens, steps
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+
+
+def word_tokenizer(vocab_size: int, bos_id: int, eos_id: int) -> Any:
+    """A word-level tokenizer for the synthetic vocabulary: id ``i`` is the word ``t{i}``, BOS and
+    EOS are special words (``<s>``, ``</s>``), so text the pipeline builds round-trips to our ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = {bos_id: "<s>", eos_id: "</s>"}
+    vocab = {special.get(i, f"t{i}"): i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=special.get(0, "t0")))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def pipeline_answer(model: Any, tokenizer: Any, row: dict, press: Any, n: int) -> str:
+    """kvpress's own ``KVPressTextGenerationPipeline`` on the prompt rendered as words (agnostic).
+
+    The pipeline prepends the tokenizer's BOS to the context and stops at EOS; the prompt's first
+    token must be that BOS.
+    """
+    from kvpress import KVPressTextGenerationPipeline
+
+    ids, split = list(row["input_ids"]), question_split(row)
+    if ids[0] != tokenizer.bos_token_id:
+        raise ValueError(f"prompt {row['prompt_id']} does not start with BOS ({tokenizer.bos_token_id})")
+    words = tokenizer.convert_ids_to_tokens(ids)
+    pipe = KVPressTextGenerationPipeline(model=model, tokenizer=tokenizer)
+    out = pipe(" ".join(words[1:split]), question=" ".join(words[split:]), press=press, max_new_tokens=n)
+    return out["answer"]
+
+
+def as_pipeline_answer(tokenizer: Any, tokens: list[int], eos_id: int) -> str:
+    """Our greedy tokens as the pipeline reports them: cut after the first EOS, decoded."""
+    cut = tokens[: tokens.index(eos_id) + 1] if eos_id in tokens else tokens
+    return str(tokenizer.decode(cut, skip_special_tokens=True))
+
+
+def load_model(spec: dict) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["path"], dtype=dtype, attn_implementation=spec.get("attn_implementation", "sdpa")
+    )
+    return model.to(spec.get("device", "cpu")).eval()
+
+
+def hook_equal(model: Any, press: Any, ids: torch.Tensor, replayed: Any) -> bool:
+    """Whether the replayed cache equals the one ``with press(model)`` leaves after a real prefill."""
+    from transformers import DynamicCache
+
+    real = DynamicCache()
+    with torch.inference_mode(), press(model):
+        model(input_ids=ids, past_key_values=real, logits_to_keep=1)
+    return all(
+        torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        for a, b in zip(replayed.layers, real.layers, strict=True)
+    )
+
+
+def run_prompt(
+    model: Any, row: dict, plan: list[dict], job: dict, log: Callable[[str], None], check: bool = False
+) -> list[dict]:
+    """Every press of the plan on one prompt, in both modes; one row per (press, point, mode).
+
+    With ``check`` (synthetic prompts), each question-aware cache is compared with a real hooked
+    prefill's (``hook_equal``) and each question-agnostic answer with kvpress's pipeline on a
+    word-level tokenizer (``pipeline_equal``).
+    """
+    n = int(job["max_new_tokens"])
+    ids = torch.tensor([list(row["input_ids"])], dtype=torch.long, device=model.device)
+    split = question_split(row)
+    if split is None:
+        raise ValueError(f"prompt {row['prompt_id']}: no question_start, so no question-agnostic mode")
+    tokenizer = None  # synthetic prompts: the answer span is the value and EOS (bcr.prompts)
+    cfg = model.config
+    words = word_tokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id) if check else None
+    rows = []
+    for mode in job["query_modes"]:
+        if mode == QUESTION_AGNOSTIC:
+            cap = capture(model, ids[:, :split])
+            question = ids[:, split:]
+            dense, _ = greedy(model, cap.cache, split, n, feed=question)
+        else:
+            cap = capture(model, ids)
+            question = None
+            dense, _ = greedy(model, cap.cache, ids.shape[1], n, first=cap.logits)
+        span = answer_span(dense, row, tokenizer)
+        logical = cap.length * len(cap.layers)
+        dense_bytes = sum(k.nbytes + v.nbytes for *_, k, v in cap.layers)
+        for point in (p for p in plan if p["query_mode"] == mode):
+            base = {
+                "press": point["press"],
+                "compression_ratio": point["compression_ratio"],
+                "setting_matched": point["setting"],
+                "target_stored_fraction": point["stored_fraction"],
+                "query_mode": mode,
+                "workload": row["workload"],
+                "context": int(row["context"]),
+                "prompt_id": row["prompt_id"],
+                "dense_answer_correct": answer_correct(dense, row, tokenizer),
+            }
+            try:
+                press = make_press(point["press"], point["compression_ratio"], point.get("options"))
+                t0 = time.perf_counter()
+                cache = compress(press, model, cap)
+                sync(ids.device)
+                compress_s = time.perf_counter() - t0
+                stored, stored_bytes = cache_tokens(cache)
+                same_hook = same_pipeline = None
+                if question is not None:
+                    t1 = time.perf_counter()
+                    out, steps = greedy(model, cache, split, n, feed=question)
+                    # the question's forward is part of the time to the first token
+                    ttft = cap.seconds + compress_s + (time.perf_counter() - t1) - sum(steps)
+                    if check:
+                        theirs = pipeline_answer(model, words, row, press, n)
+                        same_pipeline = theirs == as_pipeline_answer(words, out, cfg.eos_token_id)
+                else:
+                    if check:
+                        same_hook = hook_equal(model, press, ids, cache)
+                    out, steps = greedy(model, cache, ids.shape[1], n, first=cap.logits)
+                    ttft = cap.seconds + compress_s
+            except Exception as exc:  # one press failing must not lose the others' rows
+                log(f"{point['press']} ({mode}, {row['prompt_id']}): {type(exc).__name__}: {exc}")
+                rows.append({**base, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            first = first_divergence(out, dense)
+            rows.append(
+                {
+                    **base,
+                    "stored_fraction": stored / logical,
+                    "exact": first is None,
+                    "exact_answer": first is None or first >= span,
+                    "first_divergence": first,
+                    "answer_correct": answer_correct(out, row, tokenizer),
+                    "ttft_s": ttft,
+                    "tpot_s": sum(steps) / len(steps) if steps else None,
+                    "kv_bytes_stored": stored_bytes,
+                    "kv_bytes_dense": dense_bytes,
+                    "hook_equal": same_hook,
+                    "pipeline_equal": same_pipeline,
+                    "output_ids": out,
+                    "dense_ids": dense,
+                    "error": None,
+                }
+            )
+    return rows
+
+
+def run(job: dict, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """The job's prompts through every planned press; one row per (press, point, mode, prompt)."""
+    torch.manual_seed(int(job.get("seed", 0)))
+    torch.set_num_threads(int(job.get("threads", 1)))
+    model = load_model(job["model"])
+    rows: list[dict] = []
+    for item in job["prompts"]:
+        prompts = pd.read_parquet(item["path"])
+        if job.get("n_prompts"):
+            prompts = prompts.head(int(job["n_prompts"]))
+        plan = item["plan"]
+        checks = int(item.get("check_pipeline", 0))
+        t0 = time.perf_counter()
+        for i, row in enumerate(prompts.to_dict("records")):
+            check = i < checks and row.get("renderer") == "synthetic"
+            rows.extend(run_prompt(model, row, plan, job, log, check))
+        log(
+            f"{item['path']}: {len(prompts)} prompts × {len(plan)} points in {time.perf_counter() - t0:.1f} s"
+        )
+    return pd.DataFrame(rows)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {k: md.version(k) for k in ("kvpress", "transformers", "torch", "pandas")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--job", required=True, help="the job (JSON) bcr.peers.plan wrote")
+    ap.add_argument("--out", required=True, help="rows (Parquet); versions go to OUT.versions.json")
+    args = ap.parse_args(argv)
+    job = json.loads(Path(args.job).read_text())
+    try:
+        df = run(job, log=lambda s: print(s, flush=True))
+    except Exception:
+        traceback.print_exc()
+        return 1
+    io.write_parquet(df, args.out)
+    io.write_text(json.dumps(versions()), args.out + ".versions.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

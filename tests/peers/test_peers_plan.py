@@ -1,0 +1,83 @@
+"""The peers job (main environment): which stored fractions, and a failed environment recorded."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bcr import contracts as C
+from bcr.peers import plan
+
+
+def frontier(fractions: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"setting": s, "stored_fraction": f + d} for s, f in fractions.items() for d in (-0.01, 0.0, 0.01)]
+    )
+
+
+def test_points_are_the_headline_and_the_frontier_point_storing_most_below_it():
+    promoted = {"question_aware": {"most_compressed": "b", "query_mode": "question_aware"}}
+    summary = {"question_aware": pd.DataFrame({"setting": ["a", "b"], "stored_fraction": [0.6, 0.2]})}
+    front = {"question_aware": frontier({"x": 0.19, "y": 0.10, "z": 0.25})}
+    got = plan.points(promoted, summary, front, lower=1)["question_aware"]
+    assert [p["setting"] for p in got] == ["b", "x"]
+    assert got[0]["stored_fraction"] == 0.2 and got[1]["stored_fraction"] == pytest.approx(0.19)
+    assert [p["setting"] for p in plan.points(promoted, summary, front, lower=2)["question_aware"]] == [
+        "b",
+        "x",
+        "y",
+    ]
+    with pytest.raises(ValueError, match="no row for 'b'"):
+        plan.points(promoted, {"question_aware": summary["question_aware"].head(1)}, front, 1)
+
+
+def test_contexts_and_ratio():
+    config = {
+        "prompts": {"contexts": [2048, 4096, 8192]},
+        "peers": {"contexts": ["sweep", "largest", 4096, 8192]},
+    }
+    assert plan.peer_contexts(config) == [2048, 8192, 4096]
+    cfg = {
+        "model": {"name": "m", "source": "local", "path": "models/tiny-needle"},
+        "generation": {"max_new_tokens": 64},
+        "runtime": {"threads": 2, "device": "cpu", "seed": 0},
+        "prompts": {"contexts": [2048, 8192]},
+        "peers": {"presses": {"snapkv": {}}, "check_pipeline": 1},
+    }
+    job = plan.build_job(
+        cfg, "needle", {2048: "a", 8192: "b"}, {"question_aware": [{"setting": "s", "stored_fraction": 0.2}]}
+    )
+    assert job["prompts"][0]["plan"][0]["compression_ratio"] == pytest.approx(0.8)
+    assert [p["check_pipeline"] for p in job["prompts"]] == [
+        1,
+        0,
+    ]  # the word-level check at the sweep context
+
+
+def test_a_missing_or_failed_environment_is_recorded_in_every_row(tmp_path):
+    job = {"workload": "needle", "prompts": [{"context": 512, "plan": [
+        {"press": "snapkv", "compression_ratio": 0.8, "setting": "s", "stored_fraction": 0.2, "query_mode": "question_aware"}]}]}  # fmt: skip
+    exe = tmp_path / "venv" / "bin" / "python"
+    rows, versions = plan.run_job(job, exe, log=lambda s: None)
+    assert versions == {} and rows["error"].str.contains("does not exist").all() and len(rows) == 1
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / plan.PEER_STAMP_FAILED).write_text(
+        "step: pip install -r requirements/peers.txt\nno index"
+    )
+    rows, _ = plan.run_job(job, exe, log=lambda s: None)
+    assert (
+        rows["error"].str.contains("build failed").all() and rows["error"].str.contains("pip install").all()
+    )
+    out = tmp_path / "rows.parquet"
+    config = {"run_name": "t", "model": {"name": "m"}, "runtime": {"device": "cpu", "threads": 1}}
+    plan.write(rows.assign(dense_equal_main=None), {}, out, config)
+    written = pd.read_parquet(out)
+    assert set(C.PEERS_RUN_COLUMNS) <= set(written.columns) and written["exact"].isna().all()
+
+
+def test_dense_agreement_compares_with_the_main_baseline():
+    rows = pd.DataFrame(
+        {"context": [512, 512, 512], "prompt_id": ["a", "b", "c"], "dense_ids": [[1, 2], [1, 3], None]}
+    )
+    dense = {512: pd.DataFrame({"prompt_id": ["a", "b"], "output_ids": [[1, 2, 9], [1, 2, 9]]})}
+    assert plan.dense_agreement(rows, dense).tolist() == [True, False, None]
