@@ -56,13 +56,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     promoted = {m: io.read_json(p) for m, p in _pairs(args.promoted, "promoted").items()}
     summaries = {m: pd.read_parquet(p) for m, p in _pairs(args.summary, "summary").items()}
     frontiers = {m: pd.read_parquet(p) for m, p in _pairs(args.frontier, "frontier").items()}
-    by_mode = plan.points(promoted, summaries, frontiers, int(config["peers"]["lower_points"]))
+    by_mode, missing = plan.points(promoted, summaries, frontiers, int(config["peers"]["lower_points"]))
+    for mode, reason in missing.items():
+        print(f"{args.workload} {mode}: {reason}")
     for mode, pts in by_mode.items():
         text = ", ".join(f"{p['setting']} (stored {p['stored_fraction']:.3f})" for p in pts)
         print(f"{args.workload} {mode}: {text}")
     prompts = {int(c): p for c, p in _pairs(args.prompts, "prompts").items()}
-    job = plan.build_job(config, args.workload, prompts, by_mode)
-    rows, versions = plan.run_job(job, plan.peer_python(config))
+    frames, versions = [], {}
+    if by_mode:
+        job = plan.build_job(config, args.workload, prompts, by_mode)
+        rows, versions = plan.run_job(job, plan.peer_python(config))
+        frames.append(rows)
+    frames += [plan.unplanned_rows(config, args.workload, list(prompts), m, r) for m, r in missing.items()]
+    rows = pd.concat(frames, ignore_index=True)
     dense = {int(c): pd.read_parquet(p) for c, p in _pairs(args.dense, "dense").items()}
     rows["dense_equal_main"] = plan.dense_agreement(rows, dense)
     plan.write(rows, versions, args.out, config)

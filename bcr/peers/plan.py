@@ -52,13 +52,17 @@ def points(
     summaries: dict[str, pd.DataFrame],
     frontiers: dict[str, pd.DataFrame],
     lower: int,
-) -> dict[str, list[dict]]:
-    """Per query mode: the headline point, then the lower frontier points."""
-    out = {}
+) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Per query mode: the headline point, then the lower frontier points; and per mode without a
+    headline (the sweep promoted nothing), why."""
+    out, missing = {}, {}
     for mode, prom in promoted.items():
+        if not prom.get("most_compressed"):
+            missing[mode] = f"no matched setting: the sweep promoted no setting in {mode}"
+            continue
         head = headline_point(prom, summaries[mode])
         out[mode] = [head, *lower_points(frontiers.get(mode, pd.DataFrame()), head["stored_fraction"], lower)]
-    return out
+    return out, missing
 
 
 def peer_contexts(config: dict) -> list[int]:
@@ -169,6 +173,16 @@ def failed_rows(job: dict, error: str) -> pd.DataFrame:
         }
         for item in job["prompts"]
         for p in item["plan"]
+    ]
+    return pd.DataFrame(rows)
+
+
+def unplanned_rows(config: dict, workload: str, contexts: list[int], mode: str, reason: str) -> pd.DataFrame:
+    """One row per (press, context) of a mode that has nothing to match: no measurement, the reason."""
+    rows = [
+        {"press": press, C.QUERY_MODE: mode, C.WORKLOAD: workload, "context": c, "error": reason}
+        for press in config["peers"]["presses"]
+        for c in contexts
     ]
     return pd.DataFrame(rows)
 

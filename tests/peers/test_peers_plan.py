@@ -19,16 +19,18 @@ def test_points_are_the_headline_and_the_frontier_point_storing_most_below_it():
     promoted = {"question_aware": {"most_compressed": "b", "query_mode": "question_aware"}}
     summary = {"question_aware": pd.DataFrame({"setting": ["a", "b"], "stored_fraction": [0.6, 0.2]})}
     front = {"question_aware": frontier({"x": 0.19, "y": 0.10, "z": 0.25})}
-    got = plan.points(promoted, summary, front, lower=1)["question_aware"]
+    got = plan.points(promoted, summary, front, lower=1)[0]["question_aware"]
     assert [p["setting"] for p in got] == ["b", "x"]
     assert got[0]["stored_fraction"] == 0.2 and got[1]["stored_fraction"] == pytest.approx(0.19)
-    assert [p["setting"] for p in plan.points(promoted, summary, front, lower=2)["question_aware"]] == [
+    assert [p["setting"] for p in plan.points(promoted, summary, front, lower=2)[0]["question_aware"]] == [
         "b",
         "x",
         "y",
     ]
     with pytest.raises(ValueError, match="no row for 'b'"):
         plan.points(promoted, {"question_aware": summary["question_aware"].head(1)}, front, 1)
+    by_mode, missing = plan.points({"question_agnostic": {"most_compressed": None}}, {}, {}, 1)
+    assert by_mode == {} and "promoted no setting" in missing["question_agnostic"]
 
 
 def test_contexts_and_ratio():
