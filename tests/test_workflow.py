@@ -41,7 +41,7 @@ TINY_OVERRIDE = {
         "run": {"workloads": ["system_repeat"], "arms": ["bcr", "radix"], "force_miss": [], "warmup": 0},
         "local": {"kv_tokens": 16384},
     },
-    "peers": {"presses": {"snapkv": {}, "streaming_llm": {}}},
+    "peers": {"presses": ["snapkv", "streaming_llm"]},
 }
 
 

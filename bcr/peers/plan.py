@@ -100,13 +100,14 @@ def build_job(config: dict, workload: str, prompts: dict[int, str], by_mode: dic
     if model.get("source") == "local" and not path.is_absolute():
         path = provenance.REPO_ROOT / path
     sweep = int(config["prompts"]["contexts"][0])
+    options = peers.get("press_options") or {}
 
     def plan(context: int) -> list[dict]:
         # the lower frontier points only where the frontier (ours) is measured: the sweep context
         return [
             {
                 "press": press,
-                "options": opts or {},
+                "options": options.get(press) or {},
                 "query_mode": mode,
                 "setting": p["setting"],
                 "stored_fraction": p["stored_fraction"],
@@ -114,7 +115,7 @@ def build_job(config: dict, workload: str, prompts: dict[int, str], by_mode: dic
             }
             for mode, pts in by_mode.items()
             for p in (pts if context == sweep else pts[:1])
-            for press, opts in peers["presses"].items()
+            for press in peers["presses"]
         ]
 
     return {

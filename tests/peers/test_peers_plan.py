@@ -44,12 +44,17 @@ def test_contexts_and_ratio():
         "generation": {"max_new_tokens": 64},
         "runtime": {"threads": 2, "device": "cpu", "seed": 0},
         "prompts": {"contexts": [2048, 8192]},
-        "peers": {"presses": {"snapkv": {}}, "check_pipeline": 1},
+        "peers": {
+            "presses": ["snapkv"],
+            "press_options": {"snapkv": {"window_size": 8}},
+            "check_pipeline": 1,
+        },
     }
     job = plan.build_job(
         cfg, "needle", {2048: "a", 8192: "b"}, {"question_aware": [{"setting": "s", "stored_fraction": 0.2}]}
     )
     assert job["prompts"][0]["plan"][0]["compression_ratio"] == pytest.approx(0.8)
+    assert job["prompts"][0]["plan"][0]["options"] == {"window_size": 8}
     assert [p["check_pipeline"] for p in job["prompts"]] == [
         1,
         0,
