@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -265,6 +266,22 @@ def decomposition_bars(decomp: pd.DataFrame, path: Path) -> Path:
         return ps.save(fig, path)
 
 
+def _panel_grid(n: int) -> tuple[Any, Any]:
+    """Up to two panels a row, one per (family, mode)."""
+    cols = min(2, max(1, n))
+    rows = max(1, -(-n // cols))
+    return plt.subplots(rows, cols, figsize=(4.3 * cols, 3.1 * rows + 0.9), squeeze=False)
+
+
+def _exact_rate_axes(ax: Any, workload: str, mode: str) -> None:
+    """The frontier and peers panels' axes: exact rate against stored fraction, both in [0, 1]."""
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"{workload}, {mode}", fontsize=9)
+    ax.set_xlabel("stored fraction (median over prompts)")
+    ax.set_ylabel("exact rate (answer span)")
+
+
 def frontier(
     table: pd.DataFrame,
     model: str,
@@ -281,9 +298,7 @@ def frontier(
     panels = sorted({(w, m) for w, m in zip(t["workload"], t["query_mode"], strict=True)})
     knobs = [k for k in dict.fromkeys(t["knob"]) if k != "base"]
     with ps.style():
-        cols = min(2, max(1, len(panels)))
-        rows = max(1, -(-len(panels) // cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.1 * rows + 0.9), squeeze=False)
+        fig, axes = _panel_grid(len(panels))
         used = []
         for ax, (workload, mode) in zip(axes.flat, panels, strict=False):
             used.append(ax)
@@ -313,11 +328,7 @@ def frontier(
                     )  # fmt: skip
             if note_fraction is not None:
                 ps.threshold_line(ax, note_fraction, f"the note's front_ret25 ({note_fraction:.2f})")
-            ax.set_xlim(0.0, 1.0)
-            ax.set_ylim(-0.05, 1.05)
-            ax.set_title(f"{workload}, {mode}", fontsize=9)
-            ax.set_xlabel("stored fraction (median over prompts)")
-            ax.set_ylabel("exact rate (answer span)")
+            _exact_rate_axes(ax, workload, mode)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         fig.suptitle(f"Exactness frontier: {model}")
@@ -334,9 +345,7 @@ def peers(table: pd.DataFrame, frontier_table: pd.DataFrame, context: int, path:
     panels = sorted({(w, m) for w, m in zip(t["workload"], t["query_mode"], strict=True)})
     presses = [p for p in dict.fromkeys(t["press"]) if p != ours]
     with ps.style():
-        cols = min(2, max(1, len(panels)))
-        rows = max(1, -(-len(panels) // cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.1 * rows + 0.9), squeeze=False)
+        fig, axes = _panel_grid(len(panels))
         used = []
         for ax, (workload, mode) in zip(axes.flat, panels, strict=False):
             used.append(ax)
@@ -360,11 +369,7 @@ def peers(table: pd.DataFrame, frontier_table: pd.DataFrame, context: int, path:
                     color=ps.NOTE_COLOR if mine else ps.color(i), markersize=9 if mine else 4,
                     elinewidth=0.8, linewidth=0.8, label="ours: matched settings" if mine else press, zorder=4 if mine else 3,
                 )  # fmt: skip
-            ax.set_xlim(0.0, 1.0)
-            ax.set_ylim(-0.05, 1.05)
-            ax.set_title(f"{workload}, {mode}", fontsize=9)
-            ax.set_xlabel("stored fraction (median over prompts)")
-            ax.set_ylabel("exact rate (answer span)")
+            _exact_rate_axes(ax, workload, mode)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         fig.suptitle(f"Peers at {context} tokens: exact rate against stored fraction")
