@@ -433,7 +433,16 @@ class BCRCache(BasePrefixCache):
         return super().prefix_device_indices(req)
 
     def path_device_indices(self, node: Block) -> torch.Tensor:
-        """The runs' kept slot arrays along the path, concatenated (a copy: never the tree's own)."""
+        """The slot indices of the path: a view of the run's own array when the path is one run,
+        else the runs' slices concatenated.
+
+        A view is what SGLang's contract asks for (``base_prefix_cache.py:558-560``: the indices
+        are "valid until the next allocation or eviction unless the path is locked") and what
+        every caller in SGLang does with them (read, or write into a request's row).  It stays
+        right: a run's slots are written once -- an extension writes past every view's end
+        (:meth:`_extend`), an eviction only shortens ``live`` -- so a view never changes under its
+        holder.  Copying costs RadixCache's ``torch.cat`` for nothing.
+        """
         run, idx = node
         if run is None:
             return self._empty
@@ -441,7 +450,7 @@ class BCRCache(BasePrefixCache):
         parent = run.parent
         if parent is None:  # one run: the common case
             part = run.pages[: (idx + 1) * ps]
-            return torch.from_numpy(part.copy()) if self._np else part.clone()
+            return torch.from_numpy(part) if self._np else part
         parts = [run.pages[: (idx + 1) * ps]]
         while parent is not None:
             parts.append(parent.pages[: (run.pidx + 1) * ps])

@@ -262,20 +262,43 @@ def test_unsupported_policies_and_events_are_refused():
 
 
 @pytest.mark.parametrize("ps", [1, 16])
-def test_path_indices_are_a_copy_and_pages_must_be_whole(ps):
+def test_path_indices_are_a_view_that_later_inserts_and_evictions_never_change(ps):
+    """A one-run path is the run's own slots (no copy); extending the run -- past its buffer, so
+    it is reallocated -- evicting its tail and caching the tail again leave every view as it was."""
+    sim.configure_sglang(ps)
+    pools = sim.make_pools(ps, 8192, 4, 1024)
+    cache = sim.make_cache("bcr", pools, verify_pages=True)
+    tokens = array("q", range(64 * ps))
+    slots = pools.allocator.alloc(64 * ps)
+    res = cache.insert(InsertParams(key=RadixKey(tokens[: 4 * ps]), value=slots[: 4 * ps]))
+    path = cache.path_device_indices(res.last_device_node)
+    assert torch.equal(path, slots[: 4 * ps])
+    assert path.data_ptr() == cache.path_device_indices(res.last_device_node).data_ptr()  # no copy
+    held = [(path, path.clone())]
+    for blocks in (5, 8, 17, 40, 64):  # each insert extends the one run (the buffer doubles twice)
+        res = cache.insert(InsertParams(key=RadixKey(tokens[: blocks * ps]), value=slots[: blocks * ps]))
+        assert len(cache.index.runs) == 1
+        path = cache.path_device_indices(res.last_device_node)
+        assert torch.equal(path, slots[: blocks * ps])
+        held.append((path, path.clone()))
+    assert cache.evict(EvictParams(num_tokens=30 * ps)).num_tokens_evicted == 30 * ps
+    again = pools.allocator.alloc(30 * ps)
+    value = torch.cat([cache.path_device_indices(res.last_device_node)[: 34 * ps], again])
+    res = cache.insert(InsertParams(key=RadixKey(tokens), value=value))
+    assert torch.equal(cache.path_device_indices(res.last_device_node), value)
+    for view, then in held:
+        assert torch.equal(view, then)
+    cache.sanity_check()
+
+
+@pytest.mark.parametrize("ps", [4, 16])
+def test_pages_must_be_whole(ps):
     sim.configure_sglang(ps)
     pools = sim.make_pools(ps, 4096, 4, 256)
     cache = sim.make_cache("bcr", pools, verify_pages=True)
-    slots = pools.allocator.alloc(4 * ps)
-    res = cache.insert(InsertParams(key=RadixKey(array("q", range(4 * ps))), value=slots))
-    path = cache.path_device_indices(res.last_device_node)
-    assert torch.equal(path, slots)
-    path.fill_(-1)
-    assert torch.equal(cache.path_device_indices(res.last_device_node), slots)
-    if ps > 1:
-        scrambled = slots.flip(0)
-        with pytest.raises(ValueError, match="whole page"):
-            cache.insert(InsertParams(key=RadixKey(array("q", range(100, 100 + 4 * ps))), value=scrambled))
+    scrambled = pools.allocator.alloc(4 * ps).flip(0)
+    with pytest.raises(ValueError, match="whole page"):
+        cache.insert(InsertParams(key=RadixKey(array("q", range(100, 100 + 4 * ps))), value=scrambled))
 
 
 def test_extra_key_and_cache_salt_separate_namespaces():
