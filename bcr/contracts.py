@@ -144,6 +144,8 @@ CACHE_OPS_COLUMNS = [
     "op",
     "n",
     "us_p50",
+    "us_p50_lo",  # the p50's order-statistic bounds (bcr.prefix.bench.median_interval)
+    "us_p50_hi",
     "us_p99",
     "us_mean",
     "tokens",

@@ -30,7 +30,17 @@ LEDGER_DENSE_COLUMNS = [
     "kv_bytes",
     "peak_mem_bytes",
 ]
-LEDGER_CACHE_OPS_COLUMNS = ["arm", C.WORKLOAD, "page_size", "op", "n", "us_p50", "us_p99"]
+LEDGER_CACHE_OPS_COLUMNS = [
+    "arm",
+    C.WORKLOAD,
+    "page_size",
+    "op",
+    "n",
+    "us_p50",
+    "us_p50_lo",
+    "us_p50_hi",
+    "us_p99",
+]
 # The tables with a query_mode column (one file family per mode).
 TIERED_TABLES = ("tiered_sweep", "tiered_promotion", "tiered_controls")
 __all__ = ["TIERED_COLUMNS", "Results", "Table", "load_results", "provenance_rows"]

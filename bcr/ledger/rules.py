@@ -9,7 +9,8 @@ The rule kinds (``kind:`` in config/claims.yaml):
   both arms reused the same number of tokens (a fair comparison).
 * ``all_exact`` — every checked prompt exact; ``exists_exact_setting`` — some tiered setting exact
   on every prompt at every promotion context.
-* ``ops_ratio`` — cache-operation p50s of two arms (the table holds quantiles, not samples).
+* ``ops_ratio`` — cache-operation p50s of two arms, each cell bounded by the two p50s' order-statistic
+  intervals (the table holds quantiles, not samples).
 * ``coverage`` — the exactness result per (model, workload): generalisation needs several of each.
 * ``peer_exact`` — exact rate of ours against each kvpress press at a matched stored fraction.
 
@@ -37,7 +38,6 @@ from bcr.ledger.stats import (
     paired_quantile_ratio_interval,
     quantile_ratio_interval,
     rate_text,
-    sig,
 )
 
 SUPPORTED, REJECTED, NOT_YET = "supported", "rejected", "not yet"
@@ -304,15 +304,21 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
                 )
                 continue
             n = int(min(by.loc[arm, "n"], by.loc[baseline, "n"]))
-            ratio = float(by.loc[arm, "us_p50"]) / float(by.loc[baseline, "us_p50"])
+            a, b = by.loc[arm], by.loc[baseline]
+            iv = Interval(
+                float(a["us_p50"]) / float(b["us_p50"]),
+                float(a["us_p50_lo"]) / float(b["us_p50_hi"]),
+                float(a["us_p50_hi"]) / float(b["us_p50_lo"]),
+                n,
+            )
             if n < rule["min_n"]:
                 out = Outcome(NOT_YET, f"{name}: {n} operations (minimum {rule['min_n']})", evidence, n)
                 parts.append((NOT_YET, name, out))
                 continue
-            ok = ratio <= thr if rule["holds_when"] == "below" else ratio >= thr
-            verdict = SUPPORTED if ok else REJECTED
-            text = f"{name} {sig(ratio)}x (n={n})"
-            parts.append((verdict, name, Outcome(verdict, text, evidence, n, ratio, thr, value_text=text)))
+            verdict = decide(iv, rule["holds_when"], thr)
+            text = f"{name} {iv.text()} (n={n})"
+            out = Outcome(verdict, text, evidence, n, iv.point, thr, iv.low, iv.high, value_text=text)
+            parts.append((verdict, name, out))
     if not parts:
         return Outcome(NOT_YET, f"no cache-operation rows at pages {pages}", evidence, threshold=thr)
     verdict, deciding = _combine(parts)
@@ -327,6 +333,8 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
         [f"and {len(losing_parts) - 5} more"] if len(losing_parts) > 5 else []
     )
     pending = [p[2].reason for p in parts if p[0] == NOT_YET]
+    if len(pending) > 5:
+        pending = [*pending[:5], f"and {len(pending) - 5} more"]
     deciding.verdict = verdict
     deciding.threshold = thr
     deciding.n = min(p[2].n for p in parts)
@@ -335,8 +343,8 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
         f"{len(parts)} (page, workload, op) cells, {len(losing_parts)} outside the threshold"
         + (f": {'; '.join(losing)}" if losing else "")
         + (f"; not decidable: {'; '.join(pending)}" if pending else "")
-        + f"; holds when every p50 ratio {side} {thr:g}, the per-request total included"
-        + " (the table holds per-operation quantiles, not samples, so no interval)"
+        + f"; holds when every p50 ratio's interval is {side} {thr:g}, the per-request total included"
+        + " (each ratio bounded by the two p50s' order-statistic intervals, >= 95% jointly)"
     )
     deciding.value_text = f"worst p50 ratio: {worst.value_text}" if measured else "—"
     return deciding

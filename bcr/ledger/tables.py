@@ -346,7 +346,8 @@ def _q(s: pd.Series, q: float) -> float:
 
 
 def cache_ops_table(df: pd.DataFrame | None, ours: str, baseline: str) -> tuple[pd.DataFrame, list[str]]:
-    """µs p50 (p99) per arm for each (workload, page size, op), and ``ours / baseline`` at p50."""
+    """µs p50 (p99) per arm for each (workload, page size, op), and ``ours / baseline`` at p50 with
+    the bounds the ledger decides by (the two p50s' order-statistic intervals)."""
     if df is None or len(df) == 0:
         return pd.DataFrame(), []
     arms = sorted(df["arm"].unique(), key=lambda a: (a != ours, a))
@@ -360,11 +361,11 @@ def cache_ops_table(df: pd.DataFrame | None, ours: str, baseline: str) -> tuple[
                 if a in by_arm.index
                 else None
             )
-        rec["ratio"] = (
-            rec[ours][0] / rec[baseline][0]
-            if rec.get(ours) and rec.get(baseline) and rec[baseline][0]
-            else math.nan
-        )
+        both = rec.get(ours) and rec.get(baseline) and rec[baseline][0]
+        rec["ratio"] = rec[ours][0] / rec[baseline][0] if both else math.nan
+        a, b = (by_arm.loc[ours], by_arm.loc[baseline]) if both else (None, None)
+        rec["ratio_lo"] = float(a["us_p50_lo"]) / float(b["us_p50_hi"]) if both else math.nan
+        rec["ratio_hi"] = float(a["us_p50_hi"]) / float(b["us_p50_lo"]) if both else math.nan
         recs.append(rec)
     return pd.DataFrame(recs), arms
 

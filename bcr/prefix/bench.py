@@ -28,7 +28,9 @@ with no request state (:meth:`bcr.prefix.sim.Engine.plain`), recorded as ``match
 ``insert``, their sum ``request``, and the drain's ``evict``.  ``tokens`` sums what the op handled
 (matched tokens for match, lock and path, the key length for insert and checkpoint, the request's
 tokens for release and request, evicted tokens for evict); ``cached_tokens`` is the matched total
-of one replay.
+of one replay.  ``us_p50_lo`` / ``us_p50_hi`` bound each p50 by order statistics, distribution-free,
+at :data:`MEDIAN_COVERAGE`: the bounds of two arms' p50s then hold together at >= 95% (Bonferroni),
+so a ratio of two p50s has an interval the ledger can decide by.
 
 The pool holds the whole trace, so no replay runs under memory pressure (a replay that evicts
 fails) and every arm must report the same cached (matched) tokens for every request; if they do
@@ -43,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bcr.contracts import CACHE_OPS_COLUMNS
 from bcr.prefix import sim
@@ -55,6 +58,7 @@ PLAIN = "plain"  # plain match_prefix / path_device_indices / insert calls, no r
 REQUEST_TOTAL = "request"
 SCHEDULER_OPS = ("match", "lock", "path", "checkpoint", "insert", "release", "evict", REQUEST_TOTAL)
 PLAIN_OPS = ("match", "path", "insert", "evict", REQUEST_TOTAL)
+MEDIAN_COVERAGE = 0.975  # per arm: a ratio of two arms' p50s is bounded at >= 95%
 
 
 class CachedTokensMismatch(RuntimeError):
@@ -75,6 +79,23 @@ class _ArmTimer(sim.OpTimer):
     def add(self, op: str, seconds: float, tokens: int = 0) -> None:
         if self.enabled:
             super().add(op, seconds, tokens)
+
+
+def median_interval(samples: np.ndarray, coverage: float = MEDIAN_COVERAGE) -> tuple[float, float]:
+    """Distribution-free interval for the median: order statistics ``x_(j+1)`` and ``x_(n-j)``, with
+    ``j`` the largest such that ``P(Binomial(n, 1/2) <= j) <= (1 - coverage) / 2``.
+
+    Fewer samples than any such ``j`` allows (n < 9 at 97.5%) give the whole range.
+    """
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = len(x)
+    tail = (1.0 - coverage) / 2
+    j = int(stats.binom.ppf(tail, n, 0.5))
+    if stats.binom.cdf(j, n, 0.5) > tail:
+        j -= 1
+    if j < 0:
+        return float(x[0]), float(x[-1])
+    return float(x[j]), float(x[n - 1 - j])
 
 
 def _pool_tokens(trace: list[TraceRequest], page_size: int) -> int:
@@ -167,6 +188,7 @@ def bench_workload(
         cached = int(sum(matched[arm][0]))
         for op, samples in sorted(timer.samples.items()):
             us = np.asarray(samples)
+            lo, hi = median_interval(us)
             rows.append(
                 {
                     "arm": arm,
@@ -175,6 +197,8 @@ def bench_workload(
                     "op": op,
                     "n": len(us),
                     "us_p50": float(np.percentile(us, 50)),
+                    "us_p50_lo": lo,
+                    "us_p50_hi": hi,
                     "us_p99": float(np.percentile(us, 99)),
                     "us_mean": float(us.mean()),
                     "tokens": int(timer.tokens.get(op, 0)),

@@ -264,11 +264,13 @@ def write_cache_ops(
     n: int = 500,
     slow: tuple[str, str, float] | None = None,
     drop: tuple[str, str] | None = None,
+    spread: float = 0.02,
 ) -> None:
     """Every op of the scheduler's workloads and of one plain caller, at pages 1 and 16.
 
     ``slow`` = (workload, op, factor) makes bcr that much slower on one cell; ``drop`` = (workload, op)
-    leaves one op out for bcr (a bench that forgot to time it)."""
+    leaves one op out for bcr (a bench that forgot to time it); each p50's bounds are ``spread``
+    either side of it."""
     arms = {"bcr": bcr_factor, "radix": 0.9, "unified_python": 1.6, "unified_rust": 1.0}
     workloads = {w: SCHEDULER_OPS for w in ("system_repeat", "rag_fanout", "longctx")}
     workloads["system_repeat:plain"] = PLAIN_OPS
@@ -289,6 +291,8 @@ def write_cache_ops(
                             "op": op,
                             "n": n,
                             "us_p50": us * f,
+                            "us_p50_lo": us * f * (1 - spread),
+                            "us_p50_hi": us * f * (1 + spread),
                             "us_p99": us * f * 3.0,
                         }
                     )

@@ -200,12 +200,29 @@ def test_cache_ops_claim_reads_every_op_and_the_total(results_dir, verdicts):
     synth.write_cache_ops(results_dir, bcr_factor=0.8, slow=("system_repeat:plain", "match", 1.3))
     row = verdicts(results_dir)["bcr_cache_ops_cheap"]
     assert row["verdict"] == "rejected" and row["value"] == pytest.approx(1.3)
-    assert "system_repeat:plain/match 1.30x" in row["reason"]
+    assert "system_repeat:plain/match 1.30x [" in row["reason"]
     synth.write_cache_ops(results_dir, bcr_factor=0.8, slow=("longctx", "request", 1.1))
     assert verdicts(results_dir)["bcr_cache_ops_cheap"]["verdict"] == "rejected"
     synth.write_cache_ops(results_dir, bcr_factor=0.8, drop=("rag_fanout", "lock"))
     row = verdicts(results_dir)["bcr_cache_ops_cheap"]
     assert row["verdict"] == "not yet" and "rag_fanout/lock: not measured" in row["reason"]
+
+
+@pytest.mark.parametrize(("factor", "expected"), [(0.96, "supported"), (0.99, "not yet"), (1.01, "not yet")])
+def test_cache_ops_cells_within_their_bounds_of_the_threshold_are_undecided(
+    results_dir, verdicts, factor, expected
+):
+    """A cell whose p50 ratio is within noise of 1 (the bounds straddle it) decides nothing either way,
+    whatever side its point estimate lies on; with tighter bounds the same ratio decides."""
+    synth.write_cache_ops(results_dir, bcr_factor=0.8, slow=("longctx", "path", factor), spread=0.01)
+    row = verdicts(results_dir)["bcr_cache_ops_cheap"]
+    assert row["verdict"] == expected
+    if expected == "not yet":
+        assert "p16 longctx/path" in row["reason"] or "p1 longctx/path" in row["reason"]
+    synth.write_cache_ops(results_dir, bcr_factor=0.8, slow=("longctx", "path", factor), spread=0.001)
+    assert verdicts(results_dir)["bcr_cache_ops_cheap"]["verdict"] == (
+        "supported" if factor < 1 else "rejected"
+    )
 
 
 @pytest.mark.parametrize(("ours", "peer", "expected"), [(1.0, 0.5, "supported"), (0.25, 0.75, "rejected")])

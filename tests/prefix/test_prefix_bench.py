@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -56,6 +57,7 @@ def test_every_arm_every_op_with_equal_cached_tokens(default_config):
         assert (match["tokens"] == 2 * match["cached_tokens"]).all()
         assert (match["cached_tokens"] > 0).all()
     assert (df["us_p50"] > 0).all() and (df["us_p99"] >= df["us_p50"]).all()
+    assert ((df["us_p50_lo"] <= df["us_p50"]) & (df["us_p50"] <= df["us_p50_hi"])).all()
     # The per-request total is the sum of the request's ops: above each of them, in every arm.
     wide = df.pivot_table(index=["arm", "workload"], columns="op", values="us_mean")
     for op in ("match", "path", "release", "lock"):
@@ -64,6 +66,21 @@ def test_every_arm_every_op_with_equal_cached_tokens(default_config):
     table = bench.target_table(df)
     assert set(table["op"]) == set(bench.SCHEDULER_OPS) and {"ratio", "n"} <= set(table)
     assert len(table) == len(df[df["arm"] == "bcr"])  # every op of every workload, none left out
+
+
+def test_median_interval_covers_the_median_at_its_stated_rate():
+    """Order-statistic bounds: at least 97.5% of samples of 100 put the true median inside (checked on
+    2000 draws from a skewed law), the bounds are samples, and a sample too small gives its range."""
+    rng = np.random.default_rng(0)
+    median = np.log(2.0)  # of the unit exponential
+    inside = 0
+    for _ in range(2000):
+        x = rng.exponential(size=100)
+        lo, hi = bench.median_interval(x)
+        assert lo in x and hi in x and lo < np.median(x) < hi
+        inside += lo <= median <= hi
+    assert inside / 2000 >= 0.97  # 97.5% nominal; binomial noise of 2000 draws is ~0.35%
+    assert bench.median_interval(np.array([3.0, 1.0, 2.0])) == (1.0, 3.0)
 
 
 class ForgetfulCache(BCRCache):
