@@ -252,9 +252,11 @@ def workload_name(workload: str, caller: str) -> str:
 
 def target_table(df: pd.DataFrame, arm: str = "bcr", baseline: str = "unified_rust") -> pd.DataFrame:
     """The target: ``arm`` / ``baseline`` at p50 on every op and the per-request total, per workload
-    and page size, with the smaller sample size of the two."""
+    and page size, with the smaller sample size of the two and the ratio's bounds (``lo``, ``hi``:
+    the two p50s' order-statistic intervals divided, as the ledger decides)."""
     keep = df[df["arm"].isin([arm, baseline])]
-    wide = keep.pivot_table(index=["page_size", "workload", "op"], columns="arm", values=["us_p50", "n"])
+    values = ["us_p50", "us_p50_lo", "us_p50_hi", "n"]
+    wide = keep.pivot_table(index=["page_size", "workload", "op"], columns="arm", values=values)
     out = pd.DataFrame(
         {
             arm: wide["us_p50"][arm],
@@ -263,6 +265,8 @@ def target_table(df: pd.DataFrame, arm: str = "bcr", baseline: str = "unified_ru
         }
     )
     out["ratio"] = out[arm] / out[baseline]
+    out["lo"] = wide["us_p50_lo"][arm] / wide["us_p50_hi"][baseline]
+    out["hi"] = wide["us_p50_hi"][arm] / wide["us_p50_lo"][baseline]
     out["met"] = out["ratio"] <= 1.0
     return out.reset_index()
 
