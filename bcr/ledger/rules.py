@@ -338,7 +338,7 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
     deciding.verdict = verdict
     deciding.threshold = thr
     deciding.n = min(p[2].n for p in parts)
-    side = "≤" if rule["holds_when"] == "below" else "≥"
+    side = _side(rule["holds_when"])
     deciding.reason = (
         f"{len(parts)} (page, workload, op) cells, {len(losing_parts)} outside the threshold"
         + (f": {'; '.join(losing)}" if losing else "")
