@@ -35,6 +35,7 @@ from bcr.ledger.stats import (
     Interval,
     exact_rate_interval,
     geomean_interval,
+    p50_ratio_interval,
     paired_quantile_ratio_interval,
     quantile_ratio_interval,
     rate_text,
@@ -304,17 +305,11 @@ def rule_ops_ratio(rule: dict, ctx: EvalContext) -> Outcome:
                 )
                 continue
             n = int(min(by.loc[arm, "n"], by.loc[baseline, "n"]))
-            a, b = by.loc[arm], by.loc[baseline]
-            iv = Interval(
-                float(a["us_p50"]) / float(b["us_p50"]),
-                float(a["us_p50_lo"]) / float(b["us_p50_hi"]),
-                float(a["us_p50_hi"]) / float(b["us_p50_lo"]),
-                n,
-            )
             if n < rule["min_n"]:
                 out = Outcome(NOT_YET, f"{name}: {n} operations (minimum {rule['min_n']})", evidence, n)
                 parts.append((NOT_YET, name, out))
                 continue
+            iv = p50_ratio_interval(by.loc[arm], by.loc[baseline], n)
             verdict = decide(iv, rule["holds_when"], thr)
             text = f"{name} {iv.text()} (n={n})"
             out = Outcome(verdict, text, evidence, n, iv.point, thr, iv.low, iv.high, value_text=text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,17 @@ class Interval:
     def text(self, digits: int = 3, suffix: str = "x") -> str:
         """``1.95x [1.93, 1.97]``: three significant digits (what 8-30 prompts support)."""
         return f"{sig(self.point, digits)}{suffix} [{sig(self.low, digits)}, {sig(self.high, digits)}]"
+
+
+def p50_ratio_interval(a: Any, b: Any, n: int) -> Interval:
+    """``a / b`` at p50 for two rows of ``cache_ops.parquet``, bounded by dividing their p50s'
+    order-statistic bounds (``us_p50_lo``, ``us_p50_hi``; >= 95% jointly, bcr.prefix.bench)."""
+    return Interval(
+        float(a["us_p50"]) / float(b["us_p50"]),
+        float(a["us_p50_lo"]) / float(b["us_p50_hi"]),
+        float(a["us_p50_hi"]) / float(b["us_p50_lo"]),
+        n,
+    )
 
 
 def sig(v: float, digits: int = 3) -> str:

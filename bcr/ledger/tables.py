@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bcr import contracts as C
-from bcr.ledger.stats import geomean, geomean_interval
+from bcr.ledger.stats import geomean, geomean_interval, p50_ratio_interval
 
 DENSE_PATH = "dense"
 GIB = 2**30
@@ -361,11 +361,11 @@ def cache_ops_table(df: pd.DataFrame | None, ours: str, baseline: str) -> tuple[
                 if a in by_arm.index
                 else None
             )
-        both = rec.get(ours) and rec.get(baseline) and rec[baseline][0]
-        rec["ratio"] = rec[ours][0] / rec[baseline][0] if both else math.nan
-        a, b = (by_arm.loc[ours], by_arm.loc[baseline]) if both else (None, None)
-        rec["ratio_lo"] = float(a["us_p50_lo"]) / float(b["us_p50_hi"]) if both else math.nan
-        rec["ratio_hi"] = float(a["us_p50_hi"]) / float(b["us_p50_lo"]) if both else math.nan
+        if rec.get(ours) and rec.get(baseline) and rec[baseline][0]:
+            iv = p50_ratio_interval(by_arm.loc[ours], by_arm.loc[baseline], rec[ours][2])
+            rec["ratio"], rec["ratio_lo"], rec["ratio_hi"] = iv.point, iv.low, iv.high
+        else:
+            rec["ratio"] = rec["ratio_lo"] = rec["ratio_hi"] = math.nan
         recs.append(rec)
     return pd.DataFrame(recs), arms
 
