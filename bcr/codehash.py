@@ -25,7 +25,7 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_ROOT.name
-DATA_SUFFIXES = {".yaml", ".yml", ".j2", ".json", ".css"}
+DATA_SUFFIXES = {".yaml", ".yml", ".j2", ".json", ".css", ".c"}  # .c: compiled into the package
 VALIDATION_ONLY = {PACKAGE_ROOT / "schemas"}
 
 

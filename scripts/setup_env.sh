@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${BCR_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-stamp_key=$(cat pyproject.toml requirements/*.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
+stamp_key=$(cat pyproject.toml setup.py bcr/prefix/_walk.c requirements/*.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.bcr-installed-$stamp_key"
 if [[ -f "$stamp" ]]; then
   exit 0

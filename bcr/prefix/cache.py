@@ -113,6 +113,7 @@ class BCRCache(BasePrefixCache):
         hasher: ChainHasher | None = None,
         verify_pages: bool = False,
         numpy_pages: bool | None = None,
+        walk: str = "native",
     ):
         if params.is_eagle:
             raise ValueError(BIGRAM_ERROR)
@@ -136,7 +137,7 @@ class BCRCache(BasePrefixCache):
             self.init_metrics_collector()
         self.hasher = hasher if hasher is not None else ChainHasher()
         self._ns_plain = self.hasher.namespace(None, None)
-        self.index = ChainIndex(self.page_size, self.hasher)
+        self.index = ChainIndex(self.page_size, self.hasher, walk)  # walk: C, or the Python reference
         # Page ids live in numpy (lists for short runs) on CPU: small numpy ops cost a fraction of
         # torch's dispatch.  On a device they stay tensors there.  Tests force either way.
         self._np = self.device.type == "cpu" if numpy_pages is None else numpy_pages

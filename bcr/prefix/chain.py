@@ -60,7 +60,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+try:
+    from bcr.prefix import _walk  # built by the install (setup.py); ChainIndex says so if it is not
+except ImportError:  # pragma: no cover - an uninstalled source tree
+    _walk = None
+
 TOKEN_BYTES = 8  # tokens are int64 (SGLang's RadixKey holds array("q"))
+WALKS = ("native", "python")  # the lookup walk: C (_walk.c, the default) or its Python reference
 SCALAR_BLOCKS = 2  # up to this many blocks are hashed by scalar steps (a numpy call costs more)
 _MOD = 1 << 64
 _MASK = _MOD - 1
@@ -237,15 +243,28 @@ ROOT = Block(None, -1)
 
 
 class ChainIndex:
-    """Dict of block keys over runs, with exact-prefix lookup, pins and leaf-first LRU eviction."""
+    """Dict of block keys over runs, with exact-prefix lookup, pins and leaf-first LRU eviction.
 
-    def __init__(self, page_size: int, hasher: ChainHasher | None = None):
+    ``walk``: :meth:`longest` in C (``"native"``, the default: ``bcr/prefix/_walk.c``, built by the
+    install) or in Python (``"python"``: the reference the tests hold the C walk to).
+    """
+
+    def __init__(self, page_size: int, hasher: ChainHasher | None = None, walk: str = "native"):
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
+        if walk not in WALKS:
+            raise ValueError(f"walk must be one of {WALKS}, got {walk!r}")
+        if walk == "native" and _walk is None:
+            raise ImportError(
+                "bcr: the compiled lookup walk bcr.prefix._walk is not built; install the package "
+                "(make setup, or pip install -e .) or pass walk='python'"
+            )
         self.page_size = page_size
         self.block_bytes = page_size * TOKEN_BYTES
         self.hasher = hasher if hasher is not None else ChainHasher()
         self._step = self.hasher.block_step(page_size)
+        self.walk = walk
+        self._native = _walk.longest if walk == "native" else None
         self.reset()
 
     def reset(self) -> None:
@@ -359,8 +378,17 @@ class ChainIndex:
         """Longest cached prefix of the query's first ``nb`` blocks: (blocks matched, deepest block).
 
         ``start`` is a live block whose path the caller knows equals the query's prefix (a request's
-        locked block); the walk resumes there instead of at the root.
+        locked block); the walk resumes there instead of at the root.  ``tokens`` holds at least
+        ``nb`` blocks.  The C walk and :meth:`_longest_py` give the same answer.
         """
+        native = self._native
+        if native is None:
+            return self._longest_py(tokens, nb, ns, start)
+        depth, run, idx = native(tokens, nb, ns, start.run, start.idx, self.map, self._step, self.block_bytes)
+        return depth, (ROOT if run is None else Block(run, idx))
+
+    def _longest_py(self, tokens: Any, nb: int, ns: int, start: Block = ROOT) -> tuple[int, Block]:
+        """:meth:`longest` in Python: the reference for ``_walk.c``, which follows it line for line."""
         bb = self.block_bytes
         run, idx = start
         depth = 0

@@ -109,9 +109,16 @@ def make_pools(
 
 
 def make_cache(
-    arm: str, pools: Pools, *, hasher: Any = None, verify_pages: bool = False, numpy_pages: bool | None = None
+    arm: str,
+    pools: Pools,
+    *,
+    hasher: Any = None,
+    verify_pages: bool = False,
+    numpy_pages: bool | None = None,
+    walk: str = "native",
 ) -> Any:
-    """One arm on ``pools``.  The unified arms pin their tree core (tree_core_registry.py:124-131)."""
+    """One arm on ``pools``.  The unified arms pin their tree core (tree_core_registry.py:124-131);
+    ``hasher``, ``verify_pages``, ``numpy_pages`` and ``walk`` go to ``bcr`` (:class:`BCRCache`)."""
     from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 
     spec = arms.get(arm)
@@ -126,7 +133,7 @@ def make_cache(
     if spec.backend == "bcr":
         from bcr.prefix.cache import BCRCache
 
-        return BCRCache(params, hasher=hasher, verify_pages=verify_pages, numpy_pages=numpy_pages)
+        return BCRCache(params, hasher=hasher, verify_pages=verify_pages, numpy_pages=numpy_pages, walk=walk)
     if spec.backend == "legacy_radix":
         from sglang.srt.mem_cache.radix_cache import RadixCache
 

@@ -117,12 +117,13 @@ def test_keys_depend_on_every_token_position_and_namespace():
 seqs = st.lists(st.integers(0, 3), min_size=0, max_size=40)
 
 
+@pytest.mark.parametrize("walk", ["native", "python"])
 @pytest.mark.parametrize("extend", EXTENDS)
 @pytest.mark.parametrize("ps", PAGE_SIZES)
 @settings(max_examples=40, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), seqs), min_size=1, max_size=25))
-def test_longest_matches_reference_and_paths_are_exact(ps, extend, ops):
-    index, model = ChainIndex(ps, ChainHasher(seed=0)), Model(ps)
+def test_longest_matches_reference_and_paths_are_exact(walk, ps, extend, ops):
+    index, model = ChainIndex(ps, ChainHasher(seed=0), walk), Model(ps)
     for is_insert, toks in ops:
         nb = len(toks) // ps
         if is_insert:
