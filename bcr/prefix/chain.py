@@ -263,7 +263,6 @@ class ChainIndex:
         self.block_bytes = page_size * TOKEN_BYTES
         self.hasher = hasher if hasher is not None else ChainHasher()
         self._step = self.hasher.block_step(page_size)
-        self.walk = walk
         self._native = _walk.longest if walk == "native" else None
         self.reset()
 

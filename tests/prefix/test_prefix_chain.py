@@ -8,7 +8,7 @@ from hashers import ConstantHasher, CountingHasher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bcr.prefix.chain import ROOT, Block, ChainHasher, ChainIndex
+from bcr.prefix.chain import ROOT, WALKS, Block, ChainHasher, ChainIndex
 
 PAGE_SIZES = [1, 4, 16]
 
@@ -117,7 +117,7 @@ def test_keys_depend_on_every_token_position_and_namespace():
 seqs = st.lists(st.integers(0, 3), min_size=0, max_size=40)
 
 
-@pytest.mark.parametrize("walk", ["native", "python"])
+@pytest.mark.parametrize("walk", WALKS)
 @pytest.mark.parametrize("extend", EXTENDS)
 @pytest.mark.parametrize("ps", PAGE_SIZES)
 @settings(max_examples=40, deadline=None)
