@@ -7,7 +7,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # The venv's console scripts (bcr, mkdocs for mike, snakemake) resolve without activating it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test setup lint clean
+.PHONY: run test setup lint lock clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -24,6 +24,10 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
 	$(BIN)/python -m pytest
+
+## lock: regenerate requirements/lock/*.txt after changing a pin (pyproject.toml, requirements/*.in)
+lock:
+	@bash scripts/lock.sh
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/snakemake --lint

@@ -257,6 +257,13 @@ def _file(
 
 
 RUN_CONFIG = _file("run/config.yaml", what="the effective config of the run (written at parse time)")
+# The software environments a run used, each as `pip freeze` prints it, with the lock it was built from.
+ENVIRONMENTS = {"main": "requirements/lock/main.txt", "peers": "requirements/lock/peers.txt"}
+RUN_FREEZE = _file(
+    "run/freeze/{environment}.txt",
+    what="`pip freeze` of one environment the run used (main: .venv, peers: .venv-peers)",
+    rule="freeze_environments",
+)
 MODEL_CARD = _file(
     "model/{model}/card.json", what="model card: parameters, checksum, training report", rule="model_card"
 )

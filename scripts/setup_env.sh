@@ -1,30 +1,34 @@
 #!/usr/bin/env bash
-# One install step for a fresh machine: a virtual environment in .venv with the pinned stack,
-# SGLang's cache classes importable on CPU, and this package in editable mode.
-# Idempotent: a stamp keyed on the requirement files skips work already done.
+# One install step for a fresh machine: a virtual environment in .venv holding exactly the committed
+# lock (requirements/lock/main.txt and sglang.txt, every package pinned with its hashes, installed
+# with --no-deps, anything else removed), SGLang's cache classes importable on CPU, and this package
+# in editable mode.  Regenerate the locks with `make lock` (scripts/lock.sh).
+# Idempotent: a stamp keyed on the locks and the package's build inputs skips work already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${BCR_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-stamp_key=$(cat pyproject.toml setup.py bcr/prefix/_walk.c requirements/*.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
+LOCKS=(requirements/lock/main.txt requirements/lock/sglang.txt)
+stamp_key=$(cat pyproject.toml setup.py bcr/prefix/_walk.c "${LOCKS[@]}" scripts/setup_env.sh scripts/envlock.py \
+  | sha256sum | cut -c1-16)
 stamp="$VENV/.bcr-installed-$stamp_key"
 if [[ -f "$stamp" ]]; then
+  echo "[setup] $VENV is installed from ${LOCKS[*]} (unchanged)"
   exit 0
 fi
-echo "[setup] creating $VENV with $($PY --version)"
+start=$SECONDS
+echo "[setup] $VENV from ${LOCKS[*]} ($($PY --version))"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
-pip install -q --upgrade "pip>=25" setuptools wheel
-# torch and torchvision first, together: a matching pair (the registry's torchvision alone fails to
-# import beside a different torch build).
-pip install -q "torch==2.14.1" "torchvision==0.29.1"
-# SGLang without its GPU kernels; its cache classes import with the pure-Python set below.
-pip install -q --no-deps "sglang==0.5.23"
-pip install -q -r requirements/sglang-cpu.txt
-pip install -q -e ".[dev]"
+# Everything from the locks, hash-checked; SGLang without its GPU kernels (its CPU import set is in
+# main.txt).  Then this package, built by the lock's setuptools (no isolated build environment, so
+# nothing unlocked is fetched).
+pip install -q --no-deps --require-hashes -r requirements/lock/main.txt -r requirements/lock/sglang.txt
+pip install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/python" scripts/envlock.py check "${LOCKS[@]}" --also bcr-memory --prune \
+  --summary "[setup] $VENV in $((SECONDS - start)) s"
 "$VENV/bin/python" -W ignore -c "from sglang.srt.mem_cache.radix_cache import RadixCache; import bcr" \
   || { echo "[setup] SGLang cache classes do not import" >&2; exit 1; }
 rm -f "$VENV"/.bcr-installed-*
 touch "$stamp"
-echo "[setup] done"

@@ -41,8 +41,11 @@ TINY_OVERRIDE = {
         "run": {"workloads": ["system_repeat"], "arms": ["bcr", "radix"], "force_miss": [], "warmup": 0},
         "local": {"kv_tokens": 16384},
     },
-    "peers": {"presses": ["snapkv", "streaming_llm"]},
+    # A broken peer interpreter: the run still finishes, every press row records why (the peers
+    # tests run the real environment; tests/test_locks.py builds one from the locks).
+    "peers": {"presses": ["snapkv", "streaming_llm"], "python": "broken-python"},
 }
+BROKEN_PYTHON = "#!/bin/sh\necho 'broken interpreter: no kvpress' >&2\nexit 3\n"
 
 
 def snakemake(*args: str, cwd: Path, pythonpath: Path | None = None, check: bool = True):
@@ -133,6 +136,8 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     shutil.copytree(REPO, copy, ignore=IGNORE)
     override = copy / "tiny.yaml"
     override.write_text(yaml.safe_dump(TINY_OVERRIDE))
+    (copy / "broken-python").write_text(BROKEN_PYTHON)
+    (copy / "broken-python").chmod(0o755)
     args = ("--cores", "2", "--configfile", "config/config.yaml", "tiny.yaml")
     snakemake(*args, cwd=copy, pythonpath=copy)
 
@@ -154,15 +159,23 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
         assert (f.groupby("setting")["knob"].nunique() == 1).all()
         assert (results / "model" / model / "card.json").is_file()
     assert (results / "site" / "frontier" / "index.html").is_file()
-    # peers: both presses in both modes on both families, beside ours, nothing failed
+    # peers: the broken interpreter is recorded in every press row (each prompt named), ours beside
+    # them, the claim not yet decided with the reason, and the site says why
     peers = pd.read_parquet(results / "peers" / "kvpress.parquet")
-    assert set(peers["press"]) == {"snapkv", "streaming_llm", "tiered"} and peers["error"].isna().all()
-    assert set(peers["query_mode"]) == {"question_aware", "question_agnostic"}
-    assert set(peers["workload"]) == {"needle", "scattered"} and set(peers["context"]) == {256, 1024}
-    runs = pd.read_parquet(results / "peers" / "runs" / "needle.parquet")
-    assert runs["pipeline_equal"].dropna().all() and runs["hook_equal"].dropna().all()
-    assert runs["transformers"].iloc[0] != dense["transformers"].iloc[0]  # the peer environment's
-    assert (results / "site" / "peers" / "index.html").is_file()
+    press_rows = peers[peers["press"] != "tiered"]
+    assert set(press_rows["press"]) == {"snapkv", "streaming_llm"} and press_rows["prompt_id"].notna().all()
+    assert press_rows["error"].str.contains("exit 3: broken interpreter").all()
+    assert set(press_rows["workload"]) == {"needle", "scattered"} and set(peers["context"]) == {256, 1024}
+    assert (peers["press"] == "tiered").any() and peers.loc[peers["press"] == "tiered", "error"].isna().all()
+    ledger = pd.read_parquet(results / "ledger.parquet")
+    verdicts = ledger[ledger["claim"] == "peers_equal_fraction"]
+    assert len(verdicts) and (verdicts["verdict"] == "not yet").all()
+    assert verdicts["reason"].str.contains("broken interpreter").all()
+    assert "broken interpreter" in (results / "site" / "peers" / "index.html").read_text()
+    freeze = {e: (results / "run" / "freeze" / f"{e}.txt").read_text() for e in ("main", "peers")}
+    assert "torch==2.14.1" in freeze["main"] and freeze["peers"].startswith("# not available: ")
+    provenance = (results / "site" / "provenance" / "index.html").read_text()
+    assert "requirements/lock/main.txt" in provenance and "broken interpreter" in provenance
     # serving: both arms behind the local engine, equal reuse, a summary and the long-context check
     for workload in ("system_repeat",):
         arms = {

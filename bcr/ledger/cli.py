@@ -30,6 +30,11 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default=DEFAULTS["reference"])
     p.set_defaults(func=cmd_build)
 
+    p = site.add_parser("freeze", help="`pip freeze` of the run's environments into results/run/freeze/")
+    add_config_arg(p)
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_freeze)
+
     p = site.add_parser("version", help="print the mike version of a results run (run_name-commit)")
     add_config_arg(p)
     p.add_argument("--ledger", default="results/ledger.parquet")
@@ -69,6 +74,27 @@ def cmd_build(args: argparse.Namespace) -> int:
         yaml.safe_load(Path(args.reference).read_text()),
     )
     print(f"site built: {index}")
+    return 0
+
+
+def cmd_freeze(args: argparse.Namespace) -> int:
+    from bcr import contracts as C
+    from bcr import io
+    from bcr.environments import freezes, summary
+
+    config = load_config(args)
+    peers = config.get("peers")
+    python = None
+    if peers:
+        from bcr.peers.plan import peer_python
+
+        python = peer_python(config)
+    for name, text in freezes(python).items():
+        out = Path(args.results) / C.RUN_FREEZE.pattern.format(environment=name)
+        io.write_text(text, out)
+        s = summary(text)
+        what = f"{s['packages']} packages" if s["packages"] is not None else s["reason"]
+        print(f"{name}: {what} -> {out}")
     return 0
 
 

@@ -18,6 +18,7 @@ import jinja2
 import pandas as pd
 import yaml
 
+from bcr import contracts as C
 from bcr.contracts import DECOMPOSITION_PHASES, DENSE_PATH, OURS_PRESS, PROMPT_WORKLOADS, QUERY_MODES
 from bcr.contracts import WORKLOAD as C_WORKLOAD
 from bcr.ledger import plots, stats, tables
@@ -596,6 +597,7 @@ def site_data(
             _records(prov) + ([results.card["provenance"]] if (results.card or {}).get("provenance") else [])
         ),
         "prov": _first_provenance(results),
+        "environments": _environments(results),
         "limitations": lims,
         "versions": {
             "python": platform.python_version(),
@@ -608,6 +610,25 @@ def site_data(
             "platform": sys.platform,
         },
     }
+
+
+def _environments(results: Results) -> list[dict]:
+    """Each environment's freeze (``results/run/freeze/``) with its lock, package count and key versions."""
+    from bcr.environments import summary
+
+    out = []
+    for name, lock in C.ENVIRONMENTS.items():
+        path = results.root / C.RUN_FREEZE.pattern.format(environment=name)
+        text = path.read_text() if path.is_file() else None
+        info = (
+            summary(text)
+            if text is not None
+            else {"packages": None, "reason": "not written by this run", "key": {}}
+        )
+        out.append(
+            {"name": name, "lock": lock, "file": results.rel(path), "text": (text or "").rstrip(), **info}
+        )
+    return out
 
 
 def render_pages(data: dict) -> dict[str, str]:

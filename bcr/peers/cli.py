@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = plan.build_job(config, args.workload, prompts, by_mode)
         rows, versions = plan.run_job(job, plan.peer_python(config))
         frames.append(rows)
-    frames += [plan.unplanned_rows(config, args.workload, list(prompts), m, r) for m, r in missing.items()]
+    frames += [plan.unplanned_rows(config, args.workload, prompts, m, r) for m, r in missing.items()]
     rows = pd.concat(frames, ignore_index=True)
     dense = {int(c): pd.read_parquet(p) for c, p in _pairs(args.dense, "dense").items()}
     rows["dense_equal_main"] = plan.dense_agreement(rows, dense)

@@ -159,8 +159,15 @@ def environment_problem(exe: Path) -> str | None:
     return None
 
 
+def prompt_ids(path: str | Path, n: int | None) -> list[str]:
+    """The ids of the prompts a job runs from one prompt set (its first ``n``; all when None)."""
+    ids = pd.read_parquet(path, columns=["prompt_id"])["prompt_id"].tolist()
+    return ids if n is None else ids[: int(n)]
+
+
 def failed_rows(job: dict, error: str) -> pd.DataFrame:
-    """One row per planned (context, press, point, mode) with no measurement and the failed step."""
+    """One row per planned (context, prompt, press, point, mode) with no measurement and the failed
+    step in ``error``: the same rows a measured job has, so every reader finds its prompts."""
     rows = [
         {
             "press": p["press"],
@@ -170,20 +177,33 @@ def failed_rows(job: dict, error: str) -> pd.DataFrame:
             C.QUERY_MODE: p["query_mode"],
             C.WORKLOAD: job["workload"],
             "context": item["context"],
+            "prompt_id": pid,
             "error": error,
         }
         for item in job["prompts"]
+        for pid in prompt_ids(item["path"], job["n_prompts"])
         for p in item["plan"]
     ]
     return pd.DataFrame(rows)
 
 
-def unplanned_rows(config: dict, workload: str, contexts: list[int], mode: str, reason: str) -> pd.DataFrame:
-    """One row per (press, context) of a mode that has nothing to match: no measurement, the reason."""
+def unplanned_rows(
+    config: dict, workload: str, prompts: dict[int, str], mode: str, reason: str
+) -> pd.DataFrame:
+    """One row per (press, context, prompt) of a mode that has nothing to match: no measurement, the reason."""
+    n = config["peers"].get("n_prompts")
     rows = [
-        {"press": press, C.QUERY_MODE: mode, C.WORKLOAD: workload, "context": c, "error": reason}
+        {
+            "press": press,
+            C.QUERY_MODE: mode,
+            C.WORKLOAD: workload,
+            "context": c,
+            "prompt_id": pid,
+            "error": reason,
+        }
+        for c, path in prompts.items()
+        for pid in prompt_ids(path, n)
         for press in config["peers"]["presses"]
-        for c in contexts
     ]
     return pd.DataFrame(rows)
 
@@ -199,7 +219,11 @@ def run_job(job: dict, exe: Path, log: Callable[[str], None] = print) -> tuple[p
         job_path.write_text(json.dumps(job))
         env = dict(os.environ, PYTHONPATH=str(provenance.REPO_ROOT), OMP_NUM_THREADS=str(job["threads"]))
         cmd = [str(exe), "-m", "bcr.peers.runner", "--job", str(job_path), "--out", str(out)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        except OSError as exc:  # not an executable at all
+            log(f"peer environment: {exe}: {exc}")
+            return failed_rows(job, f"peer environment: {exe} cannot run: {exc}"), {}
         log(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not out.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -219,7 +243,7 @@ def dense_agreement(rows: pd.DataFrame, dense: dict[int, pd.DataFrame]) -> pd.Se
     }
 
     def same(r: pd.Series) -> bool | None:
-        ref, mine = main.get((int(r["context"]), r["prompt_id"])), r.get("dense_ids")
+        ref, mine = main.get((int(r["context"]), r.get("prompt_id"))), r.get("dense_ids")
         if ref is None or mine is None or isinstance(mine, float):  # a failed row has no tokens
             return None
         mine = [int(t) for t in mine]

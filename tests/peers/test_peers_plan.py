@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from bcr import contracts as C
+from bcr import io, prompts
 from bcr.peers import plan
 
 
@@ -61,25 +62,54 @@ def test_contexts_and_ratio():
     ]  # the word-level check at the sweep context
 
 
-def test_a_missing_or_failed_environment_is_recorded_in_every_row(tmp_path):
-    job = {"workload": "needle", "prompts": [{"context": 512, "plan": [
+def test_a_missing_broken_or_failed_environment_is_recorded_in_every_row(tmp_path):
+    """Every planned (prompt, press, point) gets a row with its prompt id and the failed step, the
+    rows pass the dense agreement and the writer with the full contract (the crash of f64fb08)."""
+    prompt_file = io.write_parquet(
+        prompts.synthetic_prompt_set(256, 3, 7, prompts.NeedleSpec()), tmp_path / "256.parquet"
+    )
+    ids = pd.read_parquet(prompt_file)["prompt_id"].tolist()
+    job = {"workload": "needle", "n_prompts": 2, "threads": 1, "prompts": [{"context": 256, "path": str(prompt_file), "plan": [
         {"press": "snapkv", "compression_ratio": 0.8, "setting": "s", "stored_fraction": 0.2, "query_mode": "question_aware"}]}]}  # fmt: skip
     exe = tmp_path / "venv" / "bin" / "python"
     rows, versions = plan.run_job(job, exe, log=lambda s: None)
-    assert versions == {} and rows["error"].str.contains("does not exist").all() and len(rows) == 1
+    assert versions == {} and rows["error"].str.contains("does not exist").all()
+    assert rows["prompt_id"].tolist() == ids[:2]
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'no kvpress here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    rows, _ = plan.run_job(job, broken, log=lambda s: None)
+    assert rows["error"].str.contains("exit 3: no kvpress here").all() and len(rows) == 2
+    not_executable = tmp_path / "plain-file"
+    not_executable.write_text("")
+    rows, _ = plan.run_job(job, not_executable, log=lambda s: None)
+    assert rows["error"].str.contains("cannot run").all() and rows["prompt_id"].tolist() == ids[:2]
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / plan.PEER_STAMP_FAILED).write_text(
-        "step: pip install -r requirements/peers.txt\nno index"
+        "step: pip install -r requirements/lock/peers.txt\nno index"
     )
     rows, _ = plan.run_job(job, exe, log=lambda s: None)
     assert (
         rows["error"].str.contains("build failed").all() and rows["error"].str.contains("pip install").all()
     )
+    dense = {256: pd.DataFrame({"prompt_id": ids, "output_ids": [[1, 2]] * 3})}
+    rows["dense_equal_main"] = plan.dense_agreement(rows, dense)
+    assert rows["dense_equal_main"].isna().all()
     out = tmp_path / "rows.parquet"
     config = {"run_name": "t", "model": {"name": "m"}, "runtime": {"device": "cpu", "threads": 1}}
-    plan.write(rows.assign(dense_equal_main=None), {}, out, config)
+    plan.write(rows, {}, out, config)
     written = pd.read_parquet(out)
     assert set(C.PEERS_RUN_COLUMNS) <= set(written.columns) and written["exact"].isna().all()
+    assert written["prompt_id"].tolist() == ids[:2]
+
+
+def test_a_mode_without_a_matched_setting_has_a_row_per_prompt_and_press(tmp_path):
+    prompt_file = io.write_parquet(
+        prompts.synthetic_prompt_set(256, 3, 7, prompts.NeedleSpec()), tmp_path / "256.parquet"
+    )
+    config = {"peers": {"presses": ["snapkv", "keydiff"], "n_prompts": None}}
+    rows = plan.unplanned_rows(config, "needle", {256: str(prompt_file)}, "question_agnostic", "nothing")
+    assert len(rows) == 6 and rows["prompt_id"].notna().all() and (rows["error"] == "nothing").all()
 
 
 def test_dense_agreement_compares_with_the_main_baseline():

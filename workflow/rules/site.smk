@@ -5,12 +5,36 @@
 # Inputs: every result file the ledger and the pages read, named by the rules that write them, so
 # a track added to the DAG adds its outputs here; files known only after the sweep checkpoint (the
 # per-prompt tiered runs) come from an input function the checkpoint re-evaluates.
+rule freeze_environments:
+    """`pip freeze` of the main and the peer environment beside the effective config (the site's
+    provenance page shows both beside their locks); reruns when a lock changes."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        locks=[str(REPO / lock) for lock in C.ENVIRONMENTS.values()],
+    output:
+        [C.RUN_FREEZE.path(environment=e) for e in C.ENVIRONMENTS],
+    params:
+        code=command_hash("site", "freeze"),
+        cfg=section_hash("peers"),
+        results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
+    log:
+        "logs/freeze_environments.log",
+    resources:
+        runtime=5,
+        mem_mb=2000,
+    shell:
+        "bcr site freeze --config {input.cfg} --results {params.results} > {log} 2>&1"
+
+
 SITE_RESULTS = [
     *expand(rules.model_card.output, model=MODEL_NAMES),
     *expand(rules.dense_baseline.output[0], workload=PROMPT_FAMILIES, context=CONTEXTS),
     *expand(rules.tiered_promote.output.summary, workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *expand(rules.tiered_promotion_summary.output[0], workload=PROMPT_FAMILIES, mode=TIERED_MODES),
     *rules.cache_ops.output,
+    *rules.freeze_environments.output,
     *([rules.serving_summary.output[0]] if SERVING_WORKLOADS else []),
     *([rules.longctx_correctness.output.prompts] if SERVING_CORRECTNESS else []),
     *rules.tiered_decomposition.output,
