@@ -23,7 +23,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 ## lock: regenerate requirements/lock/*.txt after changing a pin (pyproject.toml, requirements/*.in)
 lock:

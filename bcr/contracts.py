@@ -257,6 +257,15 @@ def _file(
 
 
 RUN_CONFIG = _file("run/config.yaml", what="the effective config of the run (written at parse time)")
+# What each job cost: Snakemake's `benchmark:` file per job, and all of them in one table.
+BENCHMARK = _file("run/benchmarks/{rule}/{job}.tsv", what="Snakemake's benchmark of one job")
+BENCHMARK_COLUMNS = ["rule", "job", "s", "max_rss", "cpu_time", "mean_load", "io_in", "io_out"]
+BENCHMARKS = _file(
+    "run/benchmarks.parquet",
+    [*BENCHMARK_COLUMNS],
+    "every job's benchmark (wall s, max RSS MB, CPU s) of the run, gathered by the ledger step",
+    "evaluate_claims",
+)
 # The software environments a run used, each as `pip freeze` prints it, with the lock it was built from.
 ENVIRONMENTS = {"main": "requirements/lock/main.txt", "peers": "requirements/lock/peers.txt"}
 RUN_FREEZE = _file(

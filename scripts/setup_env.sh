@@ -20,7 +20,10 @@ fi
 start=$SECONDS
 echo "[setup] $VENV from ${LOCKS[*]} ($($PY --version))"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# pip's notes on this machine's configured local indexes that lack a package are noise, not errors.
+pip() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 # Everything from the locks, hash-checked; SGLang without its GPU kernels (its CPU import set is in
 # main.txt).  Then this package, built by the lock's setuptools (no isolated build environment, so
 # nothing unlocked is fetched).

@@ -19,6 +19,9 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.add_argument("--claims", default=DEFAULTS["claims"])
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="results/ledger.parquet")
+    p.add_argument(
+        "--benchmarks", help="also gather every job's benchmark under --results into this Parquet file"
+    )
     p.set_defaults(func=cmd_ledger)
 
     p = site.add_parser("build", help="render pages into results/site_src and run mkdocs build --strict")
@@ -42,7 +45,8 @@ def register(tracks: argparse._SubParsersAction) -> None:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from bcr import io
+    from bcr import io, provenance
+    from bcr.ledger.benchmarks import gather
     from bcr.ledger.claims import evaluate, ledger_with_provenance, load_claims
     from bcr.ledger.evidence import load_results
 
@@ -50,6 +54,11 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     spec = load_claims(args.claims)
     ledger = evaluate(spec, load_results(args.results, config["model"]["name"]), config)
     io.write_parquet(ledger_with_provenance(ledger, config), args.out)
+    if args.benchmarks:  # what every job of the run cost so far (the ledger runs after the others)
+        bench = gather(Path(args.results))
+        prov = provenance.provenance(config, config["runtime"]["device"])
+        io.write_parquet(provenance.attach(bench, prov), args.benchmarks)
+        print(f"{len(bench)} job benchmarks -> {args.benchmarks}")
     width = max(len(c) for c in ledger["claim_id"])
     for r in ledger.itertuples():
         print(f"{r.claim_id:<{width}}  {r.verdict:<9}  {r.value_text}")

@@ -598,6 +598,7 @@ def site_data(
         ),
         "prov": _first_provenance(results),
         "environments": _environments(results),
+        "run_cost": _run_cost(results),
         "limitations": lims,
         "versions": {
             "python": platform.python_version(),
@@ -629,6 +630,23 @@ def _environments(results: Results) -> list[dict]:
             {"name": name, "lock": lock, "file": results.rel(path), "text": (text or "").rstrip(), **info}
         )
     return out
+
+
+def _run_cost(results: Results) -> dict:
+    """The run's cost per stage and its slowest jobs, from ``results/run/benchmarks.parquet``."""
+    from bcr.ledger.benchmarks import slowest, stages
+
+    path = results.root / C.BENCHMARKS.pattern
+    if not path.is_file():
+        return {"file": results.rel(path), "stages": [], "slowest": [], "total_s": None, "jobs": 0}
+    bench = pd.read_parquet(path)
+    return {
+        "file": results.rel(path),
+        "stages": _records(stages(bench)),
+        "slowest": _records(slowest(bench)),
+        "total_s": float(bench["s"].sum()),
+        "jobs": len(bench),
+    }
 
 
 def render_pages(data: dict) -> dict[str, str]:

@@ -28,13 +28,22 @@ CONTEXTS = [int(c) for c in config["prompts"]["contexts"]]
 MODELS = {m["name"]: m for m in bcr_config.models(config)}
 MODEL_NAMES = list(MODELS)
 PRIMARY_MODEL = config["model"]["name"]
-# Timed rules take all the runtime's threads, so two timed jobs never share the cores.
-TIMED_THREADS = int(config["runtime"]["threads"])
+# Every job computes on runtime.threads torch threads (outputs are bit-identical only at one thread
+# count); a job that times something reserves runtime.timed_job_cores from the scheduler (the
+# default: the whole 2-core machine), so nothing runs beside it, while untimed jobs run side by side.
+THREADS = int(config["runtime"]["threads"])
+TIMED_THREADS = max(THREADS, int(config["runtime"].get("timed_job_cores") or THREADS))
 
 
 def section_hash(*keys):
     """Hash of the named top-level config sections: a rule reruns when one of them changes."""
     return bcr_config.config_hash({k: config.get(k) for k in keys})
+
+
+def benchmark_path(rule, wildcards=""):
+    """Where Snakemake's own ``benchmark:`` of a job goes (wall s, max RSS, CPU s; gathered into
+    results/run/benchmarks.parquet by the ledger step)."""
+    return C.BENCHMARK.path(rule=rule, job=wildcards or "job")
 
 
 def key_path_pairs(keys, paths):

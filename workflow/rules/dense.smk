@@ -16,6 +16,8 @@ rule dense_baseline:
     params:
         code=command_hash("dense", "run"),
         cfg=section_hash("runtime", "model", "generation"),
+    benchmark:
+        benchmark_path("dense_baseline", "{workload}/{context}")
     log:
         "logs/dense_baseline/{workload}/{context}.log",
     threads: TIMED_THREADS

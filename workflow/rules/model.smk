@@ -20,6 +20,8 @@ for _name, _model in MODELS.items():
                 {"model": _model, "needle": config["prompts"].get("needle"), "contexts": CONTEXTS}
             ),
             model=_name,
+        benchmark:
+            benchmark_path(train_rule_name(_name))
         log:
             f"logs/train/{_name}.log",
         threads: TIMED_THREADS
@@ -47,9 +49,11 @@ rule model_card:
         cfg=lambda w: bcr_config.config_hash(
             {"model": MODELS[w.model], **{k: config.get(k) for k in ("runtime", "prompts", "model_card")}}
         ),
+    benchmark:
+        benchmark_path("model_card", "{model}")
     log:
         "logs/model_card/{model}.log",
-    threads: TIMED_THREADS
+    threads: THREADS  # accuracy only: nothing timed
     shell:
         "bcr model card --config {input.cfg} --model {wildcards.model} --out {output.card} "
         "--accuracy {output.accuracy} > {log} 2>&1"

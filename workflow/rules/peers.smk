@@ -36,6 +36,8 @@ rule peers_run:
         promoted=lambda w, input: key_path_pairs(TIERED_MODES, input.promoted),
         summary=lambda w, input: key_path_pairs(TIERED_MODES, input.summary),
         frontier=lambda w, input: key_path_pairs(TIERED_MODES, input.frontier) if input.frontier else "",
+    benchmark:
+        benchmark_path("peers_run", "{workload}")
     log:
         "logs/peers/{workload}.log",
     threads: TIMED_THREADS
@@ -68,6 +70,8 @@ rule peers_compare:
         C.PEERS.path(),
     params:
         code=command_hash("peers", "compare"),
+    benchmark:
+        benchmark_path("peers_compare")
     log:
         "logs/peers/compare.log",
     resources:

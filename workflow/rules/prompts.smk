@@ -24,6 +24,8 @@ rule build_prompts:
                 "max_new_tokens": config["generation"]["max_new_tokens"],
             }
         ),
+    benchmark:
+        benchmark_path("build_prompts", "{workload}/{context}")
     log:
         "logs/build_prompts/{workload}/{context}.log",
     shell:

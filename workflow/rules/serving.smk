@@ -14,6 +14,8 @@ rule cache_ops:
     params:
         code=command_hash("prefix", "bench"),
         cfg=section_hash("serving", "runtime", "model"),
+    benchmark:
+        benchmark_path("cache_ops")
     log:
         "logs/serving/cache_ops.log",
     threads: TIMED_THREADS
@@ -53,6 +55,8 @@ rule serving_run:
         logs=f"logs/serving/{SERVING_ENGINE}/{{workload}}",
     wildcard_constraints:
         workload="|".join(SERVING_WORKLOADS) or "none",
+    benchmark:
+        benchmark_path("serving_run", "{workload}")
     log:
         f"logs/serving/{SERVING_ENGINE}/{{workload}}.log",
     threads: TIMED_THREADS
@@ -81,6 +85,8 @@ rule serving_force_miss:
         logs=f"logs/serving/{SERVING_ENGINE}/force_miss/{{workload}}",
     wildcard_constraints:
         workload="|".join(SERVING_FORCE_MISS) or "none",
+    benchmark:
+        benchmark_path("serving_force_miss", "{workload}")
     log:
         f"logs/serving/{SERVING_ENGINE}/force_miss/{{workload}}.log",
     threads: TIMED_THREADS
@@ -105,6 +111,8 @@ rule serving_summary:
         C.SERVING_SUMMARY.path(),
     params:
         code=command_hash("serving", "summary"),
+    benchmark:
+        benchmark_path("serving_summary")
     log:
         "logs/serving/summary.log",
     resources:
@@ -135,6 +143,8 @@ rule longctx_correctness:
         cfg=section_hash("serving", "runtime", "model"),
         results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
         logs=f"logs/correctness/{SERVING_ENGINE}",
+    benchmark:
+        benchmark_path("longctx_correctness")
     log:
         "logs/correctness/longctx.log",
     threads: TIMED_THREADS

@@ -19,6 +19,8 @@ rule freeze_environments:
         code=command_hash("site", "freeze"),
         cfg=section_hash("peers"),
         results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
+    benchmark:
+        benchmark_path("freeze_environments")
     log:
         "logs/freeze_environments.log",
     resources:
@@ -68,11 +70,14 @@ rule evaluate_claims:
         results=SITE_RESULTS,
         tiered=lambda w: tiered_workflow.checkpoint_results(checkpoints.tiered_promote, config),
     output:
-        C.LEDGER.path(),
+        ledger=C.LEDGER.path(),
+        benchmarks=C.BENCHMARKS.path(),
     params:
         code=command_hash("site", "ledger"),
         cfg=bcr_config.config_hash(config),
         results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
+    benchmark:
+        benchmark_path("evaluate_claims")
     log:
         "logs/evaluate_claims.log",
     resources:
@@ -80,7 +85,7 @@ rule evaluate_claims:
         mem_mb=4000,
     shell:
         "bcr site ledger --config {input.cfg} --claims {input.claims} --results {params.results} "
-        "--out {output} > {log} 2>&1"
+        "--out {output.ledger} --benchmarks {output.benchmarks} > {log} 2>&1"
 
 
 rule build_site:
@@ -89,7 +94,7 @@ rule build_site:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        ledger=rules.evaluate_claims.output[0],
+        ledger=rules.evaluate_claims.output.ledger,
         claims=CLAIMS_FILE,
         reference=REFERENCE_FILE,
         mkdocs=MKDOCS_FILE,
@@ -104,6 +109,8 @@ rule build_site:
         cfg=bcr_config.config_hash(config),
         repo=lambda w, input: str(Path(input.mkdocs).parent),
         results=lambda w, input: str(Path(input.cfg).parent.parent),  # results/run/config.yaml
+    benchmark:
+        benchmark_path("build_site")
     log:
         "logs/build_site.log",
     resources:

@@ -42,9 +42,11 @@ rule tiered_sweep:
         settings=" ".join(TIERED_SWEEP),
         modes=" ".join(TIERED_MODES),
         path=TIERED_DECIDING_PATH,
+    benchmark:
+        benchmark_path("tiered_sweep", "{workload}")
     log:
         "logs/tiered_sweep/{workload}.log",
-    threads: TIMED_THREADS
+    threads: THREADS  # exactness only: nothing timed
     resources:
         runtime=90,
         mem_mb=32000,
@@ -70,6 +72,8 @@ checkpoint tiered_promote:
     params:
         code=command_hash("tiered", "promote"),
         cfg=section_hash("tiered", "prompts"),
+    benchmark:
+        benchmark_path("tiered_promote", "{workload}/{mode}")
     log:
         "logs/tiered_promote/{workload}/{mode}.log",
     resources:
@@ -78,6 +82,12 @@ checkpoint tiered_promote:
     shell:
         "bcr tiered promote --config {input.cfg} --sweep {input.sweep} --query-mode {wildcards.mode} "
         "--out {output.promoted} --summary {output.summary} > {log} 2>&1"
+
+
+def promotion_timed(w):
+    """Latency is claimed on the primary family at the timed contexts; the other promotion jobs
+    measure exactness only (and run beside other untimed jobs)."""
+    return w.workload == PRIMARY_FAMILY and int(w.context) in TIERED_TIMED_CONTEXTS
 
 
 rule tiered_promotion:
@@ -104,14 +114,12 @@ rule tiered_promotion:
         cfg=tiered_workflow.run_hash(config),
         # latency is claimed on the primary family at the timed contexts; the rest is measured for
         # exactness only
-        timed=lambda w: (
-            ""
-            if w.workload == PRIMARY_FAMILY and int(w.context) in TIERED_TIMED_CONTEXTS
-            else "--timed-prompts 0"
-        ),
+        timed=lambda w: "" if promotion_timed(w) else "--timed-prompts 0",
+    benchmark:
+        benchmark_path("tiered_promotion", "{workload}/{mode}/{context}")
     log:
         "logs/tiered_promotion/{workload}/{mode}/{context}.log",
-    threads: TIMED_THREADS
+    threads: lambda w: TIMED_THREADS if promotion_timed(w) else THREADS
     resources:
         runtime=180,
         mem_mb=48000,
@@ -140,9 +148,11 @@ rule tiered_controls:
     params:
         code=command_hash("tiered", "controls"),
         cfg=tiered_workflow.run_hash(config),
+    benchmark:
+        benchmark_path("tiered_controls", "{workload}/{mode}/{context}")
     log:
         "logs/tiered_controls/{workload}/{mode}/{context}.log",
-    threads: TIMED_THREADS
+    threads: THREADS  # exactness only: nothing timed
     resources:
         runtime=120,
         mem_mb=48000,
@@ -173,6 +183,8 @@ rule tiered_promotion_summary:
         workload=PROMPT_FAMILY_NAMES,
     params:
         code=command_hash("tiered", "summarize"),
+    benchmark:
+        benchmark_path("tiered_promotion_summary", "{workload}/{mode}")
     log:
         "logs/tiered_promotion_summary/{workload}/{mode}.log",
     resources:
@@ -194,6 +206,8 @@ rule tiered_decomposition:
         C.TIERED_DECOMPOSITION.path(),
     params:
         code=command_hash("tiered", "decomposition"),
+    benchmark:
+        benchmark_path("tiered_decomposition")
     log:
         "logs/tiered_decomposition.log",
     resources:
@@ -238,9 +252,11 @@ rule tiered_frontier:
         context=TIERED_SWEEP_CONTEXT,
         modes=" ".join(TIERED_MODES),
         dense=lambda w, input: f"--dense {input.dense}" if input.dense else "",
+    benchmark:
+        benchmark_path("tiered_frontier", "{model}/{workload}")
     log:
         "logs/tiered_frontier/{model}/{workload}.log",
-    threads: TIMED_THREADS
+    threads: THREADS  # exactness only: nothing timed
     resources:
         runtime=120,
         mem_mb=32000,
