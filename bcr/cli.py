@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 
 from bcr.config import ConfigError
+from bcr.io import BadFileError
 
 COMMAND_MODULES = [
     "bcr.commands",
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bcr: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, BadFileError) as exc:
         print(f"bcr: {exc}", file=sys.stderr)
         return 2
 

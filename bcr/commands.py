@@ -179,7 +179,7 @@ def cmd_model_card(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts_build(args: argparse.Namespace) -> int:
-    from bcr import models, prompts, training
+    from bcr import prompts  # torch and transformers only for the text renderer's tokenizer
 
     config = load_config(args)
     pcfg = config["prompts"]
@@ -196,9 +196,11 @@ def cmd_prompts_build(args: argparse.Namespace) -> int:
             raise cfgmod.ConfigError(
                 "prompts.renderer: 'synthetic' prompts need the local tiny model's vocabulary"
             )
-        spec = training.needle_spec(pcfg, config["model"]["architecture"])
+        spec = prompts.needle_spec(pcfg, config["model"]["architecture"])
         df = prompts.synthetic_prompt_set(args.context, pcfg["n_prompts"], pcfg["seed"], spec, args.workload)
     else:
+        from bcr import models
+
         tok = models.load_tokenizer(config["model"])
         if tok is None:
             raise cfgmod.ConfigError("prompts.renderer: 'text' prompts need a hub model with a tokenizer")

@@ -266,6 +266,10 @@ BENCHMARKS = _file(
     "every job's benchmark (wall s, max RSS MB, CPU s) of the run, gathered by the ledger step",
     "evaluate_claims",
 )
+# The jobs a --keep-going run lost (scripts/run.sh, `bcr site failures`): rule, outputs, log tail.
+FAILED_JOBS = _file(
+    "run/failed_jobs.json", what="the failed jobs of the last `make run`, with their log tails"
+)
 # The software environments a run used, each as `pip freeze` prints it, with the lock it was built from.
 ENVIRONMENTS = {"main": "requirements/lock/main.txt", "peers": "requirements/lock/peers.txt"}
 RUN_FREEZE = _file(

@@ -12,13 +12,26 @@ import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a frame is read or written (the CLI imports this module)
+    import pandas as pd
 
 
-class ResultSchemaError(ValueError):
+class BadFileError(ValueError):
+    """A file a command reads exists but is not what it must be (not Parquet, not JSON, ...): the
+    message names the file and what is wrong, for the CLI to print instead of a traceback."""
+
+
+class ResultSchemaError(BadFileError):
     """A result file lacks columns its reader relies on."""
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such {what} file" + (" (a directory)" if p.is_dir() else ""))
+    return p
 
 
 @contextmanager
@@ -44,11 +57,22 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def read_parquet(path: str | os.PathLike, required: Iterable[str] = ()) -> pd.DataFrame:
-    df = pd.read_parquet(path)
+def read_parquet(
+    path: str | os.PathLike, required: Iterable[str] = (), columns: list[str] | None = None
+) -> pd.DataFrame:
+    """A Parquet file, with its ``required`` columns checked; any failure names the file."""
+    import pandas as pd
+    import pyarrow as pa
+
+    p = _existing(path, "Parquet")
+    try:
+        df = pd.read_parquet(p, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BadFileError(f"{p}: not a readable Parquet file ({why})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ResultSchemaError(f"{path}: missing columns {missing}")
+        raise ResultSchemaError(f"{p}: missing columns {missing}")
     return df
 
 
@@ -59,7 +83,16 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; a missing or malformed one names the file and where it breaks."""
+    p = _existing(path, "JSON")
+    try:
+        return json.loads(p.read_text())
+    except UnicodeDecodeError:
+        raise BadFileError(f"{p}: not a JSON file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise BadFileError(
+            f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:

@@ -7,15 +7,15 @@ rest of the pipeline never knows which one it got.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from bcr import prompts
+from bcr import io, prompts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,7 +24,7 @@ class ModelNotFoundError(FileNotFoundError):
     """The configured checkpoint is missing: says where it looked and how to build it."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(io.BadFileError):
     """The checkpoint's weights are not the ones its training report recorded."""
 
 
@@ -42,7 +42,7 @@ def check_checkpoint(path: Path) -> None:
     report = path / "training.json"
     if not report.is_file():
         return  # built outside the training rule (tests): nothing recorded to check against
-    want = json.loads(report.read_text()).get("model_sha256")
+    want = io.read_json(report).get("model_sha256")
     got = sha256_file(path / "model.safetensors")
     if want is not None and got != want:
         raise CheckpointMismatchError(
@@ -102,9 +102,13 @@ def load_model(model_cfg: dict, device: torch.device, root: Path | None = None) 
                 f"or `bcr model train --config ...`."
             )
         check_checkpoint(path)
-        model = Qwen2ForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn, local_files_only=True
-        )
+        try:
+            model = Qwen2ForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation=attn, local_files_only=True
+            )
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # files that do not parse
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise io.BadFileError(f"{path}: not a loadable checkpoint ({why})") from None
         tokenizer = None
         eos = [prompts.EOS]
     else:

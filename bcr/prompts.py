@@ -409,3 +409,11 @@ def answer_correct(generated: list[int], row: pd.Series | dict, tokenizer=None) 
     if tokenizer is None:
         raise ValueError("a text prompt needs its tokenizer to judge the answer")
     return str(row["answer_text"]) in tokenizer.decode(generated, skip_special_tokens=True)
+
+
+def needle_spec(prompt_cfg: dict, arch: dict) -> NeedleSpec:
+    """The needle task of a config (``prompts.needle``) over a model's vocabulary."""
+    needle = prompt_cfg.get("needle", {})
+    return NeedleSpec(
+        vocab_size=arch["vocab_size"], key_len=needle.get("key_len", 2), value_len=needle.get("value_len", 6)
+    )

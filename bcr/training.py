@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from bcr import prompts
 from bcr.models import build_tiny_model
+from bcr.prompts import needle_spec  # noqa: F401  (the training code's spec, re-exported)
 
 
 @dataclass
@@ -33,13 +34,6 @@ class StageLog:
 class TrainingResult:
     model: torch.nn.Module
     stages: list[StageLog] = field(default_factory=list)
-
-
-def needle_spec(prompt_cfg: dict, arch: dict) -> prompts.NeedleSpec:
-    needle = prompt_cfg.get("needle", {})
-    return prompts.NeedleSpec(
-        vocab_size=arch["vocab_size"], key_len=needle.get("key_len", 2), value_len=needle.get("value_len", 6)
-    )
 
 
 def _answer_logits(model, x: torch.Tensor, answer_len: int) -> torch.Tensor:

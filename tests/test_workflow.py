@@ -224,3 +224,32 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     plan = touch("commands.py")
     assert plan.get("build_prompts") == 6 and plan.get("dense_baseline") == 6 and "model_card" in plan, plan
     assert "cache_ops" not in plan
+
+    # `make run` survives a failed job: the cache benchmark made to fail (a `bcr` that refuses
+    # `prefix bench` first on PATH), the run keeps going, builds the ledger and the site from what
+    # exists, names the failed job with its log tail, and exits non-zero.
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "bcr").write_text(
+        "#!/bin/sh\n"
+        'if [ "$1 $2" = "prefix bench" ]; then echo "injected failure: no cache benchmark" >&2; exit 7; fi\n'
+        f'exec {BIN / "bcr"} "$@"\n'
+    )
+    (fake / "bcr").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{BIN}:{os.environ['PATH']}", PYTHONPATH=str(copy), CORES="2")
+    proc = subprocess.run(
+        ["bash", "scripts/run.sh", *args[2:], "--forcerun", "cache_ops"],
+        cwd=copy, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    last = proc.stdout.strip().splitlines()[-2:]
+    assert "results/site/index.html" in last[0] and "make serve" in last[0], last
+    assert "FAILED" in last[1] and "cache_ops" in last[1], last
+    failed = yaml.safe_load((results / "run" / "failed_jobs.json").read_text())["jobs"]
+    assert [j["rule"] for j in failed] == ["cache_ops"] and "injected failure" in failed[0]["tail"]
+    assert not (results / "serving" / "cache_ops.parquet").exists()
+    index = (results / "site" / "index.html").read_text()
+    assert "This run lost 1 job" in index and "injected failure: no cache benchmark" in index
+    ledger = pd.read_parquet(results / "ledger.parquet")
+    assert (ledger.loc[ledger["claim"] == "bcr_cache_ops_cheap", "verdict"] == "not yet").all()

@@ -64,6 +64,8 @@ class Claim:
     by_construction: str | None = None
     per_mode: bool = False  # one verdict per tiered query mode, on the primary prompt family
     per_workload: bool = False  # one verdict per (prompt family, query mode)
+    glance: str | None = None  # the headline question it answers (the index's results at a glance)
+    note_number: str | None = None  # the note's deciding number, short
 
     def row_id(self, workload: str | None, mode: str | None) -> str:
         """The ledger row's id: the claim's, with the family and mode of a per-workload verdict or the
@@ -117,6 +119,8 @@ def load_claims(path: str | Path) -> ClaimFile:
             c.get("by_construction"),
             bool(c.get("per_mode", False)),
             bool(c.get("per_workload", False)),
+            c.get("glance"),
+            c["note"].get("number"),
         )
         for c in data["claims"]
     ]

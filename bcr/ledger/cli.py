@@ -38,6 +38,12 @@ def register(tracks: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_freeze)
 
+    p = site.add_parser("failures", help="the failed jobs of the last run, with their log tails")
+    p.add_argument("--snakemake-log", help="a Snakemake log (default: the newest under .snakemake/log)")
+    p.add_argument("--root", default=".", help="the run's directory (job logs are relative to it)")
+    p.add_argument("--out", default="results/run/failed_jobs.json")
+    p.set_defaults(func=cmd_failures)
+
     p = site.add_parser("version", help="print the mike version of a results run (run_name-commit)")
     add_config_arg(p)
     p.add_argument("--ledger", default="results/ledger.parquet")
@@ -104,6 +110,23 @@ def cmd_freeze(args: argparse.Namespace) -> int:
         s = summary(text)
         what = f"{s['packages']} packages" if s["packages"] is not None else s["reason"]
         print(f"{name}: {what} -> {out}")
+    return 0
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    from bcr import io
+    from bcr.ledger.failures import latest_log, parse
+
+    root = Path(args.root)
+    log = Path(args.snakemake_log) if args.snakemake_log else latest_log(root)
+    if log is None or not log.is_file():
+        raise SystemExit(f"no Snakemake log to read ({log or root / '.snakemake/log'})")
+    jobs = parse(log.read_text(errors="replace"), root)
+    io.write_json({"snakemake_log": str(log), "jobs": jobs}, args.out)
+    for job in jobs:
+        print(
+            f"failed: rule {job['rule']} -> {', '.join(job['output']) or '(no output)'}; log {', '.join(job['log'])}"
+        )
     return 0
 
 

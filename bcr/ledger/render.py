@@ -162,6 +162,7 @@ def environment() -> jinja2.Environment:
     env.filters["dash"] = lambda v: "—" if _missing(v) else v
     env.filters["admonition"] = lambda v: ADMONITION[v]
     env.filters["slug"] = lambda v: str(v).replace(" ", "-")
+    env.filters["anchor"] = lambda v: "claim-" + re.sub(r"[^a-z0-9]+", "-", str(v).lower()).strip("-")
     env.globals["interval"] = interval
     env.tests["missing"] = _missing
     return env
@@ -231,6 +232,66 @@ def _dense_summary(df: pd.DataFrame | None) -> pd.DataFrame:
             "peak_gib": peak / 2**30,
         }
     ).reset_index()
+
+
+def shorten(text: Any, limit: int = 90) -> str:
+    """The first clause of a long "decided by" text (the rest is behind a details toggle)."""
+    if _missing(text):
+        return "—"
+    text = str(text)
+    first = re.split(r";\s", text, maxsplit=1)[0]
+    if len(first) <= limit:
+        return first + (" …" if len(first) < len(text) else "")
+    cut = first[:limit].rsplit(" ", 1)[0]
+    return cut + " …"
+
+
+def glance_rows(claims: list[dict], spec: ClaimFile, modes: list[str]) -> list[dict]:
+    """Results at a glance: one row per headline question (a claim with a ``glance`` label) and
+    prompt family, one cell per query mode (or one for a claim that has no mode): the verdict, the
+    deciding number and n; the note's number beside it."""
+    by_id = {c.id: c for c in spec.claims}
+    rows: dict[tuple[str, str | None], dict] = {}
+    for c in claims:
+        claim = by_id[c["claim"]]
+        if not claim.glance:
+            continue
+        family = c["workload"] if claim.per_workload else None
+        key = (claim.id, family)
+        row = rows.setdefault(
+            key,
+            {
+                "label": claim.glance,
+                "family": family,
+                "page": c["page"],
+                "note_verdict": claim.note_verdict,
+                "note_number": claim.note_number,
+                "cells": {},
+            },
+        )
+        row["cells"][c["query_mode"]] = {
+            "verdict": c["verdict"],
+            "text": c["glance_text"],
+            "n": c["n"],
+            "claim_id": c["claim_id"],
+        }
+    out = list(rows.values())
+    for row in out:
+        row["per_mode"] = any(m in row["cells"] for m in modes)
+    return out
+
+
+def _glance_text(c: dict) -> str:
+    """Our deciding number for the glance table: the value with its interval where the rule has one,
+    else the first clause of what decided the verdict."""
+    if c["waiting_on"]:
+        return "not measured in this run"
+    value, lo, hi = c.get("value"), c.get("ci_low"), c.get("ci_high")
+    kind = c.get("rule_kind")
+    if kind in ("ratio", "quantile_ratio", "ops_ratio") and value is not None:
+        iv = f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else ""
+        return f"{value:.3g}x{iv}"
+    return shorten(c["decided"], 44)
 
 
 def _changes(claims: list[dict]) -> list[dict]:
@@ -345,6 +406,11 @@ def _claims(
         if c["waiting_on"] or str(c["reason"]).startswith("no `"):
             c["caveats"] = []  # nothing measured: no property of the setup decided it
         c["by_construction"] = claim.by_construction
+        c["rule_kind"] = claim.rule["kind"]
+        c["decided_short"] = shorten(c["decided"])
+        c["why_short"] = shorten(c["why"], 160)
+        c["note_number"] = claim.note_number
+        c["glance_text"] = _glance_text(c)
         out.append(c)
     return out
 
@@ -451,7 +517,41 @@ def _peers_section(results: Results, config: dict, pdir: Path) -> dict:
             if col in df:
                 v = df[col].dropna().astype(bool)
                 checks[col] = {"n": len(v), "equal": int(v.sum())}
-    return {"table": _records(table), "plots": plot_files, "checks": checks}
+    errors = []
+    if df is not None and len(df) and "error" in df:
+        counts = df["error"].dropna().value_counts()
+        errors = [{"error": str(e), "rows": int(n)} for e, n in counts.head(5).items()]
+    return {
+        "table": _records(table),
+        "plots": plot_files,
+        "checks": checks,
+        "families": _peer_groups(table),
+        "errors": errors,
+    }
+
+
+def _peer_groups(table: pd.DataFrame) -> list[dict]:
+    """The comparison a reader wants: per family, per (mode, context, matched setting) one row per
+    press with ours beside them, sorted by exact rate, the best press named."""
+    if table is None or not len(table):
+        return []
+    out: dict[str, list[dict]] = {}
+    keys = [C_WORKLOAD, "query_mode", "context", "setting_matched"]
+    for (workload, mode, context, setting), g in table.groupby(keys, sort=True):
+        g = g.sort_values(["exact_rate", "press"], ascending=[False, True], na_position="last")
+        presses = g[(g["press"] != OURS_PRESS) & (g["n"] > 0)]
+        best = str(presses.iloc[0]["press"]) if len(presses) else None
+        out.setdefault(str(workload), []).append(
+            {
+                "mode": mode,
+                "context": int(context),
+                "setting": setting,
+                "rows": _records(g),
+                "best": best,
+                "failed": int((g["n"] == 0).sum()),
+            }
+        )
+    return [{"workload": w, "groups": groups} for w, groups in out.items()]
 
 
 def _promoted_sweep_points(results: Results) -> pd.DataFrame:
@@ -562,6 +662,8 @@ def site_data(
         "claims": claims,
         "by_track": {t: [c for c in claims if c["track"] == t] for t in TRACK_PAGES},
         "changes": _changes(claims),
+        "glance": glance_rows(claims, spec, modes),
+        "mode_names": modes,
         "modes": mode_sections,
         "site_version": ledger_version(ledger, config),
         "headline_path": path,
@@ -598,6 +700,7 @@ def site_data(
         ),
         "prov": _first_provenance(results),
         "environments": _environments(results),
+        "failures": _failures(results),
         "run_cost": _run_cost(results),
         "limitations": lims,
         "versions": {
@@ -630,6 +733,16 @@ def _environments(results: Results) -> list[dict]:
             {"name": name, "lock": lock, "file": results.rel(path), "text": (text or "").rstrip(), **info}
         )
     return out
+
+
+def _failures(results: Results) -> list[dict]:
+    """The failed jobs of the run that built these results (``results/run/failed_jobs.json``)."""
+    path = results.root / C.FAILED_JOBS.pattern
+    if not path.is_file():
+        return []
+    import json
+
+    return list(json.loads(path.read_text()).get("jobs") or [])
 
 
 def _run_cost(results: Results) -> dict:

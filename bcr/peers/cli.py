@@ -54,8 +54,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     promoted = {m: io.read_json(p) for m, p in _pairs(args.promoted, "promoted").items()}
-    summaries = {m: pd.read_parquet(p) for m, p in _pairs(args.summary, "summary").items()}
-    frontiers = {m: pd.read_parquet(p) for m, p in _pairs(args.frontier, "frontier").items()}
+    summaries = {
+        m: io.read_parquet(p, ["setting", "stored_fraction"])
+        for m, p in _pairs(args.summary, "summary").items()
+    }
+    frontiers = {
+        m: io.read_parquet(p, ["setting", "stored_fraction"])
+        for m, p in _pairs(args.frontier, "frontier").items()
+    }
     by_mode, missing = plan.points(promoted, summaries, frontiers, int(config["peers"]["lower_points"]))
     for mode, reason in missing.items():
         print(f"{args.workload} {mode}: {reason}")
@@ -70,7 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         frames.append(rows)
     frames += [plan.unplanned_rows(config, args.workload, prompts, m, r) for m, r in missing.items()]
     rows = pd.concat(frames, ignore_index=True)
-    dense = {int(c): pd.read_parquet(p) for c, p in _pairs(args.dense, "dense").items()}
+    dense = {
+        int(c): io.read_parquet(p, ["prompt_id", "output_ids"])
+        for c, p in _pairs(args.dense, "dense").items()
+    }
     rows["dense_equal_main"] = plan.dense_agreement(rows, dense)
     plan.write(rows, versions, args.out, config)
     if rows["error"].notna().any():
@@ -87,13 +96,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import pandas as pd
 
+    from bcr import contracts as C
     from bcr import io
     from bcr.peers.compare import comparison
 
-    runs = [pd.read_parquet(p) for p in args.runs]
-    tiered = [pd.read_parquet(p) for p in args.tiered if Path(p).is_file()]
+    runs = [io.read_parquet(p, C.PEERS_RUN_COLUMNS) for p in args.runs]
+    tiered = [io.read_parquet(p, C.TIERED_COLUMNS) for p in args.tiered if Path(p).is_file()]
     df = comparison(runs, tiered)
     io.write_parquet(df, args.out)
     print(df.groupby(["query_mode", "context", "press"])["exact_answer"].agg(["sum", "size"]).to_string())

@@ -161,7 +161,7 @@ def environment_problem(exe: Path) -> str | None:
 
 def prompt_ids(path: str | Path, n: int | None) -> list[str]:
     """The ids of the prompts a job runs from one prompt set (its first ``n``; all when None)."""
-    ids = pd.read_parquet(path, columns=["prompt_id"])["prompt_id"].tolist()
+    ids = io.read_parquet(path, ["prompt_id"], columns=["prompt_id"])["prompt_id"].tolist()
     return ids if n is None else ids[: int(n)]
 
 

@@ -47,7 +47,8 @@ HAND_WRITTEN = ["methods", "design", "publishing"]
 ALL_PAGES = GENERATED + HAND_WRITTEN
 # Key tables each page must show when its evidence is present (id of the .key-table wrapper).
 KEY_TABLES = {
-    "index": ["ledger-wrap"],
+    "index": ["glance-wrap", "ledger-wrap"],
+    "frontier": ["frontier-smallest"],
     "tiered": [  # one set per query mode
         f"{table}-needle-{mode}"  # the family the synthetic results hold
         for mode in QUERY_MODES
@@ -156,6 +157,32 @@ def test_page_at_1280(browser, artifacts, page):
         assert not hits, f"{page}: shows {hits} (a missing value must read as —)"
 
 
+def test_the_glance_table_is_the_first_screen(browser, artifacts):
+    """Results at a glance: the whole table inside the first 1280 x 900 screen of the overview."""
+    b, base = browser
+    _open(b, base, "index", WIDE)
+    top, bottom, rows = b.run(
+        "const t = document.querySelector('#glance-table'); const r = t.getBoundingClientRect();"
+        " return [r.top, r.bottom, t.querySelectorAll('tbody tr').length]"
+    )
+    assert rows >= 8, rows
+    assert top >= 0 and bottom <= 900, f"the glance table spans {top:.0f}-{bottom:.0f} px of a 900 px screen"
+
+
+def test_page_heights_are_recorded_and_the_overview_is_short(browser, artifacts):
+    """Every page's height at 1280 px into page_heights.json beside the screenshots (the closing
+    note's before/after); the overview, whose cards moved to their track pages, stays under 8,000 px."""
+    import json
+
+    b, base = browser
+    heights = {}
+    for page in ALL_PAGES:
+        _open(b, base, page, WIDE)
+        heights[page] = b.run("return document.documentElement.scrollHeight")
+    (artifacts / "page_heights.json").write_text(json.dumps(heights, indent=2) + "\n")
+    assert heights["index"] <= 8000, heights
+
+
 @pytest.mark.parametrize("page", ALL_PAGES)
 def test_page_at_390_has_no_sideways_scroll(browser, artifacts, page):
     b, base = browser
@@ -178,6 +205,7 @@ def test_key_tables_are_on_their_pages(browser, site_results):
         "index": True,
         "tiered": results["tiered_sweep"].present and results["tiered_promotion"].present,
         "serving": results["cache_ops"].present,
+        "frontier": results["tiered_frontier"].present,
         "provenance": True,
     }
     for page, ids in KEY_TABLES.items():

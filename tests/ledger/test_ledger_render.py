@@ -77,7 +77,8 @@ def test_every_page_renders(rendered):
 def test_the_ledger_table_has_one_row_and_one_verdict_per_claim(rendered, spec, cpu_config):
     _, ledger, pages = rendered
     index = pages["index.md"]
-    table = index[index.index('<table id="ledger-table"') : index.index("</table>")]
+    start = index.index('<table id="ledger-table"')
+    table = index[start : index.index("</table>", start)]
     rows = re.findall(r'<tr data-claim="([^"]+)">(.*?)</tr>', table, flags=re.S)
     assert [cid for cid, _ in rows] == row_ids(spec, cpu_config)
     verdict_of = dict(zip(ledger["claim_id"], ledger["verdict"], strict=True))
@@ -87,16 +88,29 @@ def test_the_ledger_table_has_one_row_and_one_verdict_per_claim(rendered, spec, 
         assert shown == [verdict_of[cid]], cid
 
 
-def test_every_claim_has_an_admonition_of_its_verdict_on_the_overview_and_its_page(rendered, spec):
+def test_every_claim_has_an_admonition_of_its_verdict_on_its_page_and_glance_rows_carry_theirs(
+    rendered, spec
+):
+    """The card is on the claim's track page (once); the overview's glance table shows each glance
+    claim's verdict in its cell, and no card repeats there."""
     _, ledger, pages = rendered
+    glance = pages["index.md"][: pages["index.md"].index('<table id="ledger-table"')]
     for row in ledger.itertuples():
         kind = ADMONITION[row.verdict]
         claim = next(c for c in spec.claims if c.id == row.claim)
-        for page in ("index.md", claim.page):
-            text = pages[page]
-            box = re.search(rf'!!! (\w+) "[^"]*"\n    `{re.escape(row.claim_id)}`', text)
-            assert box, (row.claim_id, page)
-            assert box.group(1) == kind, (row.claim_id, page)
+        text = pages[claim.page]
+        box = re.search(rf'!!! (\w+) "[^"]*"\n    `{re.escape(row.claim_id)}`', text)
+        assert box, (row.claim_id, claim.page)
+        assert box.group(1) == kind, (row.claim_id, claim.page)
+        assert not re.search(rf'!!! \w+ "[^"]*"\n    `{re.escape(row.claim_id)}`', pages["index.md"])
+        if claim.glance:
+            assert claim.glance.replace("'", "&#39;") in glance, claim.id
+    cells = re.findall(r'<span class="verdict verdict-([\w-]+)">', glance)
+    glance_verdicts = {
+        v.replace(" ", "-")
+        for v in ledger[ledger["claim"].isin([c.id for c in spec.claims if c.glance])]["verdict"]
+    }
+    assert set(cells) >= glance_verdicts
 
 
 def test_note_numbers_appear_only_in_columns_labelled_as_the_note(rendered):
@@ -261,7 +275,7 @@ def test_a_verdict_fixed_by_construction_is_labelled_so(tmp_path, spec, cpu_conf
     rid = _rid(claim)
     row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{rid}">') :].split("</tr>")[0]
     assert "fixed by construction" in row
-    box = pages[claim.page][pages[claim.page].index(f"`{rid}`") :]
+    box = pages[claim.page][pages[claim.page].index(f"`{rid}` · **ours:**") :]  # the claim box
     assert "**Fixed by construction, not a finding:**" in box.split("!!!")[0]
     others = [c for c in spec.claims if not c.by_construction]
     for c in others:

@@ -67,6 +67,13 @@ def model_checkpoint_files(model=None):
     return [str(path / "model.safetensors"), str(path / "config.json")]
 
 
+def promotion_timed(w):
+    """Latency is claimed on the primary family at the timed contexts; the other promotion jobs
+    measure exactness only (and run beside other untimed jobs)."""
+    # PRIMARY_FAMILY is set in prompts.smk, TIERED_TIMED_CONTEXTS in tiered.smk
+    return w.workload == PRIMARY_FAMILY and int(w.context) in TIERED_TIMED_CONTEXTS
+
+
 def _write_run_config(path: str) -> None:
     """The effective config (files + --config overrides), read by every rule's command.
 

@@ -84,12 +84,6 @@ checkpoint tiered_promote:
         "--out {output.promoted} --summary {output.summary} > {log} 2>&1"
 
 
-def promotion_timed(w):
-    """Latency is claimed on the primary family at the timed contexts; the other promotion jobs
-    measure exactness only (and run beside other untimed jobs)."""
-    return w.workload == PRIMARY_FAMILY and int(w.context) in TIERED_TIMED_CONTEXTS
-
-
 rule tiered_promotion:
     """The settings one mode's checkpoint promoted, at a promotion context: exactness on every prompt
     from one shared prefill, latency on the first tiered.timed_prompts (fresh, interleaved)."""
