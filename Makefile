@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n $(CORES) --dist loadfile --durations=15
 
 ## lock: regenerate requirements/lock/*.txt after changing a pin (pyproject.toml, requirements/*.in)
 lock:

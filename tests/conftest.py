@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,18 @@ from bcr import config as cfgmod
 from bcr.models import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
+# `make test` runs two pytest-xdist workers on the two cores: one torch thread each.
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(TORCH_THREADS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest tests (marked ``workflow``: whole snakemake runs) first, so the other worker
+    works through the short ones beside them instead of one long test ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("workflow") is None)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +44,7 @@ def tiny_arch() -> dict:
 
 @pytest.fixture(scope="session")
 def random_tiny_model(tiny_arch):
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     model = build_tiny_model(tiny_arch, seed=0)
     model.eval()
     return model

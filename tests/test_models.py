@@ -41,7 +41,6 @@ def test_small_training_run_learns_retrieval():
     Knowing only each value's band gives 1/16 per token; the trained model must do clearly
     better, which it can only by attending to the needle.
     """
-    torch.set_num_threads(2)
     arch = {
         "vocab_size": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
         "intermediate_size": 128, "rope_theta": 10000.0, "max_position_embeddings": 512,

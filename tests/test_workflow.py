@@ -20,9 +20,12 @@ from bcr.provenance import PROVENANCE_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# What a checkout holds beyond a fresh clone: every environment (.venv-peers links the main torch
+# family, which a copy would turn into gigabytes), outputs, caches, screenshots.
 IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "results", "logs", ".snakemake", "__pycache__", ".*_cache", "*.egg-info"
-)
+    ".venv*", ".git", "results", "logs", ".snakemake", "__pycache__", ".*_cache", "*.egg-info",
+    "test-artifacts", ".hypothesis", "build",
+)  # fmt: skip
 
 # The tiny end-to-end run: three short contexts (sweep + two promotion contexts), two prompts each.
 # One torch thread per job, so the two cores run two jobs at once (nothing here is timed, and every

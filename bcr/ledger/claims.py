@@ -16,8 +16,9 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from bcr import provenance
+from bcr import headline, provenance
 from bcr.config import ConfigError
+from bcr.headline import promotion_contexts
 from bcr.ledger import tables
 from bcr.ledger.evidence import Results
 from bcr.ledger.rules import RULES, VERDICTS, EvalContext
@@ -127,11 +128,6 @@ def load_claims(path: str | Path) -> ClaimFile:
     return ClaimFile(data["bootstrap"], data["headline"], claims)
 
 
-def promotion_contexts(config: dict) -> list[int]:
-    """The config's promotion contexts: every context after the first (the sweep context)."""
-    return [int(c) for c in config["prompts"]["contexts"][1:]]
-
-
 def query_modes(config: dict) -> list[str]:
     """The tiered query modes the run measures (the per-mode claims get one verdict each)."""
     return list((config.get("tiered") or {}).get("query_modes") or [])
@@ -165,21 +161,27 @@ def eval_context(
         results = results.view(workload or workloads(config)[0], mode)
     dense = results["dense"].df
     tiered = tables.tiered_rows(results["tiered_promotion"].df, dense)
-    contexts = promotion_contexts(config)
-    # controls (keep everything exact) are never candidates: the claim file's list and the config's
-    controls = ((config.get("tiered") or {}).get("sweep") or {}).get("controls") or []
-    exclude = list(dict.fromkeys([*spec.headline.get("exclude", []), *controls]))
-    statuses = tables.setting_status(tiered, contexts, spec.headline["decode_path"], spec.headline["min_n"])
     return EvalContext(
         results=results,
         config=config,
         bootstrap=spec.bootstrap,
-        exclude=exclude,
+        exclude=headline_exclude(spec, config),
         tiered=tiered,
-        promotion_contexts=contexts,
-        headline=tables.headline(statuses, exclude),
+        promotion_contexts=promotion_contexts(config),
+        headline=headline_of(spec, config, results["tiered_promotion"].df),
         query_mode=mode,
     )
+
+
+def headline_exclude(spec: ClaimFile, config: dict) -> list[str]:
+    """Settings never chosen as the headline (:func:`bcr.headline.excluded`)."""
+    return headline.excluded(spec.headline, config)
+
+
+def headline_of(spec: ClaimFile, config: dict, promotion: pd.DataFrame | None) -> headline.Headline:
+    """The setting the tiered claims are about, from one family's and mode's promotion rows
+    (:func:`bcr.headline.choose`, the choice the timed promotion runs also make)."""
+    return headline.choose(spec.headline, config, promotion)
 
 
 def evaluate(spec: ClaimFile, results: Results, config: dict) -> pd.DataFrame:

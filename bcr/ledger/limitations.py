@@ -28,7 +28,10 @@ CAVEATS = {
     "tiered-budget": "fixed budget of this setting",
     "exactness": "short generations",
     "local-engine": "local engine, not SGLang's server",
+    "scattered-bed": "scattered bed: outlier keys",
 }
+# Caveats a family's verdicts carry whatever the claim file says (the family's own construction).
+FAMILY_CAVEATS = {"scattered": "scattered-bed"}
 
 
 def _item(level: str, title: str, text: str, anchor: str | None = None) -> dict[str, str]:
@@ -225,6 +228,28 @@ def _mixed(results: Results) -> list[dict]:
     return out
 
 
+def _scattered_bed(config: dict) -> list[dict]:
+    """What the synthetic scattered family is (bcr/prompts.py), where a run measures it: each value
+    token is the only token of its vocabulary band in the prompt, so its key is an outlier by
+    construction and a key-outlier detector finds it without reading the question."""
+    synthetic = config["prompts"].get("renderer", "synthetic") == "synthetic"
+    if not synthetic or "scattered" not in config["prompts"].get("workloads", []):
+        return []
+    return [
+        _item(
+            "warning",
+            "Scattered bed",
+            "In the synthetic `scattered` family each of the answer's value tokens sits alone at its "
+            "own position, and each is the only token of its vocabulary band in the prompt "
+            "(`bcr/prompts.py`, `synthetic_example`): its key and value are outliers by "
+            "construction. A page or token selector that scores reconstruction error or key "
+            "outliers can find them without the question; on natural text the tokens an answer "
+            "needs are not marked this way. Every `scattered` verdict carries this marker.",
+            "scattered-bed",
+        )
+    ]
+
+
 def _compressed_layers(results: Results, setting: str) -> int | None:
     """How many layers the runs of ``setting`` compressed (the tiered rows' ``band_layers``)."""
     for name in ("tiered_promotion", "tiered_sweep"):
@@ -318,6 +343,7 @@ def limitations(
         *_samples(results, ledger, reference),
         *_missing(results),
         *_mixed(results),
+        *_scattered_bed(config),
         _item(
             "info",
             "Exactness",

@@ -21,17 +21,18 @@ import yaml
 from bcr import contracts as C
 from bcr.contracts import DECOMPOSITION_PHASES, DENSE_PATH, OURS_PRESS, PROMPT_WORKLOADS, QUERY_MODES
 from bcr.contracts import WORKLOAD as C_WORKLOAD
+from bcr.headline import promotion_contexts
 from bcr.ledger import plots, stats, tables
 from bcr.ledger.claims import (
     TRACK_PAGES,
     ClaimFile,
     eval_context,
-    promotion_contexts,
+    headline_exclude,
     query_modes,
     workloads,
 )
 from bcr.ledger.evidence import Results, provenance_rows
-from bcr.ledger.limitations import limitations
+from bcr.ledger.limitations import FAMILY_CAVEATS, limitations
 from bcr.ledger.version import ledger_version
 from bcr.provenance import PROVENANCE_COLUMNS, package_version
 
@@ -400,8 +401,8 @@ def _claims(
                 "short": present[f"lim-{k}"]["short"] or k,
                 "summary": present[f"lim-{k}"]["summary"],
             }
-            for k in claim.caveats
-            if f"lim-{k}" in present
+            for k in dict.fromkeys([*claim.caveats, FAMILY_CAVEATS.get(c.get("workload"))])
+            if k and f"lim-{k}" in present
         ]
         if c["waiting_on"] or str(c["reason"]).startswith("no `"):
             c["caveats"] = []  # nothing measured: no property of the setup decided it
@@ -462,6 +463,9 @@ def _mode_section(
         "key": f"{workload}-{mode}",
         "title": f"{WORKLOAD_TITLES.get(workload, workload)}: {MODE_TITLES.get(mode, mode)}",
         "headline": eval_context(spec, view, config).headline,  # the view is already cut
+        "dense_right": tables.most_compressed_dense_right(
+            view["tiered_promotion"].df, promotion_contexts(config), path, headline_exclude(spec, config)
+        ),
         "sweep": _records(sweep),
         "promotion": [{**r, "query_mode": mode} for r in _records(promotion)],
         "negative_controls": _records(tables.controls_table(view["tiered_controls"].df)),
@@ -667,6 +671,11 @@ def site_data(
         "modes": mode_sections,
         "site_version": ledger_version(ledger, config),
         "headline_path": path,
+        # the decode path the page-native speed and memory claims read (the headline's own otherwise)
+        "paged_path": next(
+            (c.rule["decode_path"] for c in spec.claims if c.rule.get("decode_path") not in (None, path)),
+            path,
+        ),
         "contexts": [int(c) for c in config["prompts"]["contexts"]],
         "promotion_contexts": promotion_contexts(config),
         "note_ctx": note_ctx,
@@ -703,6 +712,7 @@ def site_data(
         "failures": _failures(results),
         "run_cost": _run_cost(results),
         "limitations": lims,
+        "family_caveats": FAMILY_CAVEATS,
         "versions": {
             "python": platform.python_version(),
             "pandas": pd.__version__,

@@ -8,13 +8,21 @@ Parquet, if any, is not read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bcr import contracts as C
+from bcr.headline import (  # noqa: F401 (the ledger's names for them)
+    Headline,
+    SettingStatus,
+    answer_exactness,
+    headline,
+    index_text,
+    setting_status,
+)
 from bcr.ledger.stats import geomean, geomean_interval, p50_ratio_interval
 
 DENSE_PATH = "dense"
@@ -90,17 +98,14 @@ def tiered_rows(df: pd.DataFrame | None, dense: pd.DataFrame | None = None) -> p
         return pd.DataFrame()
     out = df.copy()
     out["context"] = out["context"].astype(int)
-    # The ledger's exactness is the answer span (the note's claim, the primary measure); the whole
-    # compared trajectory (the stronger test) is kept beside it as exact_trajectory.
-    out["exact_trajectory"] = out["exact"].astype(bool)
-    out["exact"] = (out["exact_answer"] if "exact_answer" in out else out["exact"]).astype(bool)
     sources = {}
     if "kv_bytes_peak_decode" not in out.columns:
         out["kv_bytes_peak_decode"] = math.nan  # an older file: the decode-phase peak was not recorded
     for col in ("peak_mem_bytes", "kv_bytes_peak", "kv_bytes_peak_decode"):
         out[f"{col}_dense"], sources[col] = _dense_baseline(out, dense, col)
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
-    out = out[out["decode_path"] != DENSE_PATH].reset_index(drop=True)
+    # exactness on the answer span, the whole trajectory beside it (bcr.headline: one definition)
+    out = answer_exactness(out)
     out["peak_mem_ratio"] = out["peak_mem_bytes"] / out["peak_mem_bytes_dense"]
     out["kv_peak_ratio"] = out["kv_bytes_peak"] / out["kv_bytes_peak_dense"]
     out["kv_peak_vs_stored"] = out["kv_peak_ratio"] / out["stored_fraction"].astype(float)
@@ -111,73 +116,51 @@ def tiered_rows(df: pd.DataFrame | None, dense: pd.DataFrame | None = None) -> p
 
 
 @dataclass
-class SettingStatus:
-    """Exactness of one setting over the promotion contexts."""
+class DenseRightBest:
+    """The most compressed setting exact on every prompt the dense reference answered right."""
 
     setting: str
-    status: str  # "exact" | "mismatch" | "insufficient"
-    per_context: dict[int, tuple[int, int]]  # context -> (exact prompts, prompts)
-    compression: float  # geometric mean at the largest context with rows
-    divergences: list[str] = field(default_factory=list)
+    compression: float
+    stored_fraction: float
+    n_dense_right: int  # prompts at the promotion contexts dense answered right (the n of the claim)
+    n_prompts: int  # all prompts at those contexts
 
 
-def setting_status(
-    rows: pd.DataFrame, contexts: list[int], decode_path: str, min_n: int
-) -> list[SettingStatus]:
-    """Per setting: exact on every prompt at every context with at least ``min_n`` prompts?"""
-    if len(rows) == 0:
-        return []
-    sel = rows[(rows["decode_path"] == decode_path) & rows["context"].isin(contexts)]
-    out = []
-    for setting, g in sel.groupby("setting", sort=True):
-        per = {int(c): (int(h["exact"].sum()), len(h)) for c, h in g.groupby("context")}
-        bad = g[~g["exact"]]
-        divergences = [
-            f"{r.prompt_id} @ {r.context} (first divergence at token {_int(r.first_divergence)})"
-            for r in bad.itertuples()
-        ]
-        if len(bad):
-            status = "mismatch"
-        elif all(c in per and per[c][1] >= min_n for c in contexts):
-            status = "exact"
-        else:
-            status = "insufficient"
-        largest = max(per)
-        comp = geomean(g[g["context"] == largest]["compression"])
-        out.append(SettingStatus(str(setting), status, per, comp, divergences))
-    return out
-
-
-def _int(v: Any) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else str(int(v))
-
-
-@dataclass
-class Headline:
-    """The setting the tiered claims are about (the note's front_ret25 role)."""
-
-    setting: str | None
-    exact: bool
-    reason: str
-
-
-def headline(statuses: list[SettingStatus], exclude: list[str]) -> Headline:
-    """The exact setting with the highest compression; else the closest to exact (stated as such)."""
-    cands = [s for s in statuses if s.setting not in exclude]
-    if not cands:
-        return Headline(None, False, "no tiered setting has promotion rows")
-    exact = [s for s in cands if s.status == "exact"]
-    if exact:
-        best = max(exact, key=lambda s: (s.compression, s.setting))
-        return Headline(best.setting, True, f"{best.setting}: exact at every promotion context")
-
-    def frac(s: SettingStatus) -> float:
-        good = sum(e for e, _ in s.per_context.values())
-        total = sum(n for _, n in s.per_context.values())
-        return good / total if total else 0.0
-
-    best = max(cands, key=lambda s: (frac(s), s.compression, s.setting))
-    return Headline(best.setting, False, f"{best.setting}: no setting is exact at every promotion context")
+def most_compressed_dense_right(
+    promotion: pd.DataFrame | None, contexts: list[int], decode_path: str, exclude: list[str]
+) -> DenseRightBest | None:
+    """Among the promoted settings with rows at every promotion context: the one with the highest
+    compression at the largest context whose answer span is exact on every prompt the dense row
+    answered right (a prompt dense gets wrong never needed the needle's pages).  ``promotion``: the
+    raw promotion rows, dense rows included.  None when no setting is."""
+    if promotion is None or len(promotion) == 0:
+        return None
+    df = promotion[promotion["context"].astype(int).isin(contexts)]
+    dense = df[df["decode_path"] == DENSE_PATH]
+    right = {(int(r.context), r.prompt_id) for r in dense.itertuples() if bool(r.answer_correct)}
+    every = {(int(r.context), r.prompt_id) for r in dense.itertuples()}
+    rows = tiered_rows(df)
+    if len(rows) == 0 or not right:
+        return None
+    best = None
+    for setting, g in rows[rows["decode_path"] == decode_path].groupby("setting", sort=True):
+        if setting in exclude or set(g["context"].astype(int)) != set(contexts):
+            continue
+        keys = list(zip(g["context"].astype(int), g["prompt_id"], strict=True))
+        on_right = g[[k in right for k in keys]]
+        if len({k for k in keys if k in right}) < len(right) or not on_right["exact"].all():
+            continue
+        top = g[g["context"].astype(int) == max(contexts)]
+        cand = DenseRightBest(
+            str(setting),
+            geomean(top["compression"]),
+            float(top["stored_fraction"].median()),
+            len(right),
+            len(every),
+        )
+        if best is None or (cand.compression, cand.setting) > (best.compression, best.setting):
+            best = cand
+    return best
 
 
 def promoted_settings(promoted: Any) -> list[str] | None:
@@ -214,7 +197,7 @@ def sweep_table(
             "exact": exact,
             "compression": geomean(g["compression"]),
             "stored_fraction": float(g["stored_fraction"].mean()),
-            "first_divergence": _int(bad["first_divergence"].min()) if len(bad) else "—",
+            "first_divergence": index_text(bad["first_divergence"].min()) if len(bad) else "—",
             "lost": _first_text(bad, "lost"),
             "max_logit_diff": float(g["max_logit_diff"].max()),
             "promoted": (setting in promoted) if promoted is not None else None,

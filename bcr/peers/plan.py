@@ -130,6 +130,7 @@ def build_job(config: dict, workload: str, prompts: dict[int, str], by_mode: dic
         "threads": int(config["runtime"]["threads"]),
         "seed": int(config["runtime"].get("seed", 0)),
         "n_prompts": peers.get("n_prompts"),
+        "timed": bool(peers.get("timed", False)),
         "prompts": [
             {
                 "path": str(p),

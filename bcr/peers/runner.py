@@ -236,6 +236,7 @@ def run_prompt(
     word-level tokenizer (``pipeline_equal``).
     """
     n = int(job["max_new_tokens"])
+    timed = bool(job.get("timed", True))
     ids = torch.tensor([list(row["input_ids"])], dtype=torch.long, device=model.device)
     split = question_split(row)
     if split is None:
@@ -302,8 +303,9 @@ def run_prompt(
                     "exact_answer": first is None or first >= span,
                     "first_divergence": first,
                     "answer_correct": answer_correct(out, row, tokenizer),
-                    "ttft_s": ttft,
-                    "tpot_s": sum(steps) / len(steps) if steps else None,
+                    # clocks only from a timed job (peers.timed: one alone on the machine)
+                    "ttft_s": ttft if timed else None,
+                    "tpot_s": (sum(steps) / len(steps) if steps else None) if timed else None,
                     "kv_bytes_stored": stored_bytes,
                     "kv_bytes_dense": dense_bytes,
                     "hook_equal": same_hook,

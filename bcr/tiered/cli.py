@@ -60,6 +60,18 @@ def register(tracks: argparse._SubParsersAction) -> None:
         help="also write the latency decomposition of the first tiered.decomposition_prompts timed "
         "prompts here (instrumented runs in the same rounds; empty when nothing is timed)",
     )
+    p.add_argument(
+        "--time-headline",
+        metavar="CLAIMS",
+        help="time only the headline setting the claim file's rule picks (per mode) from this run's "
+        "exactness rows and --headline-rows (the latency claims read no other setting's clocks)",
+    )
+    p.add_argument(
+        "--headline-rows",
+        nargs="*",
+        default=[],
+        help="the same family's promotion rows at the other promotion contexts (for --time-headline)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -180,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     timed = args.timed_prompts if args.timed_prompts is not None else tcfg.get("timed_prompts")
     phases: list[dict] = []
     n_phases = int(tcfg.get("decomposition_prompts", 0)) if args.decomposition else 0
+    chooser = _headline_chooser(args, config) if args.time_headline else None
     t0 = time.perf_counter()
     frames = (
         measure(
@@ -195,6 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=progress,
             decomposition_prompts=n_phases,
             decomposition=phases,
+            timed_settings=chooser,
         )
         if settings
         else {m: pd.DataFrame(columns=TIERED_COLUMNS) for m in args.query_modes}  # nothing promoted
@@ -213,6 +227,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(_summary_line(f"tiered {setting} ({mode}, {path})", args.context, g))
     print(f"({time.perf_counter() - t0:.1f}s)")
     return 0
+
+
+def _headline_chooser(args: argparse.Namespace, config: dict):
+    """``timed_settings`` for :func:`bcr.tiered.harness.measure`: per mode, the headline setting
+    (:func:`bcr.headline.choose`, the ledger's own choice) over this run's exactness rows and the
+    smaller promotion contexts' rows, so the clocks are spent where the claims read them."""
+    from bcr import headline
+
+    rule = headline.read_rule(args.time_headline)
+    others = [io.read_parquet(p, TIERED_COLUMNS) for p in args.headline_rows]
+
+    def choose(frames: dict[str, pd.DataFrame]) -> list[str]:
+        names = []
+        for mode, df in frames.items():
+            rows = pd.concat([*(o[o["query_mode"] == mode] for o in others), df], ignore_index=True)
+            h = headline.choose(rule, config, rows)
+            print(f"timing {mode}: {h.reason}" if h.setting else f"timing {mode}: no setting ({h.reason})")
+            if h.setting:
+                names.append(h.setting)
+        return names
+
+    return choose
 
 
 def _load_run_inputs(args: argparse.Namespace, config: dict):

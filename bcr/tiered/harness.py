@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -441,19 +441,22 @@ def measure(
     progress=None,
     decomposition_prompts: int = 0,
     decomposition: list[dict] | None = None,
+    timed_settings: Callable[[dict[str, pd.DataFrame]], Iterable[str]] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Rows for every (mode, prompt, setting, path), a ``dense`` row first per prompt; one frame per mode.
 
     Exactness on every prompt from one prefill per prompt (:mod:`bcr.tiered.shared`: captured once,
-    compressed per setting and mode).  The first ``timed_prompts`` prompts (None: all; 0: none) are
-    also timed: fresh dense (``DynamicCache`` and ``StaticCache``) and tiered runs,
+    compressed per setting and mode).  Then the first ``timed_prompts`` prompts (None: all; 0: none)
+    are timed: fresh dense (``DynamicCache`` and ``StaticCache``) and tiered runs,
     ``generation["repeats"]`` rounds in rotating order (the rotation continuing from prompt to
     prompt), each tiered one of which must reproduce the shared run's tokens, page manifests and
-    prefill high-water mark, and whose medians fill the latency columns.  The first
-    ``decomposition_prompts`` timed prompts add one instrumented run per arm to those rounds, whose
-    per-phase rows are appended to ``decomposition``.  The dense tokens must equal the dense baseline
-    file when one is given.  ``forced_phantom`` maps prompt_id -> {layer: pages} that must be
-    summarised (tests, diagnosis).
+    prefill high-water mark, and whose medians fill the latency columns.  ``timed_settings``, given
+    the exactness frames, names the settings whose tiered arms are timed (None: every setting; the
+    promotion runs time only the setting the claims are about).  The first ``decomposition_prompts``
+    timed prompts add one instrumented run per arm to those rounds, whose per-phase rows are
+    appended to ``decomposition``.  The dense tokens must equal the dense baseline file when one is
+    given.  ``forced_phantom`` maps prompt_id -> {layer: pages} that must be summarised (tests,
+    diagnosis).
     """
     from bcr.tiered import shared
 
@@ -465,10 +468,28 @@ def measure(
         raise ValueError("decomposition_prompts needs a decomposition list to append its rows to")
     kw = _gen_kwargs(loaded, generation)
     kw_t = dict(kw, keep_logits=False)  # timed runs: tokens and clocks (the shared runs compare logits)
-    rows: dict[str, list[dict]] = {m: [] for m in modes}
     w = max((s.obs_window for s in settings), default=1)
     page = settings[0].page_size if settings else 16
-    timed_so_far = 0
+
+    def rows_of(shot: _Shared, timed: dict) -> dict[str, list[dict]]:
+        """A prompt's rows: a setting's tiered rows carry latency when its arms were timed."""
+        dense_timed = timed.get(DENSE_PATH)
+        static_timed = timed.get(DENSE_STATIC_PATH)
+        out: dict[str, list[dict]] = {m: [] for m in modes}
+        for mode in modes:
+            for s in settings:  # each setting's rows start with the dense reference (as one file each did)
+                for path in (DENSE_PATH, *decode_paths):
+                    run = shot.dense if path == DENSE_PATH else shot.runs[mode, s.name, path]
+                    own = dense_timed if path == DENSE_PATH else timed.get((mode, s.name, path))
+                    out[mode].append(
+                        _row(s, shot.prompt, path, run, shot.dense, loaded.tokenizer, mode,
+                             own, dense_timed, static_timed)
+                    )  # fmt: skip
+        return out
+
+    # Pass 1: exactness on every prompt from its shared prefill.
+    shots: list[_Shared] = []
+    per_prompt: list[dict[str, list[dict]]] = []
     for i, prompt in enumerate(prompts.to_dict("records")):
         pid = prompt["prompt_id"]
         ids = torch.tensor([list(prompt["input_ids"])], device=device)
@@ -480,7 +501,6 @@ def measure(
         ref, ref_cache = shared.run_dense_from(loaded, full, kw)
         ref.step_logits = [x.cpu() for x in ref.step_logits]  # [V] per step: off the accelerator
         _check_dense_reference(pid, ref.tokens, dense_reference)
-        dense = _dense_account(ref, ref_cache, ids.shape[1])
         runs = {}
         for mode in modes:
             for s in settings:
@@ -488,81 +508,75 @@ def measure(
                     result, cache = shared.run_tiered_from(loaded, ctx, full, ids, s, mode, kw, path, forced)
                     result.step_logits = [x.cpu() for x in result.step_logits]
                     runs[mode, s.name, path] = TieredRun.of(result, cache)
-        del ctx, full  # the snapshots' K/V go before the timed runs allocate their own
-        timed: dict = {}
-        if timed_prompts is None or i < timed_prompts:
-            arms = {
-                DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split),
-                DENSE_STATIC_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split, True),
-            }
+        dense = _dense_account(ref, ref_cache, ids.shape[1])
+        del ctx, full, ref_cache  # the snapshots' K/V go before the next prompt's (or a timed run's)
+        shot = _Shared(prompt, ids, split, forced, ref.tokens, dense, runs)
+        per_prompt.append(rows_of(shot, {}))
+        if progress is not None:
             for mode in modes:
-                for s in settings:
-                    for path in decode_paths:
-                        arms[mode, s.name, path] = lambda ids=ids, s=s, p=path, m=mode, f=forced, q=split: (
-                            run_tiered(loaded, ids, s, p, kw_t, f, m, q)
-                        )
-            phased = list(arms) if timed_so_far < decomposition_prompts else []
-            for key in phased:
-                arms["phases", key] = lambda arm=arms[key]: instrumented(loaded, device, arm)
-            warm = generation["warmup"] if timed_so_far == 0 else 0
-            timed = interleaved(arms, generation["repeats"], warm, start=timed_so_far)
-            timed_so_far += 1
-            for path in (DENSE_PATH, DENSE_STATIC_PATH):
-                _check_same(timed[path], path, pid)
-            if timed[DENSE_PATH][0].result.tokens != ref.tokens:
-                raise DeterminismError(f"prompt {pid}: a fresh dense run differs from the shared prefill's")
-            for key, run in runs.items():
-                _check_fresh(timed[key], run, f"tiered ({key[1]}, {key[0]}, {key[2]})", pid)
-            for key in phased:  # the instrumented runs: gated like the others, then decomposed
-                got = timed["phases", key]
-                fresh = [r for r, _ in got]
-                if key in runs:
-                    mode, name, path = key
-                    _check_fresh(fresh, runs[key], f"instrumented tiered ({name}, {mode}, {path})", pid)
-                    decomposition.extend(decomposition_rows(prompt, mode, name, path, got, timed[key]))
-                    continue
-                if fresh[0].result.tokens != timed[key][0].result.tokens:
-                    raise DeterminismError(f"prompt {pid}: an instrumented {key} run changed its tokens")
-                for mode in modes:
-                    decomposition.extend(decomposition_rows(prompt, mode, key, key, got, timed[key]))
-        dense_timed = timed.get(DENSE_PATH)
-        static_timed = timed.get(DENSE_STATIC_PATH)
+                for r in per_prompt[-1][mode]:
+                    if r["decode_path"] != DENSE_PATH:
+                        progress(r)
+        if timed_prompts is None or i < timed_prompts:
+            shots.append(shot)
+
+    # Pass 2: fresh timed runs of the first timed_prompts prompts (the chosen settings' arms).
+    names = None
+    if shots and timed_settings is not None:
+        frames = {m: _frame([r for p in per_prompt for r in p[m]]) for m in modes}
+        names = set(timed_settings(frames))
+    timed_list = [s for s in settings if names is None or s.name in names]
+    for j, shot in enumerate(shots):
+        pid, ids, split, forced = shot.prompt["prompt_id"], shot.ids, shot.split, shot.forced
+        arms = {
+            DENSE_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split),
+            DENSE_STATIC_PATH: lambda ids=ids, split=split: run_dense(loaded, ids, kw_t, split, True),
+        }
         for mode in modes:
-            out = rows[mode]
-            for s in settings:  # each setting's rows start with the dense reference (as one file each did)
-                out.append(
-                    _row(
-                        s,
-                        prompt,
-                        DENSE_PATH,
-                        dense,
-                        dense,
-                        loaded.tokenizer,
-                        mode,
-                        dense_timed,
-                        dense_timed,
-                        static_timed,
-                    )
-                )
+            for s in timed_list:
                 for path in decode_paths:
-                    key = (mode, s.name, path)
-                    out.append(
-                        _row(
-                            s,
-                            prompt,
-                            path,
-                            runs[key],
-                            dense,
-                            loaded.tokenizer,
-                            mode,
-                            timed.get(key),
-                            dense_timed,
-                            static_timed,
-                        )
+                    arms[mode, s.name, path] = lambda ids=ids, s=s, p=path, m=mode, f=forced, q=split: (
+                        run_tiered(loaded, ids, s, p, kw_t, f, m, q)
                     )
-                    if progress is not None:
-                        progress(out[-1])
-    return {m: _frame(r) for m, r in rows.items()}
+        phased = list(arms) if j < decomposition_prompts else []
+        for key in phased:
+            arms["phases", key] = lambda arm=arms[key]: instrumented(loaded, device, arm)
+        warm = generation["warmup"] if j == 0 else 0
+        timed = interleaved(arms, generation["repeats"], warm, start=j)
+        for path in (DENSE_PATH, DENSE_STATIC_PATH):
+            _check_same(timed[path], path, pid)
+        if timed[DENSE_PATH][0].result.tokens != shot.ref_tokens:
+            raise DeterminismError(f"prompt {pid}: a fresh dense run differs from the shared prefill's")
+        for key, run in shot.runs.items():
+            if key in timed:
+                _check_fresh(timed[key], run, f"tiered ({key[1]}, {key[0]}, {key[2]})", pid)
+        for key in phased:  # the instrumented runs: gated like the others, then decomposed
+            got = timed["phases", key]
+            fresh = [r for r, _ in got]
+            if key in shot.runs:
+                mode, name, path = key
+                _check_fresh(fresh, shot.runs[key], f"instrumented tiered ({name}, {mode}, {path})", pid)
+                decomposition.extend(decomposition_rows(shot.prompt, mode, name, path, got, timed[key]))
+                continue
+            if fresh[0].result.tokens != timed[key][0].result.tokens:
+                raise DeterminismError(f"prompt {pid}: an instrumented {key} run changed its tokens")
+            for mode in modes:
+                decomposition.extend(decomposition_rows(shot.prompt, mode, key, key, got, timed[key]))
+        per_prompt[j] = rows_of(shot, timed)
+    return {m: _frame([r for p in per_prompt for r in p[m]]) for m in modes}
+
+
+@dataclass
+class _Shared:
+    """One prompt's shared-prefill results, kept for its timed runs' determinism gate."""
+
+    prompt: dict
+    ids: torch.Tensor
+    split: int
+    forced: dict[int, list[int]] | None
+    ref_tokens: list[int]
+    dense: TieredRun
+    runs: dict
 
 
 def measure_setting(

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bcr.config import resolve_base
+from bcr.headline import promotion_contexts
 
 # Every resolved setting carries exactly these knobs (``base`` is resolved away).
 KNOBS = (
@@ -105,11 +106,6 @@ def promotion_override(config: dict) -> list[str] | None:
 def promotion_max_settings(config: dict) -> int | None:
     limit = (config["tiered"].get("promotion") or {}).get("max_settings")
     return None if limit is None else int(limit)
-
-
-def promotion_contexts(config: dict) -> list[int]:
-    """Every context after the first (the first is the sweep context)."""
-    return [int(c) for c in config["prompts"]["contexts"][1:]]
 
 
 def timed_contexts(config: dict) -> list[int]:

@@ -63,6 +63,7 @@ KEY_TABLES = {
     "serving": ["cache-ops-16", "cache-ops-1"],
     "provenance": ["provenance-files"],
 }
+TAB_LABELS = "document.querySelectorAll('article .tabbed-labels > label')"
 MISSING_TEXT = re.compile(r"(?<![\w.`])(nan|NaN|None)(?![\w`])")
 
 TABLES_JS = """
@@ -147,12 +148,19 @@ def test_page_at_1280(browser, artifacts, page):
     broken = [i["src"] for i in b.run(IMAGES_JS) if not i["ok"]]
     assert not broken, f"{page}: images that did not load: {broken}"
     tables = b.run(TABLES_JS)
+    for i in range(b.run(f"return {TAB_LABELS}.length")):  # the tables of every tab, each shown in turn
+        b.run(f"{TAB_LABELS}[{i}].click()")
+        tables += b.run(TABLES_JS)
     cut = [t for t in tables if t["cut"]]
     assert not cut, (
         f"{page}: key tables cut off at {WIDE} px (their right-hand columns need scrolling): {cut}"
     )
-    if page in GENERATED:
+    if page in GENERATED:  # every folded block open and every tab shown in turn: all the text
+        b.run("document.querySelectorAll('article details').forEach(d => d.open = true)")
         text = b.run("return document.querySelector('article').innerText")
+        for i in range(b.run(f"return {TAB_LABELS}.length")):
+            b.run(f"{TAB_LABELS}[{i}].click()")
+            text += b.run("return document.querySelector('article').innerText")
         hits = sorted({m.group(0) for m in MISSING_TEXT.finditer(text)})
         assert not hits, f"{page}: shows {hits} (a missing value must read as —)"
 
@@ -169,9 +177,10 @@ def test_the_glance_table_is_the_first_screen(browser, artifacts):
     assert top >= 0 and bottom <= 900, f"the glance table spans {top:.0f}-{bottom:.0f} px of a 900 px screen"
 
 
-def test_page_heights_are_recorded_and_the_overview_is_short(browser, artifacts):
+def test_page_heights_are_recorded_and_every_results_page_is_short(browser, artifacts):
     """Every page's height at 1280 px into page_heights.json beside the screenshots (the closing
-    note's before/after); the overview, whose cards moved to their track pages, stays under 8,000 px."""
+    note's before/after); every generated results page stays under 8,000 px (the long parts fold,
+    the tiered sections are tabs)."""
     import json
 
     b, base = browser
@@ -180,7 +189,29 @@ def test_page_heights_are_recorded_and_the_overview_is_short(browser, artifacts)
         _open(b, base, page, WIDE)
         heights[page] = b.run("return document.documentElement.scrollHeight")
     (artifacts / "page_heights.json").write_text(json.dumps(heights, indent=2) + "\n")
-    assert heights["index"] <= 8000, heights
+    over = {p: h for p, h in heights.items() if p in GENERATED and h > 8000}
+    assert not over, f"results pages over 8,000 px at {WIDE} px: {over}"
+
+
+def test_tiered_page_has_one_tab_per_family_and_mode_showing_its_tables(browser, site_results):
+    """The tiered page's sections are tabs (one screen per family and mode, not one long page):
+    selecting a tab shows that section's key tables, on screen and whole, and hides the others'."""
+    b, base = browser
+    if not load_results(site_results)["tiered_promotion"].present:
+        pytest.skip("no tiered promotion results in the site under test")
+    _open(b, base, "tiered", WIDE)
+    labels = b.run(f"return Array.from({TAB_LABELS}).map(l => l.textContent.trim())")
+    assert len(labels) >= 2, labels
+    seen: list[str] = []
+    for i, label in enumerate(labels):
+        b.run(f"{TAB_LABELS}[{i}].click()")
+        shown = [t for t in b.run(TABLES_JS) if t["columns"] and t["right"] > 0]
+        own = sorted(t["id"] for t in shown if t["id"].startswith("sweep-table-"))
+        assert len(own) <= 1, (label, own)  # this tab's sweep table (where it has one), no other tab's
+        assert not [t for t in shown if t["cut"]], (label, shown)
+        seen += own
+    expected = [t for t in KEY_TABLES["tiered"] if t.startswith("sweep-table-")]
+    assert sorted(seen) == sorted(expected), seen  # each sweep table in exactly one tab
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)

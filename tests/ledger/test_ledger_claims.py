@@ -434,3 +434,60 @@ def test_the_smallest_exact_stored_fraction_moves_with_a_grid_points_rows(result
         tables.frontier_table(pd.read_parquet(synth.write_frontier(results_dir, n=4))), 8
     )
     assert few.iloc[0]["setting"] is None  # 4/4 exact is below the stated minimum sample
+
+
+def test_the_timed_promotion_run_times_the_ledgers_headline(tmp_path, spec, cpu_config):
+    """``bcr tiered run --time-headline``: the setting it times is the one the ledger will name, so
+    a setting inexact at a smaller promotion context is not timed even when exact at this one."""
+    import argparse
+
+    from bcr.ledger.claims import headline_of
+    from bcr.tiered.cli import _headline_chooser
+
+    def frames(ctx, inexact=()):
+        return pd.concat(
+            [
+                synth.tiered_frame(
+                    "front_ret25", ctx, compression=2.3, exact=[i not in inexact for i in range(8)]
+                ),
+                synth.tiered_frame("middle", ctx, compression=1.6),
+            ],
+            ignore_index=True,
+        )
+
+    here = frames(8192)
+    for inexact, expected in (((), "front_ret25"), ((5,), "middle")):
+        other = tmp_path / f"other{len(inexact)}.parquet"
+        frames(4096, inexact).to_parquet(other)
+        args = argparse.Namespace(
+            time_headline=str(synth.REPO / "config" / "claims.yaml"), headline_rows=[str(other)]
+        )
+        chosen = _headline_chooser(args, cpu_config)({"question_aware": here})
+        ledger = headline_of(spec, cpu_config, pd.concat([pd.read_parquet(other), here]))
+        assert chosen == [expected] == [ledger.setting]
+
+
+def test_the_most_compressed_setting_exact_on_every_dense_right_prompt():
+    """A prompt the dense reference answers wrong cannot show a lost needle: the setting that loses
+    only such prompts is named beside the strict headline; losing a dense-right prompt disqualifies."""
+    from bcr.ledger.tables import most_compressed_dense_right
+
+    def rows(lost_on):
+        frames = []
+        for ctx in (4096, 8192):
+            a = synth.tiered_frame("all_ret10", ctx, compression=6.0, exact=[i != lost_on for i in range(8)])
+            b = synth.tiered_frame("front_ret25", ctx, compression=2.3)
+            frames += [a, b]
+        df = pd.concat(frames, ignore_index=True)
+        wrong = (df["decode_path"] == "dense") & df["prompt_id"].str.endswith("-003")
+        df.loc[wrong, "answer_correct"] = False
+        return df
+
+    best = most_compressed_dense_right(rows(lost_on=3), [4096, 8192], "densify", [])
+    assert best.setting == "all_ret10" and best.n_dense_right == 14 and best.n_prompts == 16
+    assert 5.5 < best.compression < 6.5
+    assert most_compressed_dense_right(rows(lost_on=2), [4096, 8192], "densify", []).setting == "front_ret25"
+    assert most_compressed_dense_right(rows(lost_on=3), [4096, 8192], "densify", ["all_ret10"]).setting == (
+        "front_ret25"
+    )
+    assert most_compressed_dense_right(rows(lost_on=3), [4096, 16384], "densify", []) is None  # no 16K rows

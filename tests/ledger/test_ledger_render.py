@@ -40,8 +40,9 @@ def render(root, spec, config, reference, tmp_path):
 
 
 def md_tables(text: str):
-    """Yield (header cells, data rows) of every pipe table in a Markdown page."""
-    lines = text.splitlines()
+    """Yield (header cells, data rows) of every pipe table in a Markdown page (also those indented
+    inside a tab or an admonition)."""
+    lines = [line.lstrip(" ") for line in text.splitlines()]
     for i in range(len(lines) - 1):
         if lines[i].startswith("|") and re.match(r"^\|[-:| ]+\|$", lines[i + 1]):
             header = [c.strip() for c in lines[i].strip("|").split("|")]
@@ -99,10 +100,10 @@ def test_every_claim_has_an_admonition_of_its_verdict_on_its_page_and_glance_row
         kind = ADMONITION[row.verdict]
         claim = next(c for c in spec.claims if c.id == row.claim)
         text = pages[claim.page]
-        box = re.search(rf'!!! (\w+) "[^"]*"\n    `{re.escape(row.claim_id)}`', text)
+        box = re.search(rf'\?\?\? (\w+) "[^"]*"\n    `{re.escape(row.claim_id)}`', text)
         assert box, (row.claim_id, claim.page)
         assert box.group(1) == kind, (row.claim_id, claim.page)
-        assert not re.search(rf'!!! \w+ "[^"]*"\n    `{re.escape(row.claim_id)}`', pages["index.md"])
+        assert not re.search(rf'\?\?\? \w+ "[^"]*"\n    `{re.escape(row.claim_id)}`', pages["index.md"])
         if claim.glance:
             assert claim.glance.replace("'", "&#39;") in glance, claim.id
     cells = re.findall(r'<span class="verdict verdict-([\w-]+)">', glance)
@@ -145,7 +146,8 @@ def test_missing_evidence_says_not_yet_with_the_file_and_what_produces_it(render
         # the data section says so in one line, not in a second near-duplicate box
         assert "this section fills in when they are produced, as the claim above says" in text, page
         not_yet_claims = text.count('**ours:** <span class="verdict verdict-not-yet">')
-        assert text.count('!!! warning "Not yet:') == not_yet_claims, page
+        assert text.count('??? warning "Not yet:') == not_yet_claims, page
+        assert '!!! warning "Not yet:' not in text, page
     if kind == "empty":
         text = pages["tiered.md"]
         assert "results/tiered/*/promotion/*/*.parquet" in text and "results/tiered/*/sweep/*.parquet" in text
@@ -276,7 +278,7 @@ def test_a_verdict_fixed_by_construction_is_labelled_so(tmp_path, spec, cpu_conf
     row = pages["index.md"][pages["index.md"].index(f'<tr data-claim="{rid}">') :].split("</tr>")[0]
     assert "fixed by construction" in row
     box = pages[claim.page][pages[claim.page].index(f"`{rid}` · **ours:**") :]  # the claim box
-    assert "**Fixed by construction, not a finding:**" in box.split("!!!")[0]
+    assert "**Fixed by construction, not a finding:**" in box.split("\n??? ")[0]
     others = [c for c in spec.claims if not c.by_construction]
     for c in others:
         cid = _rid(c)
@@ -299,3 +301,23 @@ def test_the_decomposition_page_stacks_every_phase_with_dense_first(tmp_path, sp
     paged = next(r for r in rows if "| paged |" in r)
     cells = [c.strip() for c in paged.split("|")]
     assert cells[-2] == "3.09%"  # the instrumented total over the uninstrumented one (1 / 0.97)
+
+
+def test_every_scattered_verdict_links_what_the_scattered_bed_is(rendered, spec):
+    """The scattered family's value tokens are outliers by construction: every scattered row of the
+    ledger carries the marker (whatever its claim's caveats), no needle row does, and the tiered
+    page says it inside the scattered tabs."""
+    kind, ledger, pages = rendered
+    index = pages["index.md"]
+    rows = {
+        r.claim_id: index[index.index(f'<tr data-claim="{r.claim_id}">') :].split("</tr>")[0]
+        for r in ledger.itertuples()
+    }
+    marked = {cid for cid, row in rows.items() if "lim-scattered-bed" in row}
+    measured = ledger[~ledger["reason"].astype(str).str.startswith("no `")]
+    scattered = set(measured.loc[measured["workload"] == "scattered", "claim_id"])
+    assert marked <= set(ledger.loc[ledger["workload"] == "scattered", "claim_id"])
+    assert "lim-scattered-bed" in pages["limitations.md"]
+    if kind != "empty":
+        assert scattered and marked, kind
+    assert pages["tiered.md"].count('!!! warning "What this bed is"') == 2  # one per scattered mode tab

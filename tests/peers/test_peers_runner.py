@@ -77,9 +77,11 @@ def test_replay_equals_kvpress_hooks_and_pipeline(prompt_file, tmp_path):
 
 def test_exact_fails_when_the_press_drops_the_needle(prompt_file, tmp_path):
     """Nothing removed: exact on every prompt; the most recent 5% only (StreamingLLM, the needle
-    far behind): the answer is lost, so exactness and the answer fail."""
+    far behind): the answer is lost, so exactness and the answer fail.  An untimed job (the
+    default, ``peers.timed: false``) records no clocks; a timed one does."""
     pts = [point("knorm", 0.0, m) for m in MODES] + [point("streaming_llm", 0.95, m) for m in MODES]
-    rows = run_peer(job(prompt_file, pts), tmp_path)
+    rows = run_peer(dict(job(prompt_file, pts), timed=False), tmp_path)
+    assert rows["ttft_s"].isna().all() and rows["tpot_s"].isna().all()
     kept, dropped = rows[rows["compression_ratio"] == 0.0], rows[rows["compression_ratio"] == 0.95]
     assert kept["exact"].astype(bool).all() and kept["first_divergence"].isna().all()
     assert dropped["dense_answer_correct"].astype(bool).all()
@@ -89,7 +91,8 @@ def test_exact_fails_when_the_press_drops_the_needle(prompt_file, tmp_path):
 
 def test_a_press_that_fails_lands_in_its_rows_and_the_others_run(prompt_file, tmp_path):
     pts = [point("knorm", 0.5, MODES[0], no_such_option=1), point("snapkv", 0.5, MODES[0])]
-    rows = run_peer(job(prompt_file, pts), tmp_path)
+    rows = run_peer(dict(job(prompt_file, pts), timed=True), tmp_path)
     bad, good = rows[rows["press"] == "knorm"], rows[rows["press"] == "snapkv"]
+    assert (good["ttft_s"] > 0).all() and (good["tpot_s"] > 0).all()
     assert bad["error"].str.contains("no_such_option").all() and bad["exact"].isna().all()
     assert good["error"].isna().all() and good["exact"].notna().all()

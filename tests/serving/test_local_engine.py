@@ -19,7 +19,6 @@ from bcr.serving.workloads import TraceRequest
 @pytest.fixture(scope="module")
 def model():
     cfg = cfgmod.load(cfgmod.REPO_ROOT / "config" / "config.yaml")
-    torch.set_num_threads(2)
     return load_model(cfg["model"], torch.device("cpu"), root=cfgmod.REPO_ROOT).model
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -329,6 +330,44 @@ def test_one_run_of_several_settings_and_modes_times_a_subset_and_gates_it(needl
         assert set(timed["prompt_id"]) == {first} and len(timed) == len(settings)
         assert (t[t["prompt_id"] != first]["repeats"] == 0).all()
         assert t[t["setting"] == "keep_all"]["exact"].all()
+
+
+def test_only_the_chosen_settings_are_timed_and_the_chooser_sees_every_exactness_row(needle_setup):
+    """The timed promotion run: exactness first on every prompt and setting, then fresh timed runs
+    of only the setting the chooser names (the ledger's headline), still gated on the shared runs."""
+    from bcr.tiered.harness import measure
+
+    config, loaded, prompts, generation = needle_setup
+    settings = [resolve(config, "middle"), resolve(config, "keep_all")]
+    seen = {}
+
+    def choose(frames):
+        seen.update(frames)
+        return ["middle"]
+
+    df = measure(
+        loaded,
+        prompts,
+        settings,
+        ["densify"],
+        dict(generation, repeats=1),
+        torch.device("cpu"),
+        ["question_aware"],
+        timed_prompts=2,
+        timed_settings=choose,
+    )["question_aware"]
+    chosen = seen["question_aware"]
+    assert len(chosen) == len(df) and chosen["tpot_ratio"].isna().all()  # exactness rows, no clocks
+    t = df[df["decode_path"] == "densify"]
+    timed = t[t["tpot_ratio"].notna()]
+    assert set(timed["setting"]) == {"middle"} and len(timed) == 2
+    assert (t[t["setting"] == "keep_all"]["repeats"] == 0).all()
+    dense = df[(df["decode_path"] == "dense") & df["prompt_id"].isin(prompts["prompt_id"].head(2))]
+    assert dense["ttft_s"].notna().all()  # the dense arms are timed beside it
+    cols = ["setting", "prompt_id", "exact", "output_ids"]
+    pd.testing.assert_frame_equal(  # the same exactness rows, timed or not
+        df[cols].reset_index(drop=True).astype(str), chosen[cols].reset_index(drop=True).astype(str)
+    )
 
 
 # --- the scattered family: the answer needs several far-apart pages -----------------------------

@@ -11,6 +11,9 @@ from bcr.codehash import command_hash
 
 REPO = Path(workflow.basedir)
 RUN_CONFIG = C.RUN_CONFIG.path()
+# The claim ledger's rules (the ledger decides with them; the timed promotion runs and the serving
+# summary read their headline and bootstrap settings).
+CLAIMS_FILE = str(REPO / "config" / "claims.yaml")
 # Every rule's software (used with --sdm conda on the cluster; the CPU default runs in .venv).
 BCR_ENV = "../envs/bcr.yaml"
 _sources = ", ".join(str(f) for f in workflow.configfiles) or "config"

@@ -104,7 +104,7 @@ rule serving_summary:
         BCR_ENV
     input:
         cfg=ancient(RUN_CONFIG),
-        claims=str(REPO / "config" / "claims.yaml"),  # its bootstrap settings: the ledger's intervals
+        claims=CLAIMS_FILE,  # its bootstrap settings: the ledger's intervals
         requests=expand(rules.serving_run.output, workload=SERVING_WORKLOADS),
         force_miss=expand(rules.serving_force_miss.output, workload=SERVING_FORCE_MISS),
     output:
@@ -147,7 +147,7 @@ rule longctx_correctness:
         benchmark_path("longctx_correctness")
     log:
         "logs/correctness/longctx.log",
-    threads: TIMED_THREADS
+    threads: THREADS  # exactness only: no claim or page reads its requests' clocks
     resources:
         runtime=120,
         mem_mb=16000,

@@ -53,7 +53,6 @@ SITE_RESULTS = [
         context=TIERED_CONTROL_CONTEXTS,
     ),
 ]
-CLAIMS_FILE = str(REPO / "config" / "claims.yaml")
 REFERENCE_FILE = str(REPO / "config" / "reference.yaml")
 MKDOCS_FILE = str(REPO / "mkdocs.yml")
 DESIGN_FILE = str(REPO / "DESIGN.md")
