@@ -19,8 +19,8 @@ import pandas as pd
 import yaml
 
 from bcr.config import ConfigError
+from bcr.contracts import DENSE_PATH
 
-DENSE_PATH = "dense"
 RULE_KEYS = ("decode_path", "min_n")
 
 

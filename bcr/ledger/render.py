@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from bcr import contracts as C
+from bcr import io
 from bcr.contracts import DECOMPOSITION_PHASES, DENSE_PATH, OURS_PRESS, PROMPT_WORKLOADS, QUERY_MODES
 from bcr.contracts import WORKLOAD as C_WORKLOAD
 from bcr.headline import promotion_contexts
@@ -748,11 +749,7 @@ def _environments(results: Results) -> list[dict]:
 def _failures(results: Results) -> list[dict]:
     """The failed jobs of the run that built these results (``results/run/failed_jobs.json``)."""
     path = results.root / C.FAILED_JOBS.pattern
-    if not path.is_file():
-        return []
-    import json
-
-    return list(json.loads(path.read_text()).get("jobs") or [])
+    return list(io.read_json(path).get("jobs") or []) if path.is_file() else []
 
 
 def _run_cost(results: Results) -> dict:

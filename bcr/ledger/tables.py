@@ -144,13 +144,12 @@ def most_compressed_dense_right(
         return None
     best = None
     for setting, g in rows[rows["decode_path"] == decode_path].groupby("setting", sort=True):
-        if setting in exclude or set(g["context"].astype(int)) != set(contexts):
+        if setting in exclude or set(g["context"]) != set(contexts):
             continue
-        keys = list(zip(g["context"].astype(int), g["prompt_id"], strict=True))
-        on_right = g[[k in right for k in keys]]
-        if len({k for k in keys if k in right}) < len(right) or not on_right["exact"].all():
-            continue
-        top = g[g["context"].astype(int) == max(contexts)]
+        keys = list(zip(g["context"], g["prompt_id"], strict=True))
+        if not right <= set(keys) or not g[[k in right for k in keys]]["exact"].all():
+            continue  # a dense-right prompt missing or not exact
+        top = g[g["context"] == max(contexts)]
         cand = DenseRightBest(
             str(setting),
             geomean(top["compression"]),

@@ -303,24 +303,22 @@ def test_measure_controls_rows_and_the_dense_gate(needle_setup):
         )
 
 
-def test_one_run_of_several_settings_and_modes_times_a_subset_and_gates_it(needle_setup):
-    """The promotion runs' shape: every prompt exact from the shared prefill, the first ``timed_prompts``
-    also timed on fresh runs that must reproduce it; one frame per mode, dense rows per setting."""
+def measure_middle_and_keep_all(needle_setup, modes, **kw):
+    """``middle`` and ``keep_all`` on the densify path, one timed round: (the settings, the frames)."""
     from bcr.tiered.harness import measure
 
     config, loaded, prompts, generation = needle_setup
     settings = [resolve(config, "middle"), resolve(config, "keep_all")]
+    gen = dict(generation, repeats=1)
+    return settings, measure(loaded, prompts, settings, ["densify"], gen, torch.device("cpu"), modes, **kw)
+
+
+def test_one_run_of_several_settings_and_modes_times_a_subset_and_gates_it(needle_setup):
+    """The promotion runs' shape: every prompt exact from the shared prefill, the first ``timed_prompts``
+    also timed on fresh runs that must reproduce it; one frame per mode, dense rows per setting."""
     modes = ["question_aware", "question_agnostic"]
-    frames = measure(
-        loaded,
-        prompts,
-        settings,
-        ["densify"],
-        dict(generation, repeats=1),
-        torch.device("cpu"),
-        modes,
-        timed_prompts=1,
-    )
+    settings, frames = measure_middle_and_keep_all(needle_setup, modes, timed_prompts=1)
+    prompts = needle_setup[2]
     first = prompts["prompt_id"].iloc[0]
     for mode in modes:
         df = frames[mode]
@@ -335,27 +333,16 @@ def test_one_run_of_several_settings_and_modes_times_a_subset_and_gates_it(needl
 def test_only_the_chosen_settings_are_timed_and_the_chooser_sees_every_exactness_row(needle_setup):
     """The timed promotion run: exactness first on every prompt and setting, then fresh timed runs
     of only the setting the chooser names (the ledger's headline), still gated on the shared runs."""
-    from bcr.tiered.harness import measure
-
-    config, loaded, prompts, generation = needle_setup
-    settings = [resolve(config, "middle"), resolve(config, "keep_all")]
     seen = {}
 
     def choose(frames):
         seen.update(frames)
         return ["middle"]
 
-    df = measure(
-        loaded,
-        prompts,
-        settings,
-        ["densify"],
-        dict(generation, repeats=1),
-        torch.device("cpu"),
-        ["question_aware"],
-        timed_prompts=2,
-        timed_settings=choose,
-    )["question_aware"]
+    _, frames = measure_middle_and_keep_all(
+        needle_setup, ["question_aware"], timed_prompts=2, timed_settings=choose
+    )
+    df, prompts = frames["question_aware"], needle_setup[2]
     chosen = seen["question_aware"]
     assert len(chosen) == len(df) and chosen["tpot_ratio"].isna().all()  # exactness rows, no clocks
     t = df[df["decode_path"] == "densify"]
