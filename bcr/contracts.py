@@ -320,6 +320,12 @@ TIERED_PROMOTION = _file(
     "the promoted settings at a larger context",
     "tiered_promotion",
 )
+TIERED_PROMOTION_EXACT = _file(
+    "tiered/{workload}/promotion_exact/{mode}/{context}.parquet",
+    TIERED_COLUMNS,
+    "a timed promotion job's exactness rows, measured untimed beside other jobs (its input)",
+    "tiered_promotion_exact",
+)
 TIERED_PROMOTION_SUMMARY = _file(
     "tiered/{workload}/promotion_summary/{mode}.parquet",
     PROMOTION_SUMMARY_COLUMNS,

@@ -24,9 +24,14 @@ def run_dense(
     generation: dict,
     device: torch.device,
     *,
+    timed: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per prompt: tokens, correctness, median TTFT/TPOT over repeats, KV bytes, CUDA peaks."""
+    """One row per prompt: tokens, correctness, median TTFT/TPOT over repeats, KV bytes, CUDA peaks.
+
+    ``timed=False`` (a job that shares its cores): the clocks are not kept (null TTFT/TPOT) and the
+    first prompt gets no warm-up run; tokens, the determinism gate and the KV accounting are the same.
+    """
     kw = dict(
         max_new_tokens=generation["max_new_tokens"],
         eos_token_ids=loaded.eos_token_ids,
@@ -42,7 +47,7 @@ def run_dense(
             res, cache = greedy(loaded.model, ids, split=split, **kw)
             return res, cache_nbytes(cache)
 
-        warmup = generation["warmup"] if i == 0 else 0
+        warmup = generation["warmup"] if i == 0 and timed else 0
         runs = interleaved({"dense": once}, generation["repeats"], warmup)["dense"]
         check_repeats([r.tokens for r, _ in runs], "dense", row["prompt_id"])
         first = runs[0][0].tokens
@@ -57,8 +62,8 @@ def run_dense(
                 "output_ids": first,
                 "n_generated": len(first),
                 "answer_correct": answer_correct(first, row, loaded.tokenizer),
-                "ttft_s": median_present([r.ttft_s for r, _ in runs]),
-                "tpot_s": median_present([r.tpot_s for r, _ in runs]),
+                "ttft_s": median_present([r.ttft_s for r, _ in runs]) if timed else None,
+                "tpot_s": median_present([r.tpot_s for r, _ in runs]) if timed else None,
                 "kv_bytes": runs[0][1],
                 "peak_mem_bytes": max_present(peaks_prefill + peaks_decode),
                 "peak_prefill_bytes": max_present(peaks_prefill),
@@ -69,4 +74,6 @@ def run_dense(
     df = pd.DataFrame(rows, columns=DENSE_COLUMNS)
     for c in ("peak_mem_bytes", "peak_prefill_bytes", "peak_decode_bytes"):
         df[c] = df[c].astype("Int64")
+    for c in ("ttft_s", "tpot_s"):
+        df[c] = df[c].astype(float)
     return df

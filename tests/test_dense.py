@@ -24,6 +24,18 @@ def test_dense_rows(random_tiny_model):
     assert (df["n_generated"] == 4).all() and (df["repeats"] == 2).all()
     assert df["peak_mem_bytes"].isna().all()
     assert (df["kv_bytes"] > 0).all()
+    assert (df["ttft_s"] > 0).all() and (df["tpot_s"] > 0).all()
+
+
+def test_untimed_rows_keep_tokens_and_drop_clocks(random_tiny_model):
+    """A job that shares its cores keeps no clocks, and its tokens are the timed job's."""
+    loaded = LoadedModel(random_tiny_model, None, "tiny", [prompts.EOS])
+    timed = run_dense(loaded, _prompts(), GEN, torch.device("cpu"), progress=False)
+    untimed = run_dense(loaded, _prompts(), GEN, torch.device("cpu"), timed=False, progress=False)
+    assert list(untimed.columns) == DENSE_COLUMNS
+    assert untimed["ttft_s"].isna().all() and untimed["tpot_s"].isna().all()
+    assert [list(x) for x in untimed["output_ids"]] == [list(x) for x in timed["output_ids"]]
+    assert (untimed["kv_bytes"] == timed["kv_bytes"]).all() and (untimed["repeats"] == 2).all()
 
 
 class _Flaky(torch.nn.Module):

@@ -337,20 +337,22 @@ def frontier(
         return ps.save(fig, path)
 
 
-def peers(table: pd.DataFrame, frontier_table: pd.DataFrame, context: int, path: Path, ours: str) -> Path:
-    """Exact rate (95% Clopper–Pearson bars) against stored fraction at one context, a panel per
-    (family, mode): our frontier as a line (the primary model's grid points, where measured at this
-    context), our matched settings as stars, each press as its own line through its points."""
-    t = table[table["context"] == context]
-    panels = sorted({(w, m) for w, m in zip(t["workload"], t["query_mode"], strict=True)})
-    presses = [p for p in dict.fromkeys(t["press"]) if p != ours]
+def peers(
+    table: pd.DataFrame, frontier_table: pd.DataFrame | None, workload: str, mode: str, sweep_context: int,
+    path: Path, ours: str,
+) -> Path:  # fmt: skip
+    """Exact rate (95% Clopper–Pearson bars) against stored fraction for one (family, mode), a panel
+    per context: our frontier as a line on the sweep context's panel (the primary model's grid), our
+    matched settings as stars, each press as its own line through its points."""
+    t = table[(table["workload"] == workload) & (table["query_mode"] == mode)]
+    contexts = sorted({int(c) for c in t["context"]})
+    presses = [p for p in dict.fromkeys(table["press"]) if p != ours]  # one colour per press on every plot
     with ps.style():
-        fig, axes = _panel_grid(len(panels))
-        used = []
-        for ax, (workload, mode) in zip(axes.flat, panels, strict=False):
-            used.append(ax)
-            g = t[(t["workload"] == workload) & (t["query_mode"] == mode)]
-            f = frontier_table
+        n = max(1, len(contexts))
+        fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 3.6), squeeze=False, sharey=True)
+        for ax, context in zip(axes[0], contexts, strict=False):
+            g = t[t["context"] == context]
+            f = frontier_table if context == sweep_context else None
             if f is not None and len(f):
                 f = f[(f["workload"] == workload) & (f["query_mode"] == mode)].sort_values("stored_fraction")
                 if len(f):
@@ -370,9 +372,8 @@ def peers(table: pd.DataFrame, frontier_table: pd.DataFrame, context: int, path:
                     elinewidth=0.8, linewidth=0.8, label="ours: matched settings" if mine else press, zorder=4 if mine else 3,
                 )  # fmt: skip
             _exact_rate_axes(ax, workload, mode)
-        for ax in list(axes.flat)[len(panels) :]:
-            ax.set_visible(False)
-        fig.suptitle(f"Peers at {context} tokens: exact rate against stored fraction")
+            ax.set_title(f"{context} tokens", fontsize=9)
+        fig.suptitle(f"Peers on {workload}, {mode.replace('_', '-')}: exact rate against stored fraction")
         fig.tight_layout()
-        ps.legend_below(fig, used, ncol=4)
+        ps.legend_below(fig, list(axes[0]), ncol=4)
         return ps.save(fig, path)

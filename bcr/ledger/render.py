@@ -506,16 +506,18 @@ def _frontier_section(spec: ClaimFile, results: Results, reference: dict, pdir: 
 
 def _peers_section(results: Results, config: dict, pdir: Path) -> dict:
     """The peers page: per (context, mode, matched setting, press) the exact count and interval, the
-    peer environment's checks, and a plot per context (ours as the frontier line at the sweep context)."""
+    peer environment's checks, and a plot per (family, mode) with a panel per context (ours as the
+    frontier line at the sweep context)."""
     df = results["peers"].df
     table = tables.peers_table(df)
     frontier = tables.frontier_table(results["tiered_frontier"].df)
     plot_files = {}
-    for context in sorted({int(c) for c in table["context"]}):
-        name = f"peers_{context}.svg"
-        f = frontier if context == int(config["prompts"]["contexts"][0]) else None
-        plots.peers(table, f, context, pdir / name, OURS_PRESS)
-        plot_files[f"peers:{context}"] = f"plots/{name}"
+    sweep_context = int(config["prompts"]["contexts"][0])
+    pairs = zip(table["workload"], table["query_mode"], strict=True)
+    for workload, mode in sorted({(str(w), str(m)) for w, m in pairs}):
+        name = f"peers_{workload}_{mode}.svg"
+        plots.peers(table, frontier, workload, mode, sweep_context, pdir / name, OURS_PRESS)
+        plot_files[f"peers:{workload}:{mode}"] = f"plots/{name}"
     checks = {}
     if df is not None and len(df):
         for col in ("hook_equal", "pipeline_equal", "dense_equal_main"):
@@ -536,27 +538,44 @@ def _peers_section(results: Results, config: dict, pdir: Path) -> dict:
 
 
 def _peer_groups(table: pd.DataFrame) -> list[dict]:
-    """The comparison a reader wants: per family, per (mode, context, matched setting) one row per
-    press with ours beside them, sorted by exact rate, the best press named."""
+    """The comparison a reader wants, one tab per (family, mode): per context one table, a row per
+    press with ours first, a column per matched setting (its stored fraction), the presses sorted by
+    exact rate at the first (least compressed) setting, the best press per setting named."""
     if table is None or not len(table):
         return []
-    out: dict[str, list[dict]] = {}
-    keys = [C_WORKLOAD, "query_mode", "context", "setting_matched"]
-    for (workload, mode, context, setting), g in table.groupby(keys, sort=True):
-        g = g.sort_values(["exact_rate", "press"], ascending=[False, True], na_position="last")
-        presses = g[(g["press"] != OURS_PRESS) & (g["n"] > 0)]
-        best = str(presses.iloc[0]["press"]) if len(presses) else None
-        out.setdefault(str(workload), []).append(
-            {
-                "mode": mode,
-                "context": int(context),
-                "setting": setting,
-                "rows": _records(g),
-                "best": best,
-                "failed": int((g["n"] == 0).sum()),
-            }
-        )
-    return [{"workload": w, "groups": groups} for w, groups in out.items()]
+    tabs = []
+    for (workload, mode), t in table.groupby([C_WORKLOAD, "query_mode"], sort=True):
+        contexts = []
+        for context, g in t.groupby("context", sort=True):
+            frac = g[g["press"] == OURS_PRESS].groupby("setting_matched")["stored_fraction"].median()
+            order = sorted(set(g["setting_matched"]), key=lambda s: (-float(frac.get(s, 0.0)), s))
+            columns, best = [], {}
+            for setting in order:
+                h = g[(g["setting_matched"] == setting) & (g["press"] != OURS_PRESS) & (g["n"] > 0)]
+                h = h.sort_values(["exact_rate", "press"], ascending=[False, True])
+                best[setting] = str(h.iloc[0]["press"]) if len(h) else None
+                columns.append(
+                    {"setting": setting, "stored_fraction": frac.get(setting), "best": best[setting]}
+                )
+            cells = {(r["press"], r["setting_matched"]): r for r in _records(g)}
+            first = order[0] if order else None
+            rate = g[g["setting_matched"] == first].set_index("press")["exact_rate"]
+            presses = sorted(
+                {str(p) for p in g["press"]} - {OURS_PRESS},
+                key=lambda p: (-(rate.get(p) if pd.notna(rate.get(p)) else -1.0), p),
+            )
+            rows = [
+                {
+                    "press": p,
+                    "cells": [cells.get((p, s)) for s in order],
+                    "best": [best[s] == p for s in order],
+                }
+                for p in [OURS_PRESS, *presses]
+                if any((p, s) in cells for s in order)
+            ]
+            contexts.append({"context": int(context), "columns": columns, "rows": rows})
+        tabs.append({"workload": str(workload), "mode": str(mode), "contexts": contexts})
+    return tabs
 
 
 def _promoted_sweep_points(results: Results) -> pd.DataFrame:

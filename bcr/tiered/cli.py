@@ -72,6 +72,13 @@ def register(tracks: argparse._SubParsersAction) -> None:
         default=[],
         help="the same family's promotion rows at the other promotion contexts (for --time-headline)",
     )
+    p.add_argument(
+        "--exact-rows",
+        nargs="+",
+        help="one per --query-modes entry: an untimed run's exactness rows of these prompts and settings "
+        "(with --time-headline). The headline is chosen from them and rerun alone, timed, on the first "
+        "timed prompts; the output is these rows with the timed ones in place (tokens must agree)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -194,12 +201,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_phases = int(tcfg.get("decomposition_prompts", 0)) if args.decomposition else 0
     chooser = _headline_chooser(args, config) if args.time_headline else None
     t0 = time.perf_counter()
-    frames = (
-        measure(
+    paths = list(args.decode_paths or tcfg["decode_paths"])
+    if args.exact_rows:
+        frames = _time_over_exact_rows(
+            args,
+            config,
             loaded,
             prompts,
             settings,
-            list(args.decode_paths or tcfg["decode_paths"]),
+            paths,
+            generation,
+            device,
+            timed,
+            reference,
+            n_phases,
+            phases,
+        )
+    elif settings:
+        frames = measure(
+            loaded,
+            prompts,
+            settings,
+            paths,
             generation,
             device,
             args.query_modes,
@@ -210,9 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             decomposition=phases,
             timed_settings=chooser,
         )
-        if settings
-        else {m: pd.DataFrame(columns=TIERED_COLUMNS) for m in args.query_modes}  # nothing promoted
-    )
+    else:  # nothing promoted
+        frames = {m: pd.DataFrame(columns=TIERED_COLUMNS) for m in args.query_modes}
     if args.decomposition:
         decomp = decomposition_frame(phases)
         provenance.write_rows(decomp, args.decomposition, config, device)
@@ -227,6 +249,58 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(_summary_line(f"tiered {setting} ({mode}, {path})", args.context, g))
     print(f"({time.perf_counter() - t0:.1f}s)")
     return 0
+
+
+def _time_over_exact_rows(
+    args, config, loaded, prompts, settings, paths, generation, device, timed, reference, n_phases, phases
+) -> dict[str, pd.DataFrame]:
+    """Per mode: the headline setting chosen from the untimed job's rows (``--exact-rows``), rerun
+    alone on the first ``timed`` prompts with its clocks, its rows put in place of the untimed ones
+    (:func:`bcr.tiered.harness.merge_timed`, which fails if the two jobs computed different tokens)."""
+    from bcr.tiered.harness import measure, merge_timed
+
+    if not args.time_headline:
+        raise cfgmod.ConfigError("--exact-rows needs --time-headline (the rule that picks what to time)")
+    if len(args.exact_rows) != len(args.query_modes):
+        raise cfgmod.ConfigError(
+            f"--exact-rows names {len(args.exact_rows)} files for {len(args.query_modes)} --query-modes"
+        )
+    chooser = _headline_chooser(args, config)
+    head = prompts if timed is None else prompts.head(int(timed))
+    frames = {}
+    for mode, path in zip(args.query_modes, args.exact_rows, strict=True):
+        exact = io.read_parquet(path, TIERED_COLUMNS)
+        want = set(prompts["prompt_id"])
+        names = {s.name for s in settings}
+        if (
+            set(exact["prompt_id"]) != want
+            or set(exact["query_mode"]) != {mode}
+            or set(exact["setting"]) != names
+        ):
+            raise cfgmod.ConfigError(
+                f"{path}: its rows are not this run's ({mode}, {len(want)} prompts, settings {sorted(names)}): "
+                f"modes {sorted(set(exact['query_mode']))}, {exact['prompt_id'].nunique()} prompts, "
+                f"settings {sorted(set(exact['setting']))}"
+            )
+        names = chooser({mode: exact})
+        if not names or not len(head):
+            frames[mode] = exact
+            continue
+        timed_rows = measure(
+            loaded,
+            head,
+            _settings(config, names),
+            paths,
+            generation,
+            device,
+            [mode],
+            timed_prompts=None,
+            dense_reference=reference,
+            decomposition_prompts=n_phases,
+            decomposition=phases,
+        )[mode]
+        frames[mode] = merge_timed(exact, timed_rows)
+    return frames
 
 
 def _headline_chooser(args: argparse.Namespace, config: dict):

@@ -566,6 +566,44 @@ def measure(
     return {m: _frame([r for p in per_prompt for r in p[m]]) for m in modes}
 
 
+# The exactness columns a timed job's rows must share with the untimed job's rows of the same prompt.
+_MERGE_KEY = ["setting", "query_mode", "context", "prompt_id", "decode_path"]
+_MERGE_SAME = ["exact", "output_ids", "stored_tokens", "logical_tokens", "kv_bytes_stored", "kv_bytes_peak"]
+
+
+def merge_timed(exact: pd.DataFrame, timed: pd.DataFrame) -> pd.DataFrame:
+    """The untimed job's rows with a timed job's rows in their place.
+
+    The promotion's exactness runs (every promoted setting on every prompt) run beside other jobs;
+    a timed job reruns the headline setting on the first timed prompts with its clocks and must
+    compute what they computed: every timed row replaces the exactness row of the same (setting,
+    mode, context, prompt, path), whose tokens and KV accounting it must equal (else
+    :class:`DeterminismError`: two jobs of one run disagree)."""
+    if not len(timed):
+        return exact
+    index = {tuple(k): i for i, k in enumerate(exact[_MERGE_KEY].itertuples(index=False))}
+    out = exact.copy()
+    for _, row in timed.iterrows():
+        key = tuple(row[_MERGE_KEY])
+        if key not in index:
+            raise ValueError(
+                f"timed row {dict(zip(_MERGE_KEY, key, strict=True))} has no exactness row to replace"
+            )
+        i = index[key]
+        before = exact.iloc[i]
+        for c in _MERGE_SAME:
+            a, b = before[c], row[c]
+            same = list(a) == list(b) if c == "output_ids" else (pd.isna(a) and pd.isna(b)) or a == b
+            if not same:
+                raise DeterminismError(
+                    f"prompt {key[3]}: {key[0]} ({key[1]}, {key[4]}): the timed job's {c} {b!r} differs "
+                    f"from the exactness job's {a!r}"
+                )
+        for c in out.columns:
+            out.at[out.index[i], c] = row[c]
+    return _frame(out.to_dict("records"))  # the harness's columns (provenance is the writer's)
+
+
 @dataclass
 class _Shared:
     """One prompt's shared-prefill results, kept for its timed runs' determinism gate."""

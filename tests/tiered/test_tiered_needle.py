@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bcr import config as cfgmod
+from bcr.measure import DeterminismError
 from bcr.models import load_model
 from bcr.prompts import synthetic_prompt_set
 from bcr.tiered.harness import measure_setting
@@ -275,7 +276,6 @@ def test_runs_from_a_shared_prefill_equal_fresh_runs(needle_setup, mode):
 
 
 def test_measure_controls_rows_and_the_dense_gate(needle_setup):
-    from bcr.measure import DeterminismError
     from bcr.tiered.harness import measure_controls
 
     config, loaded, prompts, generation = needle_setup
@@ -355,6 +355,36 @@ def test_only_the_chosen_settings_are_timed_and_the_chooser_sees_every_exactness
     pd.testing.assert_frame_equal(  # the same exactness rows, timed or not
         df[cols].reset_index(drop=True).astype(str), chosen[cols].reset_index(drop=True).astype(str)
     )
+
+
+def test_a_timed_job_over_an_untimed_jobs_rows_puts_its_clocks_in_place_and_gates_the_tokens(needle_setup):
+    """The workflow's split: tiered_promotion_exact measures every setting untimed; the timed job
+    reruns the headline alone on the first prompts, and its rows replace the untimed ones only where
+    they compute the same tokens -- a changed token in either job's rows fails the merge."""
+    from bcr.tiered.harness import measure, merge_timed
+
+    config, loaded, prompts, generation = needle_setup
+    _, exact = measure_middle_and_keep_all(needle_setup, ["question_aware"], timed_prompts=0)
+    exact = exact["question_aware"]
+    gen = dict(generation, repeats=1)
+    timed = measure(
+        loaded, prompts.head(2), [resolve(config, "middle")], ["densify"], gen, torch.device("cpu")
+    )["question_aware"]
+    merged = merge_timed(exact, timed)
+    cols = ["setting", "prompt_id", "decode_path", "exact", "output_ids", "stored_tokens"]
+    pd.testing.assert_frame_equal(merged[cols].astype(str), exact[cols].astype(str))
+    t = merged[merged["decode_path"] == "densify"]
+    assert set(t.loc[t["tpot_ratio"].notna(), "setting"]) == {"middle"}
+    assert set(t.loc[t["tpot_ratio"].notna(), "prompt_id"]) == set(prompts["prompt_id"].head(2))
+    assert merged[merged["setting"] == "keep_all"]["tpot_ratio"].isna().all()
+    wrong = exact.copy()
+    i = wrong.index[(wrong["setting"] == "middle") & (wrong["decode_path"] == "densify")][0]
+    ids = list(wrong.at[i, "output_ids"])
+    wrong.at[i, "output_ids"] = [ids[0] + 1, *ids[1:]]
+    with pytest.raises(DeterminismError, match="output_ids"):
+        merge_timed(wrong, timed)
+    with pytest.raises(ValueError, match="no exactness row"):
+        merge_timed(exact[exact["setting"] != "middle"], timed)
 
 
 # --- the scattered family: the answer needs several far-apart pages -----------------------------

@@ -77,6 +77,12 @@ def promotion_timed(w):
     return w.workload == PRIMARY_FAMILY and int(w.context) in TIERED_TIMED_CONTEXTS
 
 
+def dense_timed(w):
+    """The dense baseline keeps its clocks for the primary family only (the baseline page's
+    latency rows); every other family's job measures tokens and KV bytes beside other jobs."""
+    return w.workload == PRIMARY_FAMILY
+
+
 def _write_run_config(path: str) -> None:
     """The effective config (files + --config overrides), read by every rule's command.
 

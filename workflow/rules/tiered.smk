@@ -86,11 +86,9 @@ checkpoint tiered_promote:
         "--out {output.promoted} --summary {output.summary} > {log} 2>&1"
 
 
-rule tiered_promotion:
-    """The settings one mode's checkpoint promoted, at a promotion context: exactness on every prompt
-    from one shared prefill.  Where a latency claim is made (the primary family at the timed
-    contexts), the job then times the headline setting -- chosen by the claim file's rule from these
-    rows and the other promotion contexts' -- on the first tiered.timed_prompts (fresh, interleaved)."""
+rule tiered_promotion_exact:
+    """Exactness of every promoted setting on every prompt where the promotion job is timed: measured
+    untimed, beside other jobs, so the timed job spends its reserved cores on clocks only."""
     conda:
         BCR_ENV
     input:
@@ -99,6 +97,49 @@ rule tiered_promotion:
         dense=rules.dense_baseline.output[0],
         promoted=rules.tiered_promote.output.promoted,
         ckpt=model_checkpoint_files(),
+    output:
+        C.TIERED_PROMOTION_EXACT.path(),
+    wildcard_constraints:
+        context=r"\d+",
+        mode=TIERED_MODE_NAMES,
+        workload=PROMPT_FAMILY_NAMES,
+    params:
+        code=command_hash("tiered", "run"),
+        cfg=tiered_workflow.run_hash(config),
+    benchmark:
+        benchmark_path("tiered_promotion_exact", "{workload}/{mode}/{context}")
+    log:
+        "logs/tiered_promotion_exact/{workload}/{mode}/{context}.log",
+    threads: THREADS  # exactness only: nothing timed
+    resources:
+        runtime=180,
+        mem_mb=48000,
+    shell:
+        "bcr tiered run --config {input.cfg} --promoted {input.promoted} --query-modes {wildcards.mode} "
+        "--context {wildcards.context} --prompts {input.prompts} --dense {input.dense} --timed-prompts 0 "
+        "--out {output} --quiet > {log} 2>&1"
+
+
+rule tiered_promotion:
+    """The settings one mode's checkpoint promoted, at a promotion context: exactness on every prompt
+    from one shared prefill.  Where a latency claim is made (the primary family at the timed
+    contexts), exactness comes from tiered_promotion_exact (untimed, beside other jobs) and this job
+    times the headline setting alone -- chosen by the claim file's rule from those rows and the other
+    promotion contexts' -- on the first tiered.timed_prompts (fresh, interleaved), its rows put in
+    place of the untimed ones, whose tokens they must reproduce."""
+    conda:
+        BCR_ENV
+    input:
+        cfg=ancient(RUN_CONFIG),
+        prompts=rules.build_prompts.output[0],
+        dense=rules.dense_baseline.output[0],
+        promoted=rules.tiered_promote.output.promoted,
+        ckpt=model_checkpoint_files(),
+        exact=lambda w: (
+            [C.TIERED_PROMOTION_EXACT.path(workload=w.workload, mode=w.mode, context=w.context)]
+            if promotion_timed(w)
+            else []
+        ),
         # the headline is chosen over every promotion context up to this one (all of them at the
         # largest, where the claims are made)
         others=lambda w: (
@@ -121,13 +162,12 @@ rule tiered_promotion:
     params:
         code=command_hash("tiered", "run"),
         cfg=tiered_workflow.run_hash(config),
-        # latency is claimed on the primary family at the timed contexts; the rest is measured for
-        # exactness only
         # the claim file's headline rule picks the setting to time: it reruns the timed jobs when
         # that rule changes, not when any other claim does (so the file is not an input)
         headline=lambda w: HEADLINE_RULE_HASH if promotion_timed(w) else "",
         timed=lambda w, input: (
-            f"--time-headline {CLAIMS_FILE} --headline-rows {' '.join(input.others)}"
+            f"--time-headline {CLAIMS_FILE} --exact-rows {input.exact} "
+            f"--headline-rows {' '.join(input.others)}"
             if promotion_timed(w)
             else "--timed-prompts 0"
         ),
