@@ -33,6 +33,13 @@ def register(tracks: argparse._SubParsersAction) -> None:
     add_model_arg(p)
     p.add_argument("--out", required=True, help="model card JSON")
     p.add_argument("--accuracy", required=True, help="accuracy Parquet (one row per context)")
+    p.add_argument(
+        "--contexts",
+        type=int,
+        nargs="+",
+        help="the contexts to measure accuracy at (default: every prompts.contexts entry; the "
+        "workflow measures an extra model where it runs, the sweep context)",
+    )
     p.set_defaults(func=cmd_model_card)
 
     prompts_p = tracks.add_parser("prompts", help="deterministic prompt sets").add_subparsers(
@@ -159,8 +166,12 @@ def cmd_model_card(args: argparse.Namespace) -> int:
             card["training"] = io.read_json(train_report)
         spec = training.needle_spec(config["prompts"], mcfg["architecture"])
         n = config.get("model_card", {}).get("eval_prompts") or mcfg["training"]["eval_prompts"]
+        contexts = list(config["prompts"]["contexts"])
+        unknown = [c for c in args.contexts or [] if c not in contexts]
+        if unknown:
+            raise cfgmod.ConfigError(f"--contexts {unknown}: not in prompts.contexts {contexts}")
         for workload in config["prompts"]["workloads"]:
-            for c in config["prompts"]["contexts"]:
+            for c in args.contexts or contexts:
                 acc = training.needle_accuracy(m, spec, c, n, config["runtime"]["seed"] + 1, workload)
                 rows.append(
                     {

@@ -89,6 +89,26 @@ def test_dense_run_names_a_bad_prompt_file(bcr, files):
     assert_clear(proc, str(files["not_parquet"]), "not a readable Parquet file")
 
 
+def test_timing_over_exact_rows_needs_the_headline_rule_and_names_a_bad_rows_file(bcr, files):
+    good = io.write_parquet(
+        prompts.synthetic_prompt_set(2048, 1, 7, prompts.NeedleSpec()), files["dir"] / "p2048.parquet"
+    )
+    proc = tiered_run(bcr, good, "--exact-rows", str(files["not_parquet"]))
+    assert_clear(proc, "--exact-rows needs --time-headline")
+    claims = str(REPO / "config" / "claims.yaml")
+    proc = tiered_run(bcr, good, "--time-headline", claims, "--exact-rows", str(files["not_parquet"]))
+    assert_clear(proc, str(files["not_parquet"]), "not a readable Parquet file")
+
+
+def test_a_model_card_at_a_context_the_config_has_not_is_refused(bcr, files):
+    out = files["dir"]
+    proc = bcr(
+        "model", "card", "--config", str(CONFIG), "--out", str(out / "card.json"),
+        "--accuracy", str(out / "acc.parquet"), "--contexts", "3000",
+    )  # fmt: skip
+    assert_clear(proc, "--contexts [3000]", "not in prompts.contexts")
+
+
 def test_a_corrupt_checkpoint_is_named(bcr, files, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(REPO / "models" / "tiny-needle", model)

@@ -537,6 +537,13 @@ def _peers_section(results: Results, config: dict, pdir: Path) -> dict:
     }
 
 
+def _tab_order(workload: str, mode: str) -> tuple:
+    """Families and modes in the contracts' order (the primary family, question-aware first)."""
+    w = PROMPT_WORKLOADS.index(workload) if workload in PROMPT_WORKLOADS else len(PROMPT_WORKLOADS)
+    m = QUERY_MODES.index(mode) if mode in QUERY_MODES else len(QUERY_MODES)
+    return (w, m, workload, mode)
+
+
 def _peer_groups(table: pd.DataFrame) -> list[dict]:
     """The comparison a reader wants, one tab per (family, mode): per context one table, a row per
     press with ours first, a column per matched setting (its stored fraction), the presses sorted by
@@ -544,7 +551,9 @@ def _peer_groups(table: pd.DataFrame) -> list[dict]:
     if table is None or not len(table):
         return []
     tabs = []
-    for (workload, mode), t in table.groupby([C_WORKLOAD, "query_mode"], sort=True):
+    for (workload, mode), t in sorted(
+        table.groupby([C_WORKLOAD, "query_mode"]), key=lambda kv: _tab_order(*kv[0])
+    ):
         contexts = []
         for context, g in t.groupby("context", sort=True):
             frac = g[g["press"] == OURS_PRESS].groupby("setting_matched")["stored_fraction"].median()

@@ -33,7 +33,8 @@ for _name, _model in MODELS.items():
 
 
 rule model_card:
-    """Parameters, checksums, training report; task accuracy per family at every pipeline context."""
+    """Parameters, checksums, training report; task accuracy per family at every context the model
+    runs at: every pipeline context for the primary, the sweep context (the frontier's) for the others."""
     conda:
         BCR_ENV
     input:
@@ -49,6 +50,8 @@ rule model_card:
         cfg=lambda w: bcr_config.config_hash(
             {"model": MODELS[w.model], **{k: config.get(k) for k in ("runtime", "prompts", "model_card")}}
         ),
+        # an extra model runs at the sweep context only (the frontier), so its card measures there
+        contexts=lambda w: "" if w.model == config["model"]["name"] else f"--contexts {TIERED_SWEEP_CONTEXT}",
     benchmark:
         benchmark_path("model_card", "{model}")
     log:
@@ -56,4 +59,4 @@ rule model_card:
     threads: THREADS  # accuracy only: nothing timed
     shell:
         "bcr model card --config {input.cfg} --model {wildcards.model} --out {output.card} "
-        "--accuracy {output.accuracy} > {log} 2>&1"
+        "--accuracy {output.accuracy} {params.contexts} > {log} 2>&1"
