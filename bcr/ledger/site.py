@@ -11,6 +11,7 @@ provider, so a plain build does not ask for a ``versions.json`` that only a mike
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from bcr.ledger.evidence import Results
 from bcr.ledger.render import render_pages, site_data
 
 DESIGN_DOC = "DESIGN.md"
+DESIGN_NAV = "design.md"  # the nav entry of mkdocs.yml that the design pages replace
 
 
 class SiteBuildError(RuntimeError):
@@ -52,19 +54,73 @@ def assemble_sources(
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(repo / "site", src)
-    # The project's design document lives at the repository root (where the code cites it) and is a
-    # page of the site, so the strict build fails if it goes missing.
-    shutil.copyfile(repo / DESIGN_DOC, src / "design.md")
+    # The project's design document lives at the repository root (where the code cites it by
+    # section name) and is a section of the site, a page per `## ` section, so the strict build fails
+    # if it goes missing and no page of it is 15,000 px long.
+    design = design_pages((repo / DESIGN_DOC).read_text())
+    for name, text in design.items():
+        io.write_text(text, src / name)
     data = site_data(results, config, ledger, spec, reference, src, repo=repo)
     for name, text in render_pages(data).items():
         io.write_text(text, src / name)
     mk = yaml.safe_load((repo / "mkdocs.yml").read_text())
+    mk["nav"] = _with_design_nav(mk["nav"], design)
     mk["docs_dir"] = "site_src"
     mk["site_dir"] = "site"
     mk["site_name"] = config.get("site", {}).get("title", mk.get("site_name", "bcr-memory"))
     io.write_text(yaml.safe_dump(mk, sort_keys=False, allow_unicode=True), out / "mkdocs.yml")
     io.write_text(yaml.safe_dump(local_config(mk), sort_keys=False, allow_unicode=True), out / LOCAL_MKDOCS)
     return out / "mkdocs.yml"
+
+
+def design_pages(text: str) -> dict[str, str]:
+    """``DESIGN.md`` cut at its ``## `` headings (outside code fences): ``design/index.md`` holds the
+    title, the lead and a list of the sections; each section becomes ``design/{slug}.md`` with its
+    headings one level up (``## X`` is the page's ``# X``).  Insertion-ordered, as the nav lists them."""
+    lead: list[str] = []
+    sections: list[tuple[str, list[str]]] = []
+    fence = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        if not fence and line.startswith("## "):
+            sections.append((line[3:].strip(), []))
+            continue
+        if sections:
+            body = sections[-1][1]
+            body.append(line[1:] if not fence and line.startswith("###") else line)
+        else:
+            lead.append(line)
+    pages = {}
+    links = []
+    for title, body in sections:
+        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+        name = f"design/{slug}.md"
+        pages[name] = f"# {title}\n" + "\n".join(body).rstrip() + "\n"
+        links.append(f"- [{title}]({slug}.md)")
+    index = "\n".join(lead).rstrip() + "\n\n## Sections\n\n" + "\n".join(links) + "\n"
+    return {"design/index.md": index, **pages}
+
+
+def _with_design_nav(nav: list, design: dict[str, str]) -> list:
+    """The nav with its ``design.md`` entry replaced by the design section: its index, then a page
+    per section titled by its heading."""
+    entries = [{"Overview": "design/index.md"}]
+    for name, text in design.items():
+        if name != "design/index.md":
+            entries.append({text.splitlines()[0].removeprefix("# "): name})
+    out = []
+    for item in nav:
+        if isinstance(item, dict):
+            ((title, value),) = item.items()
+            if value == DESIGN_NAV:
+                out.append({title: entries})
+                continue
+            if isinstance(value, list):
+                out.append({title: _with_design_nav(value, design)})
+                continue
+        out.append(item)
+    return out
 
 
 LOCAL_MKDOCS = "mkdocs.local.yml"

@@ -266,6 +266,23 @@ def test_overview_ledger_shows_the_computed_verdicts(browser, site_results, spec
     assert b.run("return !!document.querySelector('.md-header')")  # the Material theme's page
 
 
+def test_a_link_to_a_claim_card_opens_the_folded_block_it_is_in(browser):
+    """A track page's claim table links to each card, folded with the others: following the link
+    (as a reader does, a hash change on the page) opens the blocks around the card and shows it."""
+    b, base = browser
+    _open(b, base, "tiered", WIDE)
+    href = b.run("return document.querySelector('#page-claims a[href^=\"#claim-\"]').getAttribute('href')")
+    target = href[1:]
+    assert b.run(f"return document.getElementById('{target}').closest('details').open") is False
+    b.run(f"window.location.hash = '{href}'")
+    time.sleep(0.2)
+    opened, top = b.run(
+        f"const t = document.getElementById('{target}');"
+        " return [t.closest('details').open, t.getBoundingClientRect().top]"
+    )
+    assert opened is True and 0 <= top < 900, (opened, top)
+
+
 def test_palette_toggle_switches_to_dark(browser):
     b, base = browser
     _open(b, base, "index", WIDE)

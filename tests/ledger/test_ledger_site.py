@@ -119,3 +119,31 @@ def test_search_ranks_the_provenance_dump_low(full_site):
 )
 def test_site_version(commit, expected):
     assert site_version("cpu-tiny", commit) == expected
+
+
+def test_the_design_document_is_a_page_per_section_and_every_section_is_in_the_nav():
+    """DESIGN.md becomes design/index.md (its lead, a link per section) and a page per `## `
+    section, headings one level up; a `## ` inside a code fence stays text; the nav's design.md
+    entry becomes that section, in the document's order."""
+    from bcr.ledger.site import _with_design_nav, design_pages
+
+    text = "# Design\n\nLead.\n\n## First part\n\nA.\n\n### Detail\n\n```\n## not a heading\n```\n\n## Second\n\nB.\n"
+    pages = design_pages(text)
+    assert list(pages) == ["design/index.md", "design/first-part.md", "design/second.md"]
+    assert pages["design/first-part.md"].startswith("# First part\n")
+    assert (
+        "\n## Detail\n" in pages["design/first-part.md"]
+        and "## not a heading" in pages["design/first-part.md"]
+    )
+    assert "- [Second](second.md)" in pages["design/index.md"] and "Lead." in pages["design/index.md"]
+    nav = _with_design_nav([{"Overview": "index.md"}, {"Design": "design.md"}], pages)
+    assert nav[1] == {
+        "Design": [
+            {"Overview": "design/index.md"},
+            {"First part": "design/first-part.md"},
+            {"Second": "design/second.md"},
+        ]
+    }
+    real = design_pages((REPO / "DESIGN.md").read_text())
+    sections = [line for line in (REPO / "DESIGN.md").read_text().splitlines() if line.startswith("## ")]
+    assert len(real) == len(sections) + 1
