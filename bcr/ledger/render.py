@@ -454,9 +454,12 @@ def _mode_section(
             cap=cap,
         )
         plot_files["compression"] = f"plots/{name}"
-    if len(promotion):
+    # clocks only where a claim reads them: the latency table and plot show the timed rows alone
+    n_timed = promotion["tpot_ratio_n"] if "tpot_ratio_n" in promotion.columns else pd.Series(dtype=float)
+    timed = promotion[pd.to_numeric(n_timed, errors="coerce").fillna(0) > 0] if len(promotion) else promotion
+    if len(timed):
         name = f"latency_ratios_{workload}_{mode}.svg"
-        plots.latency_ratios(promotion, reference, pdir / name, note_ctx=note_ctx)
+        plots.latency_ratios(timed, reference, pdir / name, note_ctx=note_ctx)
         plot_files["ratios"] = f"plots/{name}"
     return {
         "mode": mode,
@@ -469,6 +472,10 @@ def _mode_section(
         ),
         "sweep": _records(sweep),
         "promotion": [{**r, "query_mode": mode} for r in _records(promotion)],
+        "latency": _records(timed),
+        "untimed_settings": sorted(set(promotion["setting"]) - set(timed["setting"]))
+        if len(promotion)
+        else [],
         "negative_controls": _records(tables.controls_table(view["tiered_controls"].df)),
         "dense_source": promo.attrs.get("dense_source", {}),
         "plots": plot_files,
