@@ -599,8 +599,9 @@ def merge_timed(exact: pd.DataFrame, timed: pd.DataFrame) -> pd.DataFrame:
                     f"prompt {key[3]}: {key[0]} ({key[1]}, {key[4]}): the timed job's {c} {b!r} differs "
                     f"from the exactness job's {a!r}"
                 )
-        for c in out.columns:
-            out.at[out.index[i], c] = row[c]
+        for c in timed.columns:
+            if c in out.columns:
+                out.at[out.index[i], c] = row[c]
     return _frame(out.to_dict("records"))  # the harness's columns (provenance is the writer's)
 
 

@@ -365,7 +365,7 @@ def test_a_timed_job_over_an_untimed_jobs_rows_puts_its_clocks_in_place_and_gate
 
     config, loaded, prompts, generation = needle_setup
     _, exact = measure_middle_and_keep_all(needle_setup, ["question_aware"], timed_prompts=0)
-    exact = exact["question_aware"]
+    exact = exact["question_aware"].assign(run_id="untimed")  # as read back: with provenance columns
     gen = dict(generation, repeats=1)
     timed = measure(
         loaded, prompts.head(2), [resolve(config, "middle")], ["densify"], gen, torch.device("cpu")
