@@ -12,7 +12,8 @@ The rule kinds (``kind:`` in config/claims.yaml):
 * ``ops_ratio`` — cache-operation p50s of two arms, each cell bounded by the two p50s' order-statistic
   intervals (the table holds quantiles, not samples).
 * ``coverage`` — the exactness result per (model, workload): generalisation needs several of each.
-* ``peer_exact`` — exact rate of ours against each kvpress press at a matched stored fraction.
+* ``peer_exact`` — ours against each kvpress press at a matched stored fraction, paired by prompt
+  (exact McNemar on the discordant prompts).
 
 A mismatch is conclusive at any sample size (one counterexample refutes "always exact"); every
 other verdict needs the rule's ``min_n``.
@@ -33,12 +34,14 @@ from bcr.ledger import tables
 from bcr.ledger.evidence import Results
 from bcr.ledger.stats import (
     Interval,
+    discordant_p,
     exact_rate_interval,
     geomean_interval,
     p50_ratio_interval,
     paired_quantile_ratio_interval,
     quantile_ratio_interval,
     rate_text,
+    sig,
 )
 
 SUPPORTED, REJECTED, NOT_YET = "supported", "rejected", "not yet"
@@ -557,10 +560,14 @@ def rule_coverage(rule: dict, ctx: EvalContext) -> Outcome:
 
 
 def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
-    """Ours against each press at the same matched setting (so the same target stored fraction), same
-    prompts, one family and mode (the view's), at ``context``: the answer-span exact rate, the tiered
-    claims' primary measure.  Supported when ours is at least every press's with ``min_n`` prompts
-    each; rejected as soon as one press is exact more often.  Flips when a press beats ours."""
+    """Ours against each press at the same matched setting (so the same target stored fraction), one
+    family and mode (the view's), at ``context``, on the prompts both ran: paired answer-span
+    outcomes, the tiered claims' primary measure.  Only the discordant prompts (one exact, the other
+    not) tell the two apart; the exact one-sided McNemar test on them (:func:`stats.discordant_p`)
+    decides.  Per press: rejected when the press is exact on significantly more of them (p <
+    ``alpha``); supported when ours is exact on at least as many (a tie reads as a tie); not yet
+    when the press leads by less than chance explains, or with fewer than ``min_n`` paired prompts.
+    Flips when a press is exact where ours is not, on enough prompts."""
     table = ctx.results["peers"]
     if not table.present:
         return Outcome(NOT_YET, table.reason, table.pattern, threshold=0.0)
@@ -572,8 +579,8 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
         return Outcome(
             NOT_YET, f"every press row failed: {failed['error'].iloc[0]}", table.pattern, threshold=0.0
         )
-    t = tables.peers_table(df)
-    both = t.groupby(["context", "setting_matched"])["press"].agg(
+    ok = df[df["error"].isna()] if "error" in df else df
+    both = ok.groupby(["context", "setting_matched"])["press"].agg(
         lambda p: rule["ours"] in set(p) and len(set(p)) > 1
     )
     both = both[both]
@@ -583,31 +590,44 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
         )
     contexts = sorted({c for c, _ in both.index})
     context = contexts[-1] if rule["context"] == "largest" else int(rule["context"])
-    evidence = f"{table.pattern} · context {context} · answer-span exact rate at the matched setting"
+    alpha = float(rule.get("alpha", 0.05))
+    evidence = (
+        f"{table.pattern} · context {context} · answer-span exactness at the matched setting, paired by"
+        f" prompt (exact one-sided McNemar on the discordant prompts, alpha {alpha:g})"
+    )
     parts = []
     for (c, setting), _ in both.items():
         if c != context:
             continue
-        g = t[(t["context"] == c) & (t["setting_matched"] == setting)]
-        o = g[g["press"] == rule["ours"]].iloc[0]
-        for p in g[g["press"] != rule["ours"]].itertuples():
-            n = int(min(o["n"], p.n))
-            diff = float(o["exact_rate"] - p.exact_rate)
+        g = ok[(ok["context"] == c) & (ok["setting_matched"] == setting)]
+        ours = g[g["press"] == rule["ours"]].set_index("prompt_id")[C.EXACT_ANSWER].astype(bool)
+        for press, h in g[g["press"] != rule["ours"]].groupby("press", sort=True):
+            theirs = h.set_index("prompt_id")[C.EXACT_ANSWER].astype(bool)
+            common = ours.index.intersection(theirs.index)
+            o, t = ours.loc[common], theirs.loc[common]
+            n, b, d = len(common), int((o & ~t).sum()), int((~o & t).sum())
+            p = discordant_p(d, b)
             text = (
-                f"{p.press} @ {setting}: ours {o['n_exact']}/{o['n']} vs {p.n_exact}/{p.n}"
-                f" [{p.exact_low:.2f}, {p.exact_high:.2f}]"
+                f"{press} @ {setting}: ours {int(o.sum())}/{n} vs {int(t.sum())}/{n} on the same prompts;"
+                f" discordant: ours only {b}, {press} only {d} (p = {sig(p, 2)})"
             )
             if n < rule["min_n"]:
                 parts.append(
                     (
                         NOT_YET,
-                        p.press,
+                        press,
                         Outcome(NOT_YET, f"{text} (n={n}, minimum {rule['min_n']})", evidence, n),
                     )
                 )
                 continue
-            verdict = SUPPORTED if diff >= 0 else REJECTED
-            parts.append((verdict, p.press, Outcome(verdict, text, evidence, n, diff, 0.0, value_text=text)))
+            if d > b and p < alpha:
+                verdict = REJECTED
+            elif b >= d:
+                verdict = SUPPORTED
+            else:
+                verdict, text = NOT_YET, f"{text}: {press} ahead by less than chance explains"
+            diff = (b - d) / n
+            parts.append((verdict, press, Outcome(verdict, text, evidence, n, diff, 0.0, value_text=text)))
     if not parts:
         return Outcome(
             NOT_YET, f"context {context}: no setting holds both {rule['ours']} and a press", evidence
@@ -617,7 +637,11 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
         deciding = min((p[2] for p in parts), key=lambda o: o.value)
     deciding.verdict = verdict
     deciding.n = min(p[2].n for p in parts)
-    deciding.reason = "; ".join(p[2].reason for p in parts) + "; holds when ours ≥ every press"
+    deciding.reason = (
+        "; ".join(p[2].reason for p in parts)
+        + f"; holds when no press is exact on more discordant prompts than ours, rejected when one is"
+        f" significantly (p < {alpha:g})"
+    )
     return deciding
 
 

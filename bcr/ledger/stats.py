@@ -184,3 +184,14 @@ def rate_text(k: int, n: int, level: float = 0.95) -> str:
     """``8/8 [0.631, 1]``: the count and its Clopper–Pearson interval."""
     iv = exact_rate_interval(k, n, level)
     return f"{k}/{n} [{sig(iv.low)}, {sig(iv.high)}]" if n else "0/0"
+
+
+def discordant_p(wins: int, losses: int) -> float:
+    """Exact one-sided McNemar test on paired binary outcomes: the probability of at least ``wins``
+    of the ``wins + losses`` discordant pairs going one way if each went either way with 1/2 (the
+    prompts both arms get right, or both wrong, say nothing about which is better).  1.0 at no
+    discordant pair; 3 of 3 gives 0.125, 5 of 5 gives 0.031."""
+    from scipy.stats import binom
+
+    n = wins + losses
+    return 1.0 if n == 0 else float(binom.sf(wins - 1, n, 0.5))

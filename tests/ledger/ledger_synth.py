@@ -417,17 +417,22 @@ def write_peers(
     *,
     ours_rate: float = 1.0,
     peer_rate: float = 0.5,
-    n: int = 8,
+    n: int = 16,
     modes: tuple[str, ...] = ("question_aware", "question_agnostic"),
     error: str | None = None,
+    peer_offset: int = 0,
 ) -> None:
-    """The comparison file: ours and two presses at one matched setting, per mode, at 8192."""
+    """The comparison file: ours and two presses at one matched setting, per mode, at 8192.  Each
+    arm is exact on a run of ``rate * n`` prompts, ours from the first, the presses from
+    ``peer_offset`` (so the same counts can agree prompt by prompt or not)."""
     rows = []
     for mode in modes:
         for press, rate in (("tiered", ours_rate), ("snapkv", peer_rate), ("streaming_llm", peer_rate / 2)):
             k = round(rate * n)
+            start = 0 if press == "tiered" else peer_offset
             failed = error is not None and press != "tiered"
-            for i in range(n):
+            for j in range(n):
+                i = (j - start) % n  # exact when i < k
                 rows.append(
                     {
                         "press": press,
@@ -437,7 +442,7 @@ def write_peers(
                         "query_mode": mode,
                         "workload": "needle",
                         "context": 8192,
-                        "prompt_id": f"p{i}",
+                        "prompt_id": f"p{j}",
                         "stored_fraction": None if failed else 0.44,
                         "exact": None if failed else i < k,
                         "exact_answer": None if failed else i < k,

@@ -237,9 +237,26 @@ def test_peers_verdict_is_per_mode_and_needs_its_prompts(results_dir, verdicts):
     got = verdicts(results_dir)
     assert got["peers_equal_fraction[question_aware]"]["verdict"] == "supported"
     assert got["peers_equal_fraction[question_agnostic]"]["verdict"] == "not yet"
-    synth.write_peers(results_dir, ours_rate=1.0, peer_rate=1.0, n=4)  # a tie, but under min_n 8
+    synth.write_peers(results_dir, ours_rate=1.0, peer_rate=1.0, n=8)  # a tie, but under min_n 16
     row = verdicts(results_dir)["peers_equal_fraction[question_aware]"]
-    assert row["verdict"] == "not yet" and "minimum 8" in row["reason"]
+    assert row["verdict"] == "not yet" and "minimum 16" in row["reason"]
+
+
+@pytest.mark.parametrize(
+    ("ours", "peer", "offset", "expected", "discordant"),
+    [
+        (0.75, 0.75, 4, "supported", "ours only 4, snapkv only 4"),  # same count, other prompts: a tie
+        (14 / 16, 15 / 16, 0, "not yet", "ours only 0, snapkv only 1"),  # one prompt ahead: chance
+        (11 / 16, 1.0, 0, "rejected", "ours only 0, snapkv only 5"),  # five of five: p = 0.031
+    ],
+)
+def test_peers_verdict_pairs_the_prompts(results_dir, verdicts, ours, peer, offset, expected, discordant):
+    """The claim reads paired outcomes: only the prompts one arm gets right and the other not count,
+    and a press ahead on one of them is a tie within chance, not a defeat."""
+    synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer, peer_offset=offset)
+    row = verdicts(results_dir)["peers_equal_fraction[question_aware]"]
+    assert row["verdict"] == expected, row["reason"]
+    assert discordant in row["reason"], row["reason"]
 
 
 def test_peers_verdict_says_why_when_every_press_failed(results_dir, verdicts):
