@@ -579,8 +579,6 @@ def merge_timed(exact: pd.DataFrame, timed: pd.DataFrame) -> pd.DataFrame:
     compute what they computed: every timed row replaces the exactness row of the same (setting,
     mode, context, prompt, path), whose tokens and KV accounting it must equal (else
     :class:`DeterminismError`: two jobs of one run disagree)."""
-    if not len(timed):
-        return exact
     index = {tuple(k): i for i, k in enumerate(exact[_MERGE_KEY].itertuples(index=False))}
     out = exact.copy()
     for _, row in timed.iterrows():
