@@ -539,27 +539,23 @@ def _peers_section(results: Results, config: dict, pdir: Path) -> dict:
         "table": _records(table),
         "plots": plot_files,
         "checks": checks,
-        "families": _peer_groups(table),
+        "families": _peer_groups(table, config),
         "errors": errors,
     }
 
 
-def _tab_order(workload: str, mode: str) -> tuple:
-    """Families and modes in the contracts' order (the primary family, question-aware first)."""
-    w = PROMPT_WORKLOADS.index(workload) if workload in PROMPT_WORKLOADS else len(PROMPT_WORKLOADS)
-    m = QUERY_MODES.index(mode) if mode in QUERY_MODES else len(QUERY_MODES)
-    return (w, m, workload, mode)
-
-
-def _peer_groups(table: pd.DataFrame) -> list[dict]:
-    """The comparison a reader wants, one tab per (family, mode): per context one table, a row per
-    press with ours first, a column per matched setting (its stored fraction), the presses sorted by
-    exact rate at the first (least compressed) setting, the best press per setting named."""
+def _peer_groups(table: pd.DataFrame, config: dict) -> list[dict]:
+    """The comparison a reader wants, one tab per (family, mode), in the run's order (as the tiered
+    page's): per context one table, a row per press with ours first, a column per matched setting
+    (its stored fraction), the presses sorted by exact rate at the first (least compressed)
+    setting, the best press per setting named."""
     if table is None or not len(table):
         return []
     tabs = []
+    order = [(w, m) for w in workloads(config) for m in query_modes(config)]
+    groups = table.groupby([C_WORKLOAD, "query_mode"])
     for (workload, mode), t in sorted(
-        table.groupby([C_WORKLOAD, "query_mode"]), key=lambda kv: _tab_order(*kv[0])
+        groups, key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)
     ):
         contexts = []
         for context, g in t.groupby("context", sort=True):

@@ -267,18 +267,17 @@ def _time_over_exact_rows(
         )
     chooser = _headline_chooser(args, config)
     head = prompts if timed is None else prompts.head(int(timed))
+    want, promoted = set(prompts["prompt_id"]), {s.name for s in settings}
     frames = {}
     for mode, path in zip(args.query_modes, args.exact_rows, strict=True):
         exact = io.read_parquet(path, TIERED_COLUMNS)
-        want = set(prompts["prompt_id"])
-        names = {s.name for s in settings}
         if (
             set(exact["prompt_id"]) != want
             or set(exact["query_mode"]) != {mode}
-            or set(exact["setting"]) != names
+            or set(exact["setting"]) != promoted
         ):
             raise cfgmod.ConfigError(
-                f"{path}: its rows are not this run's ({mode}, {len(want)} prompts, settings {sorted(names)}): "
+                f"{path}: its rows are not this run's ({mode}, {len(want)} prompts, settings {sorted(promoted)}): "
                 f"modes {sorted(set(exact['query_mode']))}, {exact['prompt_id'].nunique()} prompts, "
                 f"settings {sorted(set(exact['setting']))}"
             )
