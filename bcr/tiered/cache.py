@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer
@@ -40,13 +41,23 @@ class TieredLayer(DynamicLayer):
     """Dense during prefill; after :meth:`compress`, exact pages + phantoms in a decode path."""
 
     def __init__(
-        self, layer_idx: int, setting: TieredSetting, path_name: str, forced_phantom: Iterable[int] = ()
+        self,
+        layer_idx: int,
+        setting: TieredSetting,
+        path_name: str,
+        forced_phantom: Iterable[int] = (),
+        band: list[int] | None = None,
+        forced_summary: Iterable[int] = (),
     ):
         super().__init__()
         self.layer_idx = layer_idx
         self.setting = setting
         self.path_cls = PATHS[path_name]
         self.forced_phantom = sorted(set(forced_phantom))
+        # the band this layer is in (its share of the exception budget depends on its depth in it),
+        # and token positions never kept as exceptions (a test and diagnosis hook)
+        self.band = list(band) if band is not None else [layer_idx]
+        self.forced_summary = sorted(set(forced_summary))
         self.path: DecodePath | None = None
         self.manifest: mf.LayerManifest | None = None
         self.logical = 0
@@ -162,12 +173,41 @@ class TieredLayer(DynamicLayer):
                 scores = mf.control_scores(s, self.layer_idx, m.n_pages)
                 surprise = 0 if s.selection == "recent_only" else s.surprise_pages  # its window holds them
                 mf.finish(m, cand, errors.tolist(), surprise, self.forced_phantom, scores)
+                budget = s.exception_budget(self.layer_idx, self.band, n)
+                if budget and m.phantom:  # what the summaries miss, token by token
+                    phantoms = self._exceptions(m, cand, obs, page_k, page_v, phantoms, budget)
         with phase(PACKING):
             self.path = self.path_cls.from_tiers(_pack(m, cand, phantoms, keys, values), ps, reserve)
         self.manifest = m
         self._keys = self._values = None  # the dense prefill tensors are released here
         self.obs_queries = None
         return self.path.nbytes()
+
+    def _exceptions(self, m, cand, obs, page_k, page_v, phantoms, budget: int) -> summaries.Phantoms:
+        """Step 5: per KV head, the phantom pages' tokens represented worst stay exact; the phantoms
+        are recomputed without them.  The controls rank tokens without looking: at random (seeded by
+        layer), or newest first (``recent_only``)."""
+        s, ps = self.setting, self.setting.page_size
+        hk = page_k.shape[0]
+        if s.selection == "random":
+            draw = np.random.default_rng([s.selection_seed, self.layer_idx, 1]).random((hk, len(cand), ps))
+            scores = torch.from_numpy(draw).to(page_k.device)
+        elif s.selection == "recent_only":
+            pos = torch.tensor(cand, device=page_k.device)[:, None] * ps + torch.arange(
+                ps, device=page_k.device
+            )
+            scores = pos.to(torch.float32).expand(hk, -1, -1)
+        else:
+            scores = summaries.exception_scores(s.exception_signal, obs, page_k, page_v, phantoms, cand, ps)
+        phantom = set(m.phantom)
+        eligible = torch.tensor([p in phantom for p in cand], device=page_k.device)[:, None].repeat(1, ps)
+        for t in self.forced_summary:
+            if t // ps in phantom:
+                eligible[cand.index(t // ps), t % ps] = False
+        chosen = summaries.top_exceptions(scores, eligible, budget)
+        base = torch.tensor(cand, device=page_k.device)[:, None] * ps + torch.arange(ps, device=page_k.device)
+        m.exceptions = [base[chosen[h]].tolist() for h in range(hk)]  # ascending: pages and tokens in order
+        return summaries.without_exceptions(phantoms, page_k, page_v, chosen)
 
 
 def _pack(
@@ -177,7 +217,8 @@ def _pack(
     keys: torch.Tensor,
     values: torch.Tensor,
 ) -> Tiers:
-    """The exact tokens (logical order) in one gather, the phantom pages' summaries in another."""
+    """The exact tokens (logical order) in one gather, the phantom pages' summaries in another, the
+    exceptions (per KV head) in a third."""
     b, hk, n, d = keys.shape
     ps, dev = m.page_size, keys.device
     phantom = torch.tensor(m.phantom, dtype=torch.long, device=dev)
@@ -198,6 +239,11 @@ def _pack(
             values.new_empty(b, hk, 0, d),
             keys.new_empty(b, hk, 0),
         )
+    if m.exceptions:  # per KV head, its own tokens: one gather along the token axis
+        pos = torch.tensor(m.exceptions, dtype=torch.long, device=dev)[None, :, :, None].expand(b, -1, -1, d)
+        ex_k, ex_v = keys.gather(2, pos), values.gather(2, pos)
+    else:
+        ex_k, ex_v = keys.new_empty(b, hk, 0, d), values.new_empty(b, hk, 0, d)
     return Tiers(
         keys.index_select(2, exact_tok),
         values.index_select(2, exact_tok),
@@ -206,6 +252,8 @@ def _pack(
         ph_b,
         page_tokens.tolist(),
         is_phantom.tolist(),
+        ex_k,
+        ex_v,
     )
 
 
@@ -282,6 +330,7 @@ class TieredCache(Cache):
         forced_phantom: dict[int, Iterable[int]] | None = None,
         reserve: int = 0,
         capacity: int | None = None,
+        forced_summary: dict[int, Iterable[int]] | None = None,
     ):
         layer_types = getattr(model_config, "layer_types", None) or []
         if any(t != "full_attention" for t in layer_types):
@@ -296,14 +345,17 @@ class TieredCache(Cache):
         self.reserve = reserve
         self.band = setting.layers(num_layers)
         forced = forced_phantom or {}
-        unknown = sorted(set(forced) - set(self.band))
+        summary = forced_summary or {}
+        unknown = sorted((set(forced) | set(summary)) - set(self.band))
         if unknown:
-            raise ValueError(f"forced_phantom names layers {unknown} outside the band {self.band}")
+            raise ValueError(
+                f"forced_phantom/forced_summary name layers {unknown} outside the band {self.band}"
+            )
         # the page-native path keeps its uncompressed layers in pools too (densify: the note's
         # stock layers); ``capacity`` is the tokens each will hold, prompt and decode
         pooled = decode_path == "paged" and capacity is not None
         layers = [
-            TieredLayer(i, setting, decode_path, forced.get(i, ()))
+            TieredLayer(i, setting, decode_path, forced.get(i, ()), self.band, summary.get(i, ()))
             if i in self.band
             else (PooledLayer(capacity) if pooled else DynamicLayer())
             for i in range(num_layers)

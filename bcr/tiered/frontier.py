@@ -20,7 +20,17 @@ from bcr.tiered.settings import TieredSetting
 
 BASE_KNOB = "base"
 # knobs a grid may vary: those that set the stored fraction (tiered.schema.yaml lists the same)
-GRID_KNOBS = ("retain", "phantoms_per_page", "band", "page_size", "surprise_pages", "neighbour_pages")
+GRID_KNOBS = (
+    "retain",
+    "phantoms_per_page",
+    "band",
+    "page_size",
+    "surprise_pages",
+    "neighbour_pages",
+    "exceptions",
+    "exception_signal",
+    "exception_taper",
+)
 
 
 def _with(config: dict, base: TieredSetting, changes: dict) -> TieredSetting:
@@ -37,8 +47,10 @@ def _with(config: dict, base: TieredSetting, changes: dict) -> TieredSetting:
                 sink_pages=max(1, -(-base.sink_pages * base.page_size // page)),
                 recent_pages=max(1, -(-base.recent_pages * base.page_size // page)),
             )
-        elif knob == "retain":
-            s = replace(s, retain=float(value))
+        elif knob in ("retain", "exceptions", "exception_taper"):
+            s = replace(s, **{knob: float(value)})
+        elif knob == "exception_signal":
+            s = replace(s, exception_signal=str(value))
         else:
             s = replace(s, **{knob: int(value)})
     return s
@@ -69,8 +81,13 @@ def grid(config: dict) -> list[tuple[TieredSetting, str, str]]:
 
 
 def _key(s: TieredSetting) -> tuple:
+    """What a point computes: its knobs, with the exception signal and taper dropped when it keeps
+    no exceptions (they change nothing then, so such points are one point)."""
     d = s.as_dict()
     d.pop("name")
+    if not s.exceptions:
+        d.pop("exception_signal")
+        d.pop("exception_taper")
     return tuple(sorted((k, str(v)) for k, v in d.items()))
 
 

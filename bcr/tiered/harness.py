@@ -165,17 +165,21 @@ def run_tiered(
     query_mode: str = QUESTION_AWARE,
     split: int | None = None,
     layerwise: bool = True,
+    forced_summary: dict[int, Iterable[int]] | None = None,
 ) -> TieredRun:
     """One fresh tiered run: the band compressed layer by layer during the prefill, once each layer
     holds the whole prompt (question-aware) or the context, before the question is fed through the
     compressed cache (question-agnostic; needs ``split``).  ``layerwise=False`` compresses after the
-    forward instead (the shared runs' order; tests check both give the same run)."""
+    forward instead (the shared runs' order; tests check both give the same run).
+    ``forced_summary``: {layer: token positions} never kept as exceptions (tests, diagnosis)."""
     if query_mode not in QUERY_MODES:
         raise ValueError(f"unknown query mode {query_mode!r} (known: {', '.join(QUERY_MODES)})")
     n = ids.shape[1]
     reserve = reserve_tokens(query_mode, n, split, kw["max_new_tokens"])
     capacity = dense_capacity(n, kw["max_new_tokens"])
-    cache = TieredCache(loaded.model.config, setting, path, forced_phantom, reserve, capacity)
+    cache = TieredCache(
+        loaded.model.config, setting, path, forced_phantom, reserve, capacity, forced_summary=forced_summary
+    )
     aware = query_mode == QUESTION_AWARE
     hooks = {}
     if layerwise:

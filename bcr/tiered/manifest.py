@@ -5,7 +5,9 @@ Selection, per compressed layer (DESIGN.md, "Tiered compression"):
 1. the sink page(s) and the recent window (the newest, possibly partial, pages) are exact;
 2. pages are added by importance until at least ``retain`` x N logical tokens are exact;
 3. ``surprise_pages`` more pages are exact: the candidates whose phantom summary errs most;
-4. every other page is a phantom page (``phantoms_per_page`` summary tokens).
+4. every other page is a phantom page (``phantoms_per_page`` summary tokens);
+5. inside the phantom pages, per KV head, the layer's exception budget of tokens the phantoms
+   represent worst stay exact (``exceptions``: positions per KV head).
 
 The manifest is kept so that a non-exact result can name the page that was lost.
 """
@@ -51,6 +53,7 @@ class LayerManifest:
     phantom: list[int] = field(default_factory=list)
     importance: list[float] = field(default_factory=list)  # per page, attention share (sums to 1)
     phantom_error: dict[int, float] = field(default_factory=dict)  # per candidate page
+    exceptions: list[list[int]] = field(default_factory=list)  # per KV head: exact token positions
 
     @property
     def n_pages(self) -> int:
@@ -75,9 +78,15 @@ class LayerManifest:
         )
 
     @property
+    def exception_tokens(self) -> int:
+        """Exception tokens per KV head (every head keeps the same number)."""
+        return len(self.exceptions[0]) if self.exceptions else 0
+
+    @property
     def stored_tokens(self) -> int:
-        """Tokens this layer stores for the prompt: exact tokens plus k summaries per phantom page."""
-        return self.exact_tokens + self.phantoms_per_page * len(self.phantom)
+        """Tokens this layer stores for the prompt: exact tokens, k summaries per phantom page, and
+        the exceptions inside phantom pages."""
+        return self.exact_tokens + self.phantoms_per_page * len(self.phantom) + self.exception_tokens
 
     def to_json(self) -> dict:
         """Compact record for result rows (importance/error only for the pages that matter to a reader)."""
@@ -92,6 +101,7 @@ class LayerManifest:
             "phantom": self.phantom,
             "top_phantom_page": top_phantom,
             "top_phantom_share": None if top_phantom is None else round(self.importance[top_phantom], 6),
+            "exceptions": self.exceptions,
         }
 
 

@@ -36,7 +36,9 @@ class Tiers:
     tensor, every phantom summary (page order) in another, and which page is which.
 
     ``page_tokens[p]`` is what page ``p`` stores (its exact tokens, or its summaries when
-    ``page_phantom[p]``); a decode path copies them once into its own layout.
+    ``page_phantom[p]``); a decode path copies them once into its own layout.  The exceptions are
+    exact tokens (post-RoPE keys: their positions are in them) that belong to no exact page; each
+    path attends them as exact tokens.
     """
 
     keys: torch.Tensor  # [B, Hk, E, D]
@@ -46,6 +48,13 @@ class Tiers:
     ph_bias: torch.Tensor  # [B, Hk, P] log member count (-inf for an empty cluster)
     page_tokens: list[int]
     page_phantom: list[bool]
+    # exact exceptions inside phantom pages: per KV head its own tokens, X of them in every head
+    ex_keys: torch.Tensor | None = None  # [B, Hk, X, D]
+    ex_values: torch.Tensor | None = None  # [B, Hk, X, D]
+
+    @property
+    def n_exceptions(self) -> int:
+        return 0 if self.ex_keys is None else self.ex_keys.shape[-2]
 
     @classmethod
     def from_parts(cls, parts: list[Part]) -> Tiers:
@@ -190,9 +199,13 @@ class DensifyPath(DecodePath):
                 path.values.append(ev[e])
                 path.bias.append(None)
                 e += 1
+        if tiers.n_exceptions:  # one more exact part, before the pages (decode grows the last one)
+            path.keys.insert(0, tiers.ex_keys.contiguous())
+            path.values.insert(0, tiers.ex_values.contiguous())
+            path.bias.insert(0, None)
         path._bytes = sum(nbytes(t) for t in (tiers.keys, tiers.values, tiers.ph_keys, tiers.ph_values))
-        path._bytes += nbytes(tiers.ph_bias)
-        path._tokens = sum(tiers.page_tokens)
+        path._bytes += nbytes(tiers.ph_bias) + nbytes(tiers.ex_keys) + nbytes(tiers.ex_values)
+        path._tokens = sum(tiers.page_tokens) + tiers.n_exceptions
         path.tail_tokens = page_size  # the prompt's pages are closed; decode starts a new page
         return path
 
@@ -279,8 +292,8 @@ class PagedPath(DecodePath):
     """Pooled storage, per-tier attention merged by log-sum-exp: nothing proportional to the context
     is concatenated, allocated or looped over per decode step.
 
-    * exact tier: every exact token in one ``[B, Hk, capacity, D]`` pool per K and V, in logical
-      order, with a preallocated tail for the tokens still to come (capacity = the prompt's exact
+    * exact tier: every exact token in one ``[B, Hk, capacity, D]`` pool per K and V -- the
+      exceptions (per KV head) first, then the exact pages' tokens in logical order -- with a preallocated tail for the tokens still to come (capacity = the prompt's exact
       tokens + ``reserve``: the question chunk when it is fed through the compressed cache, plus
       ``max_new_tokens - 1``), written in place; outgrown, it doubles (a copy, never one per step);
     * phantom tier: all summaries in one tensor, their log-count bias stored once as an additive
@@ -312,12 +325,17 @@ class PagedPath(DecodePath):
     @classmethod
     def from_tiers(cls, tiers: Tiers, page_size: int, reserve: int = 0) -> PagedPath:
         """The exact tier copied once into a pool with ``reserve`` free slots; the phantom tier as is."""
-        b, hk, used, d = tiers.keys.shape
+        b, hk, e, d = tiers.keys.shape
+        x = tiers.n_exceptions
+        used = x + e
         capacity = used + max(reserve, 1)
         keys = tiers.keys.new_empty(b, hk, capacity, d)
         values = tiers.values.new_empty(b, hk, capacity, d)
-        keys[:, :, :used].copy_(tiers.keys)
-        values[:, :, :used].copy_(tiers.values)
+        if x:  # the exceptions first: the newest tokens stay last (a chunk's causal segment)
+            keys[:, :, :x].copy_(tiers.ex_keys)
+            values[:, :, :x].copy_(tiers.ex_values)
+        keys[:, :, x:used].copy_(tiers.keys)
+        values[:, :, x:used].copy_(tiers.values)
         return cls(page_size, keys, values, used, tiers)
 
     @property
@@ -390,7 +408,7 @@ class PagedPath(DecodePath):
         )
 
     def stored_kv(self):
-        """Exact tokens (logical order) then phantoms: tier order, not page order."""
+        """Exceptions, exact tokens (logical order), then phantoms: tier order, not page order."""
         k, v = self._exact()
         if not self.has_phantoms:
             return k, v, None

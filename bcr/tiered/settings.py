@@ -14,6 +14,11 @@ from typing import Any
 from bcr.config import resolve_base
 from bcr.headline import promotion_contexts
 
+# How exception tokens are ranked (bcr.tiered.summaries.exception_scores): ``reconstruction`` needs
+# no query (each token's key and value error under its page's phantoms); ``attention`` is the
+# observation queries' attention to each token (the question's, in the question-aware mode).
+EXCEPTION_SIGNALS = ("reconstruction", "attention")
+
 # Every resolved setting carries exactly these knobs (``base`` is resolved away).
 KNOBS = (
     "band",
@@ -48,6 +53,21 @@ class TieredSetting:
     selection: str = "importance"
     selection_seed: int = 0
     neighbour_pages: int = 0  # pages after each importance-retained page kept with it (optional knob)
+    # Exact exceptions inside summarised pages (optional knobs, bcr.tiered.summaries.exceptions): per
+    # KV head, ``exceptions`` x N of a layer's tokens that its phantoms represent worst stay exact,
+    # ranked by ``exception_signal``; ``exception_taper`` tilts the budget across the band's depth at
+    # the same total (> 0: early layers get more, PyramidKV's shape; < 0: late layers).
+    exceptions: float = 0.0
+    exception_signal: str = "reconstruction"
+    exception_taper: float = 0.0
+
+    def exception_budget(self, layer: int, band: list[int], n_tokens: int) -> int:
+        """Exception tokens per KV head for ``layer`` (one of ``band``) over an ``n_tokens`` prompt."""
+        if self.exceptions <= 0:
+            return 0
+        j, b = band.index(layer), len(band)
+        weight = 1.0 + self.exception_taper * (1.0 - 2.0 * (j + 0.5) / b)
+        return round(self.exceptions * n_tokens * weight)
 
     def layers(self, num_layers: int) -> list[int]:
         """Compressed layer indices: layer ``i`` is in the band when its depth centre (i+0.5)/L is in [lo, hi)."""
@@ -87,6 +107,9 @@ def resolve(config: dict, name: str) -> TieredSetting:
         phantoms_per_page=int(knobs["phantoms_per_page"]),
         cluster_iters=int(knobs["cluster_iters"]),
         neighbour_pages=int(knobs.get("neighbour_pages", 0)),
+        exceptions=float(knobs.get("exceptions", 0.0)),
+        exception_signal=str(knobs.get("exception_signal", "reconstruction")),
+        exception_taper=float(knobs.get("exception_taper", 0.0)),
     )
 
 

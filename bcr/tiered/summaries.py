@@ -8,7 +8,10 @@ function) against the layer's post-RoPE keys, in float32 at least (float64 stays
   contiguous chunks, so the result is deterministic) and the means of the matching values, with the
   member count ``n`` of each cluster: a phantom's logit gets ``+log n`` so it weighs as its ``n`` tokens;
 * phantom error — how far the observation queries' attention output moves when one page (alone) is
-  replaced by its phantoms: the pages summarised worst become surprise pages.
+  replaced by its phantoms: the pages summarised worst become surprise pages;
+* exceptions — per KV head, the tokens of summarised pages that their phantoms represent worst stay
+  exact (:func:`exception_scores`, :func:`top_exceptions`) and leave their clusters
+  (:func:`without_exceptions`), so a phantom weighs only the tokens it still stands for.
 """
 
 from __future__ import annotations
@@ -71,14 +74,19 @@ class Phantoms:
     keys: torch.Tensor  # [Hk, C, k, D] float32
     values: torch.Tensor  # [Hk, C, k, D] float32
     counts: torch.Tensor  # [Hk, C, k] float32 (0 for an empty cluster: its log-bias is -inf)
+    assign: torch.Tensor  # [Hk, C, ps] long: the cluster each token belongs to
 
     @property
     def log_bias(self) -> torch.Tensor:
         return torch.log(self.counts)
 
 
-def _cluster_means(x: torch.Tensor, v: torch.Tensor, assign: torch.Tensor, k: int):
+def _cluster_means(
+    x: torch.Tensor, v: torch.Tensor, assign: torch.Tensor, k: int, keep: torch.Tensor | None = None
+):
     onehot = torch.nn.functional.one_hot(assign, k).to(x.dtype)  # [Hk, C, ps, k]
+    if keep is not None:  # members that left their cluster (exceptions) count for nothing
+        onehot = onehot * keep[..., None].to(x.dtype)
     counts = onehot.sum(dim=2)  # [Hk, C, k]
     denom = counts.clamp(min=1.0)[..., None]
     kmean = torch.einsum("hcpk,hcpd->hckd", onehot, x) / denom
@@ -109,7 +117,67 @@ def build_phantoms(page_keys: torch.Tensor, page_values: torch.Tensor, k: int, i
         dist = dist.masked_fill((counts == 0)[:, :, None, :], float("inf"))
         assign = dist.argmin(dim=-1)
     keys, values, counts = _cluster_means(x, v, assign, k)
-    return Phantoms(keys=keys, values=values, counts=counts)
+    return Phantoms(keys=keys, values=values, counts=counts, assign=assign)
+
+
+def exception_scores(
+    signal: str,
+    obs: Observation,
+    page_keys: torch.Tensor,
+    page_values: torch.Tensor,
+    phantoms: Phantoms,
+    pages: list[int],
+    page_size: int,
+) -> torch.Tensor:
+    """How badly each token of the candidate pages is represented: [Hk, C, ps] float32, higher worse.
+
+    ``reconstruction`` reads the context alone: the token's key and value distance to its cluster's
+    means, each relative to the head's mean distance (so keys and values weigh alike), summed -- a
+    token unlike the rest of its page (an outlier key) scores high whatever the question is.
+    ``attention`` is the observation queries' attention share of the token (SnapKV's score, per token).
+    """
+    if signal == "reconstruction":
+        x, v = _wide(page_keys), _wide(page_values)
+        idx = phantoms.assign[..., None].expand(-1, -1, -1, x.shape[-1])
+        ek = (x - phantoms.keys.gather(2, idx)).norm(dim=-1)
+        ev = (v - phantoms.values.gather(2, idx)).norm(dim=-1)
+        tiny = torch.finfo(ek.dtype).tiny
+        return ek / ek.mean(dim=(1, 2), keepdim=True).clamp(min=tiny) + ev / ev.mean(
+            dim=(1, 2), keepdim=True
+        ).clamp(min=tiny)
+    if signal == "attention":
+        probs = obs.weights / obs.weights.sum(dim=-1, keepdim=True)
+        per_token = probs.sum(dim=1)  # [Hk, N]
+        idx = torch.tensor(pages, device=per_token.device)
+        tok = (idx[:, None] * page_size + torch.arange(page_size, device=per_token.device)).reshape(-1)
+        return per_token[:, tok].reshape(per_token.shape[0], len(pages), page_size)
+    raise ValueError(f"unknown exception signal {signal!r}")
+
+
+def top_exceptions(scores: torch.Tensor, eligible: torch.Tensor, budget: int) -> torch.Tensor:
+    """Per KV head, the ``budget`` eligible tokens scoring highest: [Hk, C, ps] bool (ties: earlier
+    token first, so the choice is deterministic)."""
+    hk = scores.shape[0]
+    flat = scores.reshape(hk, -1).masked_fill(~eligible.reshape(1, -1), float("-inf"))
+    budget = min(budget, int(eligible.sum()))
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    if budget > 0:
+        # a stable descending sort breaks ties by position
+        order = torch.sort(flat, dim=-1, descending=True, stable=True).indices[:, :budget]
+        chosen.scatter_(1, order, True)
+    return chosen.reshape(scores.shape)
+
+
+def without_exceptions(
+    phantoms: Phantoms, page_keys: torch.Tensor, page_values: torch.Tensor, chosen: torch.Tensor
+) -> Phantoms:
+    """The phantoms recomputed over the tokens that stay summarised (same clusters, exceptions out):
+    a cluster left empty gets count 0 (log-bias -inf)."""
+    k = phantoms.counts.shape[-1]
+    keys, values, counts = _cluster_means(
+        _wide(page_keys), _wide(page_values), phantoms.assign, k, keep=~chosen
+    )
+    return Phantoms(keys=keys, values=values, counts=counts, assign=phantoms.assign)
 
 
 def phantom_error(
