@@ -208,6 +208,10 @@ PEERS_RUN_COLUMNS = [
     "prompt_id", "stored_fraction", EXACT, EXACT_ANSWER, "first_divergence", "answer_correct",
     "dense_answer_correct", "ttft_s", "tpot_s", "kv_bytes_stored", "kv_bytes_dense", "hook_equal", "pipeline_equal",
     "dense_equal_main", "output_ids", "dense_ids", "error",
+    # a press that masks (AdaKV, KVzip) keeps what it masks stored: stored_fraction is what the cache
+    # holds, effective_stored_fraction what attention reads; a timed job's clocks as ratios to a dense
+    # run timed before and after the presses in the same process
+    "masks", "effective_stored_fraction", "dense_ttft_s", "dense_tpot_s", "ttft_ratio", "tpot_ratio",
 ]  # fmt: skip
 OURS_PRESS = "tiered"  # the ``press`` value of our own rows in the comparison
 # The comparison: every press's rows and ours (``press`` = OURS_PRESS: the matched setting's tiered rows).
@@ -215,6 +219,7 @@ PEERS_COLUMNS = [
     "press", "compression_ratio", "setting_matched", "target_stored_fraction", QUERY_MODE, WORKLOAD, "context",
     "prompt_id", "stored_fraction", EXACT, EXACT_ANSWER, "first_divergence", "answer_correct", "ttft_s", "tpot_s",
     "kv_bytes_stored", "hook_equal", "pipeline_equal", "dense_equal_main", "error",
+    "masks", "effective_stored_fraction", "ttft_ratio", "tpot_ratio",
 ]  # fmt: skip
 # Negative controls: tiered rows plus which control and the setting it is matched to (null: the
 # matched setting itself, measured from the same shared prefill).

@@ -99,12 +99,33 @@ def index_text(v: Any) -> str:
 
 
 @dataclass
+class DenseRight:
+    """The headline choice read on the prompts dense answers right only: a prompt dense gets wrong
+    never used the retrieved value, and a flipped near-tie there says little about what compression
+    lost.  Reported beside the strict reading, never instead of it."""
+
+    setting: str | None  # the most compressed setting exact on every such prompt (None: none is)
+    compression: float
+    per_context: dict[int, tuple[int, int]]  # context -> (exact, dense-right prompts)
+
+    def text(self) -> str:
+        if self.setting is None:
+            return "no setting is exact on every prompt dense answers right"
+        where = ", ".join(f"{c}: {e}/{n}" for c, (e, n) in sorted(self.per_context.items()))
+        return (
+            f"{self.setting} ({self.compression:.2f}x) is exact on every prompt dense answers right ({where})"
+        )
+
+
+@dataclass
 class Headline:
     """The setting the tiered claims are about (the note's front_ret25 role)."""
 
     setting: str | None
     exact: bool
     reason: str
+    dense_right: DenseRight | None = None  # the same choice on the prompts dense answers right
+    compression: float = math.nan  # the setting's, at the largest promotion context
 
 
 def headline(statuses: list[SettingStatus], exclude: list[str]) -> Headline:
@@ -115,7 +136,12 @@ def headline(statuses: list[SettingStatus], exclude: list[str]) -> Headline:
     exact = [s for s in cands if s.status == "exact"]
     if exact:
         best = max(exact, key=lambda s: (s.compression, s.setting))
-        return Headline(best.setting, True, f"{best.setting}: exact at every promotion context")
+        return Headline(
+            best.setting,
+            True,
+            f"{best.setting}: exact at every promotion context",
+            compression=best.compression,
+        )
 
     def frac(s: SettingStatus) -> float:
         good = sum(e for e, _ in s.per_context.values())
@@ -123,17 +149,45 @@ def headline(statuses: list[SettingStatus], exclude: list[str]) -> Headline:
         return good / total if total else 0.0
 
     best = max(cands, key=lambda s: (frac(s), s.compression, s.setting))
-    return Headline(best.setting, False, f"{best.setting}: no setting is exact at every promotion context")
+    return Headline(
+        best.setting,
+        False,
+        f"{best.setting}: no setting is exact at every promotion context",
+        compression=best.compression,
+    )
 
 
 def choose(rule: dict, config: dict, rows: pd.DataFrame | None) -> Headline:
-    """The headline of one family's and mode's promotion rows (as written: dense rows included)."""
+    """The headline of one family's and mode's promotion rows (as written: dense rows included),
+    with the dense-right reading beside it (:class:`DenseRight`)."""
     if rows is None or len(rows) == 0:
         return headline([], [])
-    statuses = setting_status(
-        answer_exactness(rows), promotion_contexts(config), rule["decode_path"], int(rule["min_n"])
-    )
-    return headline(statuses, excluded(rule, config))
+    contexts, path, min_n = promotion_contexts(config), rule["decode_path"], int(rule["min_n"])
+    tiered = answer_exactness(rows)
+    exclude = excluded(rule, config)
+    out = headline(setting_status(tiered, contexts, path, min_n), exclude)
+    right = dense_right_prompts(rows)
+    if right is not None:
+        keep = [(int(c), p) in right for c, p in zip(tiered["context"], tiered["prompt_id"], strict=True)]
+        # the minimum n applies to the prompts read: fewer dense-right prompts cannot be "insufficient"
+        statuses = [s for s in setting_status(tiered[keep], contexts, path, 1) if s.setting not in exclude]
+        exact = [s for s in statuses if s.status == "exact"]
+        best = max(exact, key=lambda s: (s.compression, s.setting)) if exact else None
+        out.dense_right = DenseRight(
+            best.setting if best else None,
+            best.compression if best else math.nan,
+            best.per_context if best else {},
+        )
+    return out
+
+
+def dense_right_prompts(rows: pd.DataFrame) -> set[tuple[int, str]] | None:
+    """(context, prompt_id) of the promotion rows' prompts the dense run answers right (None: the
+    rows carry no dense answer)."""
+    if "answer_correct" not in rows or DENSE_PATH not in set(rows["decode_path"]):
+        return None
+    dense = rows[(rows["decode_path"] == DENSE_PATH) & rows["answer_correct"].astype(bool)]
+    return set(zip(dense["context"].astype(int), dense["prompt_id"], strict=True))
 
 
 def _geomean(values: Any) -> float:

@@ -243,8 +243,11 @@ def _scattered_bed(config: dict) -> list[dict]:
             "own position, and each is the only token of its vocabulary band in the prompt "
             "(`bcr/prompts.py`, `synthetic_example`): its key and value are outliers by "
             "construction. A page or token selector that scores reconstruction error or key "
-            "outliers can find them without the question; on natural text the tokens an answer "
-            "needs are not marked this way. Every `scattered` verdict carries this marker.",
+            "outliers can find them without the question -- the tiered exceptions' "
+            "`reconstruction` signal does exactly that, and the `needle` family's value tokens are "
+            "band-unique too, so its exception settings share this -- while on natural text the "
+            "tokens an answer needs are not marked this way. Every `scattered` verdict carries "
+            "this marker.",
             "scattered-bed",
         )
     ]

@@ -581,6 +581,7 @@ def _peer_groups(table: pd.DataFrame, config: dict) -> list[dict]:
                     "press": p,
                     "cells": [cells.get((p, s)) for s in order],
                     "best": [best[s] == p for s in order],
+                    "masks": any(bool((cells.get((p, s)) or {}).get("masks")) for s in order),
                 }
                 for p in [OURS_PRESS, *presses]
                 if any((p, s) in cells for s in order)

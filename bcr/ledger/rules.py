@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bcr import contracts as C
+from bcr import headline as hl
 from bcr.ledger import tables
 from bcr.ledger.evidence import Results
 from bcr.ledger.stats import (
@@ -143,8 +144,25 @@ def rule_ratio(rule: dict, ctx: EvalContext) -> Outcome:
         )
         return base
     t = ctx.tiered
-    rows = t[(t["setting"] == setting) & (t["context"] == context) & (t["decode_path"] == path)]
     caveat = "" if ctx.headline.exact or rule["setting"] != "headline" else f"; note: {ctx.headline.reason}"
+    reading, right = _reading(rule, ctx)
+    if reading == "dense-right":  # the setting exact on every prompt dense answers right compresses more
+        setting = right.setting
+        evidence = f"{table.pattern} · {setting} · {path} · context {context}"
+        base.evidence = evidence
+        caveat = (
+            f"; decided on the dense-right reading: {right.text()}; strict reading: {ctx.headline.reason}"
+        )
+        if ctx.headline.exact:
+            caveat += f" ({ctx.headline.compression:.2f}x)"
+    elif reading == "strict":
+        caveat += "; decided on the strict reading (exact on every prompt)" + (
+            f"; dense-right reading: {right.text()}" if right is not None else ""
+        )
+    rows = t[(t["setting"] == setting) & (t["context"] == context) & (t["decode_path"] == path)]
+    if reading == "dense-right":
+        ok = hl.dense_right_prompts(ctx.results["tiered_promotion"].df) or set()
+        rows = rows[[(int(c), p) in ok for c, p in zip(rows["context"], rows["prompt_id"], strict=True)]]
     if len(rows) == 0:
         base.reason = f"no `{path}` rows for {setting} at context {context}{caveat}"
         return base
@@ -197,7 +215,25 @@ def rule_ratio(rule: dict, ctx: EvalContext) -> Outcome:
     costs = _reported(rows, rule.get("report") or [], ctx)
     deciding.reason = "; ".join(p[2].reason for p in parts) + costs + caveat
     deciding.value_text = "; ".join(p[2].value_text for p in parts if p[2].value_text != "—") or "—"
+    if reading is not None:
+        deciding.value_text += f" ({setting}, {reading} reading)"
     return deciding
+
+
+def _reading(rule: dict, ctx: EvalContext) -> tuple[str | None, hl.DenseRight | None]:
+    """Which reading of exactness a headline ratio claim decides on, of the rule's ``readings``:
+    ``strict`` (the headline, exact on every prompt) or ``dense_right`` (the most compressed setting
+    exact on every prompt dense answers right) -- the one whose setting compresses more, strict on
+    a tie; None when neither has an exact setting."""
+    if rule["setting"] != "headline" or not rule.get("require_exact"):
+        return None, None
+    readings = rule.get("readings") or ["strict"]
+    right = ctx.headline.dense_right
+    strict = ctx.headline.compression if ctx.headline.exact and "strict" in readings else None
+    alt = right.compression if "dense_right" in readings and right and right.setting else None
+    if alt is not None and (strict is None or alt > strict):
+        return "dense-right", right
+    return ("strict" if strict is not None else None), right
 
 
 def _reported(rows: pd.DataFrame, metrics: list[str], ctx: EvalContext) -> str:
@@ -422,7 +458,13 @@ def rule_exists_exact_setting(rule: dict, ctx: EvalContext) -> Outcome:
         if s.setting not in ctx.exclude
     ]
     extra = {s.setting: _dense_correct_text(ctx, s.setting, rule["decode_path"]) for s in statuses}
-    return _exactness_verdict(statuses, rule, evidence, extra)
+    out = _exactness_verdict(statuses, rule, evidence, extra)
+    right = ctx.headline.dense_right
+    if (
+        out.verdict != SUPPORTED and right is not None
+    ):  # the strict verdict stands; the other reading beside it
+        out.reason += f"; dense-right reading (not the verdict's): {right.text()}"
+    return out
 
 
 def _exactness_verdict(
@@ -596,6 +638,11 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
         f" prompt (exact one-sided McNemar on the discordant prompts, alpha {alpha:g})"
     )
     parts = []
+    # every press is a comparison: Bonferroni over them, so more presses do not make a chance lead
+    # more likely to reject
+    tested = ok[(ok["context"] == context) & (ok["press"] != rule["ours"])]
+    k = max(1, tested.groupby(["setting_matched", "press"]).ngroups)
+    level = alpha / k
     for (c, setting), _ in both.items():
         if c != context:
             continue
@@ -620,7 +667,7 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
                     )
                 )
                 continue
-            if d > b and p < alpha:
+            if d > b and p < level:
                 verdict = REJECTED
             elif b >= d:
                 verdict = SUPPORTED
@@ -640,9 +687,103 @@ def rule_peer_exact(rule: dict, ctx: EvalContext) -> Outcome:
     deciding.reason = (
         "; ".join(p[2].reason for p in parts)
         + f"; holds when no press is exact on more discordant prompts than ours, rejected when one is"
-        f" significantly (p < {alpha:g})"
+        f" significantly (p < {alpha:g} / {k} comparisons = {sig(level, 2)}, Bonferroni)"
     )
     return deciding
+
+
+def rule_peer_faster(rule: dict, ctx: EvalContext) -> Outcome:
+    """Ours' TPOT against the fastest press at least as exact as ours, at the headline's matched
+    setting (one family and mode, ``context``): each side's TPOT is a ratio to its own
+    environment's dense run (ours: the page-native path's, timed in the promotion run; a press's:
+    a dense run timed before and after the presses), so the two compare across environments.  The
+    press is the fastest (geometric-mean TPOT ratio) of those exact on at least as many of the
+    paired prompts as ours; the claim reads ours / press per prompt both timed, geometric mean with
+    a bootstrap interval: supported below ``threshold`` (1: ours faster), rejected when the whole
+    interval is at or above it.  Not yet without a press as exact as ours (nothing to compare),
+    or with fewer than ``min_n`` prompts timed on both sides.  Flips when ours' TPOT grows past
+    the press's."""
+    table = ctx.results["peers"]
+    threshold = float(rule["threshold"])
+    if not table.present:
+        return Outcome(NOT_YET, table.reason, table.pattern, threshold=threshold)
+    df = table.df
+    ok = df[df["error"].isna()] if "error" in df else df
+    contexts = sorted(set(ok.loc[ok["press"] == rule["ours"], "context"].astype(int)))
+    if not contexts:
+        return Outcome(
+            NOT_YET, f"no {rule['ours']} rows in `{table.pattern}`", table.pattern, threshold=threshold
+        )
+    context = contexts[-1] if rule["context"] == "largest" else int(rule["context"])
+    g = ok[ok["context"] == context]
+    # the headline's matched setting: ours' least-storing one at this context
+    mine = g[g["press"] == rule["ours"]]
+    frac = mine.groupby("setting_matched")["stored_fraction"].median()
+    if frac.empty:
+        return Outcome(
+            NOT_YET, f"no {rule['ours']} rows at context {context}", table.pattern, threshold=threshold
+        )
+    setting = str(frac.idxmin())
+    evidence = f"{table.pattern} · context {context} · {setting} · TPOT ratio to each environment's dense"
+    g = g[g["setting_matched"] == setting]
+    ours = g[g["press"] == rule["ours"]].set_index("prompt_id")
+    ours_exact = ours[C.EXACT_ANSWER].astype(bool)
+
+    def ratios(frame: pd.DataFrame) -> pd.Series:
+        v = pd.to_numeric(frame["tpot_ratio"], errors="coerce")
+        return v[np.isfinite(v) & (v > 0)]
+
+    candidates = []
+    for press, h in g[g["press"] != rule["ours"]].groupby("press", sort=True):
+        h = h.set_index("prompt_id")
+        common = ours_exact.index.intersection(h.index)
+        theirs = h.loc[common, C.EXACT_ANSWER].astype(bool)
+        r = ratios(h)
+        if len(common) and int(theirs.sum()) >= int(ours_exact.loc[common].sum()) and len(r):
+            candidates.append((float(np.exp(np.log(r).mean())), str(press), r))
+    if not candidates:
+        return Outcome(
+            NOT_YET,
+            f"no press is exact on as many prompts as ours at {setting} (context {context}), or none is"
+            " timed: no press of equal exactness to compare speed with",
+            evidence,
+            threshold=threshold,
+        )
+    speed, press, theirs = min(candidates)
+    mine_r = ratios(ours)
+    common = mine_r.index.intersection(theirs.index)
+    n = len(common)
+    text = (
+        f"ours (paged) TPOT {sig(float(np.exp(np.log(mine_r).mean())), 3) if len(mine_r) else '—'}x our"
+        f" dense; fastest press at least as exact, {press}: {sig(speed, 3)}x its dense"
+        f" (of {len(candidates)} as exact)"
+    )
+    if n < rule["min_n"]:
+        return Outcome(
+            NOT_YET,
+            f"{text}; {n} prompts timed on both sides (minimum {rule['min_n']})",
+            evidence,
+            n,
+            threshold=threshold,
+        )
+    iv = geomean_interval((mine_r.loc[common] / theirs.loc[common]).to_numpy(dtype=float), **_boot(ctx))
+    verdict = decide(iv, "below", threshold)
+    level = round(ctx.bootstrap["level"] * 100)
+    reason = (
+        f"{text}; ours / {press} per prompt {iv.text()} ({level}% bootstrap CI, n={n}); claim holds"
+        f" when < {threshold:g}"
+    )
+    return Outcome(
+        verdict,
+        reason,
+        evidence,
+        n=n,
+        value=iv.point,
+        threshold=threshold,
+        ci_low=iv.low,
+        ci_high=iv.high,
+        value_text=f"ours / {press} TPOT: {iv.text()}",
+    )
 
 
 def _controlled_setting(rule: dict, ctx: EvalContext, summary: pd.DataFrame, context: int) -> str | None:
@@ -722,4 +863,5 @@ RULES: dict[str, Callable[[dict, EvalContext], Outcome]] = {
     "ops_ratio": rule_ops_ratio,
     "coverage": rule_coverage,
     "peer_exact": rule_peer_exact,
+    "peer_faster": rule_peer_faster,
 }

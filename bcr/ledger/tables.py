@@ -420,13 +420,27 @@ def decomposition_table(df: pd.DataFrame | None) -> pd.DataFrame:
 PEERS_TABLE_COLUMNS = [
     "context", C.WORKLOAD, C.QUERY_MODE, "setting_matched", "press", "n", "n_exact", "exact_rate", "exact_low", "exact_high",
     "n_exact_trajectory", "stored_fraction", "accuracy", "kv_bytes_stored", "errors",
+    "masks", "effective_stored_fraction", "n_timed", "ttft_ratio", "tpot_ratio",
 ]  # fmt: skip
+
+
+def _geomean_of(g: pd.DataFrame, col: str) -> tuple[int, float]:
+    """(how many rows have a positive ``col``, their geometric mean)."""
+    from bcr.ledger.stats import geomean
+
+    if col not in g:
+        return 0, math.nan
+    v = pd.to_numeric(g[col], errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return len(v), (geomean(v) if len(v) else math.nan)
 
 
 def peers_table(df: pd.DataFrame | None) -> pd.DataFrame:
     """Per (context, family, mode, matched setting, press): the answer-span exact count (the primary measure,
     as for the tiered rows) with its 95% Clopper–Pearson interval, the whole-trajectory count, the
-    median stored fraction, answer accuracy, stored KV bytes and failed rows."""
+    median stored fraction (what the cache holds) and effective fraction (what attention reads: less
+    for a press that masks), answer accuracy, stored KV bytes, failed rows, and where timed the
+    geometric-mean TTFT and TPOT ratios to the environment's own dense run."""
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=PEERS_TABLE_COLUMNS)
     from bcr.ledger.stats import exact_rate_interval
@@ -450,6 +464,15 @@ def peers_table(df: pd.DataFrame | None) -> pd.DataFrame:
                 "accuracy": float(ok["answer_correct"].astype(bool).mean()) if n else math.nan,
                 "kv_bytes_stored": float(ok["kv_bytes_stored"].median()) if n else math.nan,
                 "errors": len(g) - n,
+                "masks": bool(ok["masks"].fillna(False).astype(bool).any()) if "masks" in ok else False,
+                "effective_stored_fraction": (
+                    float(pd.to_numeric(ok["effective_stored_fraction"], errors="coerce").median())
+                    if n and "effective_stored_fraction" in ok
+                    else math.nan
+                ),
+                "n_timed": _geomean_of(ok, "tpot_ratio")[0],
+                "ttft_ratio": _geomean_of(ok, "ttft_ratio")[1],
+                "tpot_ratio": _geomean_of(ok, "tpot_ratio")[1],
             }
         )
     return pd.DataFrame(out, columns=PEERS_TABLE_COLUMNS)

@@ -2,7 +2,8 @@
 
 Ours come from the files the tiered track already wrote -- the sweep (the headline at the sweep
 context), the primary model's frontier (the lower points) and the promotion runs (the headline at the
-larger contexts) -- on one decode path (exactness does not depend on it: tests/tiered).  A press
+larger contexts) -- exactness on one decode path (it does not depend on it: tests/tiered), the
+clocks from the page-native one.  A press
 point without tiered rows at a context (a frontier point above the sweep context) stays in the table
 unmatched; the ledger compares only where both are present.
 """
@@ -17,26 +18,44 @@ from bcr import contracts as C
 
 
 def ours(
-    tiered: Iterable[pd.DataFrame], points: pd.DataFrame, decode_path: str = C.DECODE_PATHS[0]
+    tiered: Iterable[pd.DataFrame],
+    points: pd.DataFrame,
+    decode_path: str = C.DECODE_PATHS[0],
+    timed_path: str = "paged",
 ) -> pd.DataFrame:
-    """Our rows of each matched (family, mode, setting) at each context, shaped like the press rows."""
+    """Our rows of each matched (family, mode, setting) at each context, shaped like the press rows:
+    exactness and storage from ``decode_path``, the clocks (ratios to our dense, where a timed
+    promotion run measured them) from ``timed_path``, the page-native path the speed claims read."""
     keys = [C.WORKLOAD, C.QUERY_MODE, "setting_matched"]
     targets = points.drop_duplicates(keys)[[*keys, "target_stored_fraction"]]
-    frames = []
+    frames, clocks = [], []
     for df in tiered:
         if df is None or df.empty:
             continue
+        df = df.rename(columns={"setting": "setting_matched"})
         if "decode_path" in df.columns:
+            clocks.append(df[df["decode_path"] == timed_path])
             df = df[df["decode_path"] == decode_path]
-        frames.append(df.rename(columns={"setting": "setting_matched"}))
+        frames.append(df)
     if not frames:
         return pd.DataFrame(columns=[*C.PEERS_COLUMNS, *C.PROVENANCE_COLUMNS])
     rows = pd.concat(frames, ignore_index=True).merge(targets, on=keys, how="inner")
     rows = rows.drop_duplicates([*keys, "context", "prompt_id"])
+    clock_cols = ["ttft_s", "tpot_s", "ttft_ratio", "tpot_ratio"]
+    rows = rows.drop(columns=[c for c in clock_cols if c in rows])
+    at = [*keys, "context", "prompt_id"]
+    timed = pd.concat(clocks, ignore_index=True) if clocks else pd.DataFrame(columns=at)
+    for col in clock_cols:
+        if col not in timed:
+            timed[col] = None
+    timed = timed.drop_duplicates(at)[[*at, *clock_cols]]
+    rows = rows.merge(timed, on=at, how="left")
     rows["press"] = C.OURS_PRESS
     rows["compression_ratio"] = 1.0 - rows["target_stored_fraction"]
     for col in ("hook_equal", "pipeline_equal", "dense_equal_main", "error"):  # the presses' checks
         rows[col] = None
+    rows["masks"] = False  # our phantom pages are stored summaries, not masked tokens
+    rows["effective_stored_fraction"] = rows["stored_fraction"]
     return rows[[*C.PEERS_COLUMNS, *C.PROVENANCE_COLUMNS]]
 
 

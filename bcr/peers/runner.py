@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -38,28 +39,83 @@ from bcr.contracts import QUERY_MODES
 from bcr.prompts import answer_correct, answer_span, question_split
 
 QUESTION_AWARE, QUESTION_AGNOSTIC = QUERY_MODES
-# Our press names -> kvpress classes: presses that score tokens and drop the lowest (ScorerPress),
-# so the memory they report stored is really freed and a prefill hook is all they need.
+
+
+@dataclass(frozen=True)
+class Press:
+    """A kvpress press by class name; ``wraps``: the scorer a wrapper press is built around (it gets
+    the compression ratio).  Whether it replays on one shared prefill or needs its own call (KVzip's
+    reconstruction passes), and whether it frees or masks, is read off the press itself."""
+
+    cls: str
+    wraps: str | None = None
+
+
+# Our press names -> kvpress 0.5.5 presses that run here: every ScorerPress that needs no hub
+# weights, eager attention or a text delimiter, the head-wise and merging wrappers around the
+# strongest scorer of the last full run (KeyDiff), and KVzip's context reconstruction.  Left out:
+# KVzapPress, QFilterPress, ExpectedAttentionStatsPress and DuoAttentionPress (weights or statistics
+# from a hub), ObservedAttentionPress (eager attention weights), FinchPress (a delimiter token in
+# the text), and the decoding-time presses (they compress while decoding, not the prefill).
 PRESSES = {
-    "streaming_llm": "StreamingLLMPress",
-    "snapkv": "SnapKVPress",
-    "knorm": "KnormPress",
-    "expected_attention": "ExpectedAttentionPress",
-    "tova": "TOVAPress",
-    "keydiff": "KeyDiffPress",
+    "streaming_llm": Press("StreamingLLMPress"),
+    "snapkv": Press("SnapKVPress"),
+    "knorm": Press("KnormPress"),
+    "expected_attention": Press("ExpectedAttentionPress"),
+    "tova": Press("TOVAPress"),
+    "keydiff": Press("KeyDiffPress"),
+    "random": Press("RandomPress"),
+    "lagkv": Press("LagKVPress"),
+    "cur": Press("CURPress"),
+    "leverage_score": Press("LeverageScorePress"),
+    "compactor": Press("CompactorPress"),
+    "pyramidkv": Press("PyramidKVPress"),
+    "non_causal_attn": Press("NonCausalAttnPress"),
+    "cap": Press("CapPress"),
+    "criticalkv_keydiff": Press("CriticalKVPress", wraps="KeyDiffPress"),
+    "adakv_keydiff": Press("AdaKVPress", wraps="KeyDiffPress"),
+    "critical_adakv_keydiff": Press("CriticalAdaKVPress", wraps="KeyDiffPress"),
+    "merging_keydiff": Press("MergingPress", wraps="KeyDiffPress"),
+    "block_keydiff": Press("BlockPress", wraps="KeyDiffPress"),
+    "chunkkv_keydiff": Press("ChunkKVPress", wraps="KeyDiffPress"),
+    "kvzip": Press("KVzipPress"),
 }
 
 
 def make_press(name: str, compression_ratio: float, options: dict | None = None) -> Any:
-    """A kvpress press by our name; ``compression_ratio`` is kvpress's: the fraction removed."""
+    """A kvpress press by our name; ``compression_ratio`` is kvpress's: the fraction removed.
+    A wrapper's ``options`` go to the wrapper; its scorer gets the ratio."""
     import kvpress
 
     if name not in PRESSES:
         raise ValueError(f"unknown press {name!r}; known: {', '.join(PRESSES)}")
-    press = getattr(kvpress, PRESSES[name])(compression_ratio=compression_ratio, **(options or {}))
-    if not isinstance(press, kvpress.ScorerPress):
-        raise ValueError(f"{name}: not a ScorerPress; its hook plumbing is not the one replayed here")
-    return press
+    spec = PRESSES[name]
+    cls = getattr(kvpress, spec.cls)
+    if spec.wraps is None:
+        return cls(compression_ratio=compression_ratio, **(options or {}))
+    return cls(press=getattr(kvpress, spec.wraps)(compression_ratio=compression_ratio), **(options or {}))
+
+
+def own_call(press: Any) -> bool:
+    """A press whose context manager does more than install its prefill hook (KVzip replays the
+    context after it): it runs for real, its own prefill, instead of on the shared one."""
+    import kvpress
+
+    return type(press).__call__ is not kvpress.BasePress.__call__
+
+
+def clear_masks(model: Any) -> None:
+    """Head-wise presses (AdaKV, KVzip) leave ``masked_key_indices`` on the attention modules for
+    kvpress's attention patch to apply while decoding; the next run must not inherit them."""
+    for attn in attention_layers(model):
+        attn.masked_key_indices = None
+
+
+def masked_entries(model: Any) -> int:
+    """(KV head, token) entries the attention modules mask (a masking press keeps them stored)."""
+    return sum(
+        int(m[2].numel()) for a in attention_layers(model) if (m := getattr(a, "masked_key_indices", None))
+    )
 
 
 @dataclass
@@ -210,54 +266,113 @@ def load_model(spec: dict) -> Any:
     model = AutoModelForCausalLM.from_pretrained(
         spec["path"], dtype=dtype, attn_implementation=spec.get("attn_implementation", "sdpa")
     )
+    cfg = model.config
+    if getattr(cfg, "head_dim", None) is None:  # what the model computes anyway; CriticalKV reads it
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
     return model.to(spec.get("device", "cpu")).eval()
 
 
-def hook_equal(model: Any, press: Any, ids: torch.Tensor, replayed: Any) -> bool:
-    """Whether the replayed cache equals the one ``with press(model)`` leaves after a real prefill."""
+def hook_equal(model: Any, press: Any, ids: torch.Tensor, replayed: Any, seed: int = 0) -> bool:
+    """Whether the replayed cache (and, for a masking press, its masks) equals what ``with
+    press(model)`` leaves after a real prefill from the same random state (``seed``: the draws of
+    Random, CUR, Compactor and LeverageScore); the replayed masks stay in place for decoding."""
     from transformers import DynamicCache
 
+    layers = attention_layers(model)
+    mine = [getattr(a, "masked_key_indices", None) for a in layers]
+    clear_masks(model)
     real = DynamicCache()
+    torch.manual_seed(seed)
     with torch.inference_mode(), press(model):
         model(input_ids=ids, past_key_values=real, logits_to_keep=1)
-    return all(
+    theirs = [getattr(a, "masked_key_indices", None) for a in layers]
+    for a, m in zip(layers, mine, strict=True):
+        a.masked_key_indices = m
+    same_masks = all(
+        (x is None and y is None)
+        or (x is not None and y is not None and all(torch.equal(u, v) for u, v in zip(x, y, strict=True)))
+        for x, y in zip(mine, theirs, strict=True)
+    )
+    return same_masks and all(
         torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
         for a, b in zip(replayed.layers, real.layers, strict=True)
     )
 
 
+def dense_run(
+    model: Any, ids: torch.Tensor, split: int, mode: str, n: int
+) -> tuple[Capture, list[int], float, float]:
+    """One dense prefill (captured) and greedy decode in ``mode``: (capture, tokens, TTFT, TPOT)."""
+    if mode == QUESTION_AGNOSTIC:
+        cap = capture(model, ids[:, :split])
+        t0 = time.perf_counter()
+        tokens, steps = greedy(model, cap.cache, split, n, feed=ids[:, split:])
+        ttft = cap.seconds + (time.perf_counter() - t0) - sum(steps)
+    else:
+        cap = capture(model, ids)
+        tokens, steps = greedy(model, cap.cache, ids.shape[1], n, first=cap.logits)
+        ttft = cap.seconds
+    return cap, tokens, ttft, (sum(steps) / len(steps) if steps else math.nan)
+
+
+@torch.inference_mode()
+def own_prefill(press: Any, model: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """``with press(model): model(ids)`` -- kvpress's own call, for a press that needs it: the
+    cache it leaves and the prefill's last logits."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with press(model):
+        out = model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+    return cache, out.logits[0, -1].float()
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or not b > 0 else a / b
+
+
 def run_prompt(
-    model: Any, row: dict, plan: list[dict], job: dict, log: Callable[[str], None], check: bool = False
+    model: Any,
+    row: dict,
+    plan: list[dict],
+    job: dict,
+    log: Callable[[str], None],
+    check: bool = False,
+    turn: int = 0,
 ) -> list[dict]:
     """Every press of the plan on one prompt, in both modes; one row per (press, point, mode).
 
     With ``check`` (synthetic prompts), each question-aware cache is compared with a real hooked
     prefill's (``hook_equal``) and each question-agnostic answer with kvpress's pipeline on a
-    word-level tokenizer (``pipeline_equal``).
+    word-level tokenizer (``pipeline_equal``).  A timed job also times a dense run before and after
+    the presses (their order rotated by ``turn``, the prompt's index), and each press's TTFT and
+    TPOT are ratios to the mean of the two.
     """
     n = int(job["max_new_tokens"])
     timed = bool(job.get("timed", True))
+    seed = int(job.get("seed", 0))
     ids = torch.tensor([list(row["input_ids"])], dtype=torch.long, device=model.device)
     split = question_split(row)
     if split is None:
         raise ValueError(f"prompt {row['prompt_id']}: no question_start, so no question-agnostic mode")
     tokenizer = None  # synthetic prompts: the answer span is the value and EOS (bcr.prompts)
     cfg = model.config
+    hk = int(cfg.num_key_value_heads)
     words = word_tokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id) if check else None
     rows = []
     for mode in job["query_modes"]:
-        if mode == QUESTION_AGNOSTIC:
-            cap = capture(model, ids[:, :split])
-            question = ids[:, split:]
-            dense, _ = greedy(model, cap.cache, split, n, feed=question)
-        else:
-            cap = capture(model, ids)
-            question = None
-            dense, _ = greedy(model, cap.cache, ids.shape[1], n, first=cap.logits)
+        clear_masks(model)
+        cap, dense, dense_ttft, dense_tpot = dense_run(model, ids, split, mode, n)
+        question = ids[:, split:] if mode == QUESTION_AGNOSTIC else None
         span = answer_span(dense, row, tokenizer)
         logical = cap.length * len(cap.layers)
         dense_bytes = sum(k.nbytes + v.nbytes for *_, k, v in cap.layers)
-        for point in (p for p in plan if p["query_mode"] == mode):
+        points = [p for p in plan if p["query_mode"] == mode]
+        if timed and points:
+            k = turn % len(points)
+            points = points[k:] + points[:k]
+        mode_rows = []
+        for point in points:
             base = {
                 "press": point["press"],
                 "compression_ratio": point["compression_ratio"],
@@ -269,43 +384,61 @@ def run_prompt(
                 "prompt_id": row["prompt_id"],
                 "dense_answer_correct": answer_correct(dense, row, tokenizer),
             }
+            clear_masks(model)
+            torch.manual_seed(seed)  # a press that draws (random sketches) draws the same every time
             try:
                 press = make_press(point["press"], point["compression_ratio"], point.get("options"))
+                replayed = not own_call(press)
                 t0 = time.perf_counter()
-                cache = compress(press, model, cap)
+                if replayed:
+                    cache, first_logits, prefill_s = compress(press, model, cap), cap.logits, cap.seconds
+                else:
+                    cache, first_logits = own_prefill(
+                        press, model, ids[:, :split] if question is not None else ids
+                    )
+                    prefill_s = 0.0  # its own prefill is inside the clock
                 sync(ids.device)
                 compress_s = time.perf_counter() - t0
                 stored, stored_bytes = cache_tokens(cache)
+                masked = masked_entries(model)
                 same_hook = same_pipeline = None
                 if question is not None:
                     t1 = time.perf_counter()
                     out, steps = greedy(model, cache, split, n, feed=question)
                     # the question's forward is part of the time to the first token
-                    ttft = cap.seconds + compress_s + (time.perf_counter() - t1) - sum(steps)
+                    ttft = prefill_s + compress_s + (time.perf_counter() - t1) - sum(steps)
                     if check:
+                        clear_masks(model)
+                        torch.manual_seed(seed)
                         theirs = pipeline_answer(model, words, row, press, n)
                         same_pipeline = theirs == as_pipeline_answer(words, out, cfg.eos_token_id)
                 else:
-                    if check:
-                        same_hook = hook_equal(model, press, ids, cache)
-                    out, steps = greedy(model, cache, ids.shape[1], n, first=cap.logits)
-                    ttft = cap.seconds + compress_s
+                    if check and replayed:
+                        same_hook = hook_equal(model, press, ids, cache, seed)
+                    out, steps = greedy(model, cache, ids.shape[1], n, first=first_logits)
+                    ttft = prefill_s + compress_s
             except Exception as exc:  # one press failing must not lose the others' rows
                 log(f"{point['press']} ({mode}, {row['prompt_id']}): {type(exc).__name__}: {exc}")
-                rows.append({**base, "error": f"{type(exc).__name__}: {exc}"})
+                mode_rows.append({**base, "error": f"{type(exc).__name__}: {exc}"})
                 continue
+            finally:
+                clear_masks(model)
             first = first_divergence(out, dense)
-            rows.append(
+            tpot = sum(steps) / len(steps) if steps else None
+            mode_rows.append(
                 {
                     **base,
                     "stored_fraction": stored / logical,
+                    # what attention reads: a masking press keeps its masked entries stored
+                    "masks": masked > 0,
+                    "effective_stored_fraction": (stored * hk - masked) / (logical * hk),
                     "exact": first is None,
                     "exact_answer": first is None or first >= span,
                     "first_divergence": first,
                     "answer_correct": answer_correct(out, row, tokenizer),
                     # clocks only from a timed job (peers.timed: one alone on the machine)
                     "ttft_s": ttft if timed else None,
-                    "tpot_s": (sum(steps) / len(steps) if steps else None) if timed else None,
+                    "tpot_s": tpot if timed else None,
                     "kv_bytes_stored": stored_bytes,
                     "kv_bytes_dense": dense_bytes,
                     "hook_equal": same_hook,
@@ -315,6 +448,19 @@ def run_prompt(
                     "error": None,
                 }
             )
+        if timed:  # dense again after the presses: the ratios' baseline brackets them
+            _, again, ttft2, tpot2 = dense_run(model, ids, split, mode, n)
+            if again != dense:
+                raise RuntimeError(f"{row['prompt_id']} ({mode}): two dense runs disagree")
+            d_ttft, d_tpot = (dense_ttft + ttft2) / 2, (dense_tpot + tpot2) / 2
+            for r in mode_rows:
+                r.update(
+                    dense_ttft_s=d_ttft,
+                    dense_tpot_s=d_tpot,
+                    ttft_ratio=_ratio(r.get("ttft_s"), d_ttft),
+                    tpot_ratio=_ratio(r.get("tpot_s"), d_tpot),
+                )
+        rows.extend(mode_rows)
     return rows
 
 
@@ -331,9 +477,13 @@ def run(job: dict, log: Callable[[str], None] = print) -> pd.DataFrame:
         plan = item["plan"]
         checks = int(item.get("check_pipeline", 0))
         t0 = time.perf_counter()
-        for i, row in enumerate(prompts.to_dict("records")):
+        records = prompts.to_dict("records")
+        if job.get("timed", True) and records:  # warm-up: one untimed dense run of the first prompt
+            first = torch.tensor([list(records[0]["input_ids"])], dtype=torch.long, device=model.device)
+            dense_run(model, first, question_split(records[0]), QUESTION_AWARE, int(job["max_new_tokens"]))
+        for i, row in enumerate(records):
             check = i < checks and row.get("renderer") == "synthetic"
-            rows.extend(run_prompt(model, row, plan, job, log, check))
+            rows.extend(run_prompt(model, row, plan, job, log, check, turn=i))
         log(
             f"{item['path']}: {len(prompts)} prompts × {len(plan)} points in {time.perf_counter() - t0:.1f} s"
         )

@@ -63,8 +63,10 @@ def tiered_frame(
     model: str = "tiny-needle",
     mode: str = "question_aware",
     workload: str = "needle",
+    dense_correct: list[bool] | None = None,
 ) -> pd.DataFrame:
-    """One setting at one context: a dense row and one row per tiered decode path for each prompt."""
+    """One setting at one context: a dense row and one row per tiered decode path for each prompt
+    (``dense_correct``: whether dense answers each prompt right; every one by default)."""
     rng = np.random.default_rng(seed + context)
     decode_ratio = kv_ratio if kv_decode_ratio is None else kv_decode_ratio
     flags = [exact] * n if isinstance(exact, bool) else list(exact)
@@ -93,7 +95,7 @@ def tiered_frame(
                     "divergence_margin": None if ok else 2.5,
                     "degenerate": False,
                     "max_logit_diff": 0.0 if ok else 1.7,
-                    "answer_correct": ok,
+                    "answer_correct": ok if tiered else (dense_correct or [True] * n)[i],
                     "logical_tokens": context * 4,
                     "stored_tokens": int(context * 4 / comp),
                     "compression": comp,
@@ -421,10 +423,12 @@ def write_peers(
     modes: tuple[str, ...] = ("question_aware", "question_agnostic"),
     error: str | None = None,
     peer_offset: int = 0,
+    tpot: dict[str, float] | None = None,
 ) -> None:
     """The comparison file: ours and two presses at one matched setting, per mode, at 8192.  Each
     arm is exact on a run of ``rate * n`` prompts, ours from the first, the presses from
-    ``peer_offset`` (so the same counts can agree prompt by prompt or not)."""
+    ``peer_offset`` (so the same counts can agree prompt by prompt or not); ``tpot``: each arm's
+    TPOT ratio to its own dense (1.0 unless given)."""
     rows = []
     for mode in modes:
         for press, rate in (("tiered", ours_rate), ("snapkv", peer_rate), ("streaming_llm", peer_rate / 2)):
@@ -455,6 +459,10 @@ def write_peers(
                         "pipeline_equal": True if press != "tiered" and i == 0 and not failed else None,
                         "dense_equal_main": None if press == "tiered" or failed else True,
                         "error": error if failed else None,
+                        "masks": None if failed else False,
+                        "effective_stored_fraction": None if failed else 0.44,
+                        "ttft_ratio": None if failed else (tpot or {}).get(press, 1.0) * 1.15,
+                        "tpot_ratio": None if failed else (tpot or {}).get(press, 1.0),
                     }
                 )
     io.write_parquet(with_prov(pd.DataFrame(rows)), root / "peers" / "kvpress.parquet")

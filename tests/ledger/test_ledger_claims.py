@@ -64,6 +64,42 @@ def test_compression_of_a_setting_that_is_not_exact_is_rejected(results_dir, ver
     assert "not exact" in row["reason"]
 
 
+def _near_tie(dense_right_on_the_miss: bool) -> dict:
+    """``high`` (6x) misses the last of 9 prompts; dense answers that prompt wrong unless told
+    otherwise; ``low`` (1.5x) is exact everywhere."""
+    miss = [True] * 8 + [False]
+    dense = [True] * 8 + [dense_right_on_the_miss]
+    return {
+        "sweep": {"high": dict(exact=True, compression=6.0), "low": dict(exact=True, compression=1.5)},
+        "promotion": {
+            "high": dict(n=9, compression=6.0, exact=miss, dense_correct=dense),
+            "low": dict(n=9, compression=1.5, dense_correct=dense),
+        },
+    }
+
+
+def test_compression_reads_both_exactness_readings_and_names_the_one_that_decided(results_dir, verdicts):
+    """A miss on a prompt dense answers wrong: strict keeps `low` (1.5x, rejected); the dense-right
+    reading finds `high` (6x) exact on every prompt dense answers right, and decides, saying so."""
+    synth.write_tiered(results_dir, **_near_tie(dense_right_on_the_miss=False))
+    got = verdicts(results_dir)
+    row = got["tiered_compression_large"]
+    assert row["verdict"] == "supported" and row["value"] == pytest.approx(6.0, rel=0.03)
+    assert row["n"] == 8  # the dense-right prompts only
+    assert "decided on the dense-right reading" in row["reason"] and "strict reading: low" in row["reason"]
+    assert "dense-right reading" in row["value_text"] and "high" in row["evidence"]
+    # tiered_exact keeps the strict rule: `low` is exact on every prompt, `high` is not a candidate
+    assert got["tiered_exact"]["verdict"] == "supported" and "high" not in got["tiered_exact"]["value_text"]
+
+
+def test_a_miss_on_a_prompt_dense_answers_right_leaves_only_the_strict_reading(results_dir, verdicts):
+    synth.write_tiered(results_dir, **_near_tie(dense_right_on_the_miss=True))
+    row = verdicts(results_dir)["tiered_compression_large"]
+    assert row["verdict"] == "rejected" and row["value"] == pytest.approx(1.5, rel=0.03)
+    assert "decided on the strict reading" in row["reason"]
+    assert "dense-right reading: low" in row["reason"]
+
+
 def test_peak_memory_is_not_yet_on_cpu_and_decided_on_cuda(results_dir, verdicts):
     _promotion(results_dir, peak_ratio=None)
     row = verdicts(results_dir)["tiered_vram_reduction_large"]
@@ -229,16 +265,18 @@ def test_cache_ops_cells_within_their_bounds_of_the_threshold_are_undecided(
 def test_peers_verdict(results_dir, verdicts, ours, peer, expected):
     synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer)
     for mode in ("question_aware", "question_agnostic"):
-        assert verdicts(results_dir)[f"peers_equal_fraction[{mode}]"]["verdict"] == expected
+        assert verdicts(results_dir)[f"peers_equal_fraction[needle, {mode}]"]["verdict"] == expected
 
 
 def test_peers_verdict_is_per_mode_and_needs_its_prompts(results_dir, verdicts):
     synth.write_peers(results_dir, modes=("question_aware",))
     got = verdicts(results_dir)
-    assert got["peers_equal_fraction[question_aware]"]["verdict"] == "supported"
-    assert got["peers_equal_fraction[question_agnostic]"]["verdict"] == "not yet"
+    assert got["peers_equal_fraction[needle, question_aware]"]["verdict"] == "supported"
+    assert got["peers_equal_fraction[needle, question_agnostic]"]["verdict"] == "not yet"
+    # per family: the scattered family has no rows here
+    assert got["peers_equal_fraction[scattered, question_aware]"]["verdict"] == "not yet"
     synth.write_peers(results_dir, ours_rate=1.0, peer_rate=1.0, n=8)  # a tie, but under min_n 16
-    row = verdicts(results_dir)["peers_equal_fraction[question_aware]"]
+    row = verdicts(results_dir)["peers_equal_fraction[needle, question_aware]"]
     assert row["verdict"] == "not yet" and "minimum 16" in row["reason"]
 
 
@@ -247,21 +285,45 @@ def test_peers_verdict_is_per_mode_and_needs_its_prompts(results_dir, verdicts):
     [
         (0.75, 0.75, 4, "supported", "ours only 4, snapkv only 4"),  # same count, other prompts: a tie
         (14 / 16, 15 / 16, 0, "not yet", "ours only 0, snapkv only 1"),  # one prompt ahead: chance
-        (11 / 16, 1.0, 0, "rejected", "ours only 0, snapkv only 5"),  # five of five: p = 0.031
+        # six of six: p = 0.016 < 0.05 / 2 presses (Bonferroni); five of five (p = 0.031) would not be
+        (10 / 16, 1.0, 0, "rejected", "ours only 0, snapkv only 6"),
+        (11 / 16, 1.0, 0, "not yet", "ours only 0, snapkv only 5"),
     ],
 )
 def test_peers_verdict_pairs_the_prompts(results_dir, verdicts, ours, peer, offset, expected, discordant):
     """The claim reads paired outcomes: only the prompts one arm gets right and the other not count,
     and a press ahead on one of them is a tie within chance, not a defeat."""
     synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer, peer_offset=offset)
-    row = verdicts(results_dir)["peers_equal_fraction[question_aware]"]
+    row = verdicts(results_dir)["peers_equal_fraction[needle, question_aware]"]
     assert row["verdict"] == expected, row["reason"]
     assert discordant in row["reason"], row["reason"]
 
 
+@pytest.mark.parametrize(
+    ("tpot", "expected"),
+    [
+        ({"tiered": 0.6, "snapkv": 0.9, "streaming_llm": 0.5}, "supported"),  # streaming_llm: less exact
+        ({"tiered": 1.2, "snapkv": 0.9, "streaming_llm": 0.5}, "rejected"),
+    ],
+)
+def test_peers_faster_compares_with_the_fastest_press_at_least_as_exact(results_dir, verdicts, tpot, expected):
+    """Ours and snapkv equally exact, streaming_llm less: the comparator is snapkv, however fast
+    streaming_llm is; the verdict follows ours' TPOT ratio over snapkv's."""
+    synth.write_peers(results_dir, ours_rate=0.75, peer_rate=0.75, tpot=tpot)
+    row = verdicts(results_dir)["peers_faster_at_equal_fraction[question_aware]"]
+    assert row["verdict"] == expected, row["reason"]
+    assert "snapkv" in row["reason"] and row["value"] == pytest.approx(tpot["tiered"] / 0.9, rel=1e-6)
+
+
+def test_peers_faster_has_nothing_to_compare_when_no_press_is_as_exact(results_dir, verdicts):
+    synth.write_peers(results_dir, ours_rate=1.0, peer_rate=0.5, tpot={"tiered": 0.5})
+    row = verdicts(results_dir)["peers_faster_at_equal_fraction[question_aware]"]
+    assert row["verdict"] == "not yet" and "no press is exact on as many prompts as ours" in row["reason"]
+
+
 def test_peers_verdict_says_why_when_every_press_failed(results_dir, verdicts):
     synth.write_peers(results_dir, error="peer environment: build failed: step: pip install")
-    row = verdicts(results_dir)["peers_equal_fraction[question_aware]"]
+    row = verdicts(results_dir)["peers_equal_fraction[needle, question_aware]"]
     assert row["verdict"] == "not yet" and "build failed" in row["reason"]
 
 

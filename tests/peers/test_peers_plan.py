@@ -8,6 +8,7 @@ import pytest
 from bcr import contracts as C
 from bcr import io, prompts
 from bcr.peers import plan
+from bcr.provenance import REPO_ROOT
 
 
 def frontier(fractions: dict[str, float]) -> pd.DataFrame:
@@ -118,3 +119,13 @@ def test_dense_agreement_compares_with_the_main_baseline():
     )
     dense = {512: pd.DataFrame({"prompt_id": ["a", "b"], "output_ids": [[1, 2, 9], [1, 2, 9]]})}
     assert plan.dense_agreement(rows, dense).tolist() == [True, False, None]
+
+
+def test_the_config_schema_names_every_press_the_runner_knows():
+    """The schema's press names and the runner's registry are one list (the runner is the home)."""
+    import yaml
+
+    from bcr.peers.runner import PRESSES
+
+    schema = yaml.safe_load((REPO_ROOT / "bcr" / "schemas" / "peers.schema.yaml").read_text())
+    assert schema["$defs"]["press"]["enum"] == list(PRESSES)
