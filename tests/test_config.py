@@ -113,7 +113,7 @@ def _write(tmp_path, cfg):
         ),
         (lambda c: c["serving"].pop("local"), "serving.local", "pool size"),
         (lambda c: c["peers"]["contexts"].append(3000), "peers.contexts", "not in prompts.contexts"),
-        (lambda c: c["peers"]["presses"].append("h2o"), "peers.presses[6]", "h2o"),
+        (lambda c: c["peers"]["presses"].append("h2o"), "peers.presses[8]", "h2o"),
         (
             lambda c: c["serving"]["run"].__setitem__("force_miss", ["longctx"]),
             "serving.run.force_miss",

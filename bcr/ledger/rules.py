@@ -160,13 +160,16 @@ def rule_ratio(rule: dict, ctx: EvalContext) -> Outcome:
             f"; dense-right reading: {right.text()}" if right is not None else ""
         )
     rows = t[(t["setting"] == setting) & (t["context"] == context) & (t["decode_path"] == path)]
+    # exactness is read on the prompts of the reading; the metrics on every prompt of the setting
+    checked = rows
     if reading == "dense-right":
         ok = hl.dense_right_prompts(ctx.results["tiered_promotion"].df) or set()
-        rows = rows[[(int(c), p) in ok for c, p in zip(rows["context"], rows["prompt_id"], strict=True)]]
+        checked = rows[[(int(c), p) in ok for c, p in zip(rows["context"], rows["prompt_id"], strict=True)]]
     if len(rows) == 0:
         base.reason = f"no `{path}` rows for {setting} at context {context}{caveat}"
         return base
-    if rule.get("require_exact") and not rows["exact"].all():
+    if rule.get("require_exact") and not checked["exact"].all():
+        rows = checked
         bad = int((~rows["exact"]).sum())
         return Outcome(
             REJECTED,

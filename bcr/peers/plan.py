@@ -65,6 +65,13 @@ def points(
     return out, missing
 
 
+def timed(config: dict, workload: str) -> bool:
+    """Whether this family's peer job keeps clocks (``peers.timed``: true, false, or ``primary``:
+    the primary family's only, where the speed claim is made); a timed job runs alone."""
+    value = config["peers"].get("timed", False)
+    return value is True or (value == "primary" and workload == config["prompts"]["workloads"][0])
+
+
 def peer_contexts(config: dict) -> list[int]:
     """The sweep context and the largest (``peers.contexts``: ``sweep``, ``largest`` or numbers)."""
     contexts = [int(c) for c in config["prompts"]["contexts"]]
@@ -130,13 +137,14 @@ def build_job(config: dict, workload: str, prompts: dict[int, str], by_mode: dic
         "threads": int(config["runtime"]["threads"]),
         "seed": int(config["runtime"].get("seed", 0)),
         "n_prompts": peers.get("n_prompts"),
-        "timed": bool(peers.get("timed", False)),
+        "timed": timed(config, workload),
         "prompts": [
             {
                 "path": str(p),
                 "context": c,
                 "plan": plan(c),
-                "check_pipeline": int(peers.get("check_pipeline", 0)) if c == sweep else 0,
+                # the checks on the smallest context run (the sweep's, unless only larger ones run)
+                "check_pipeline": int(peers.get("check_pipeline", 0)) if c == min(prompts) else 0,
             }
             for c, p in prompts.items()
         ],

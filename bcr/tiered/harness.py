@@ -225,14 +225,25 @@ def _check_same(runs: list[TieredRun], what: str, prompt_id: str) -> None:
     check_repeats([[m.to_json() for m in r.manifests] for r in runs], what, prompt_id, "page manifests")
 
 
-def lost_pages(manifests: list[LayerManifest], needle: list[int]) -> tuple[list[int], str]:
-    """Which compressed layers summarised a needle page, and a one-line account of what was lost."""
+def lost_pages(
+    manifests: list[LayerManifest], needle: list[int], values: list[int] = ()
+) -> tuple[list[int], str]:
+    """Which compressed layers summarised a needle page, and a one-line account of what was lost
+    (with ``values``, the answer's token positions: how many of those in phantom pages each such
+    layer kept as exceptions, in any KV head)."""
     layers = [m.layer for m in manifests if any(p in m.phantom for p in needle)]
     if layers:
-        where = {m.layer: [p for p in needle if p in m.phantom] for m in manifests if m.layer in layers}
-        return layers, "needle page(s) phantom: " + "; ".join(
-            f"layer {k} pages {v}" for k, v in where.items()
-        )
+        parts = []
+        for m in manifests:
+            if m.layer not in layers:
+                continue
+            text = f"layer {m.layer} pages {[p for p in needle if p in m.phantom]}"
+            inside = [t for t in values if t // m.page_size in m.phantom]
+            if m.exceptions and inside:
+                held = set().union(*map(set, m.exceptions))
+                text += f" (value tokens kept as exceptions: {sum(t in held for t in inside)}/{len(inside)})"
+            parts.append(text)
+        return layers, "needle page(s) phantom: " + "; ".join(parts)
     tops = [
         f"layer {m.layer} page {j['top_phantom_page']} (share {j['top_phantom_share']})"
         for m in manifests
@@ -281,7 +292,13 @@ def _row(
     peak_pre = max_present([r.result.peak_prefill_bytes for r in timed])
     peak_dec = max_present([r.result.peak_decode_bytes for r in timed])
     needle = answer_pages(prompt, setting.page_size)
-    needle_layers, account = lost_pages(run.manifests, needle)
+    positions = prompt.get("value_positions")
+    values = (
+        []
+        if positions is None or isinstance(positions, float)
+        else [int(p) for p in positions if int(p) >= 0]
+    )
+    needle_layers, account = lost_pages(run.manifests, needle, values)
     return {
         "setting": setting.name,
         WORKLOAD: prompt[WORKLOAD],

@@ -85,7 +85,7 @@ def test_compression_reads_both_exactness_readings_and_names_the_one_that_decide
     got = verdicts(results_dir)
     row = got["tiered_compression_large"]
     assert row["verdict"] == "supported" and row["value"] == pytest.approx(6.0, rel=0.03)
-    assert row["n"] == 8  # the dense-right prompts only
+    assert row["n"] == 9  # exact on the 8 dense-right prompts; the compression of all 9
     assert "decided on the dense-right reading" in row["reason"] and "strict reading: low" in row["reason"]
     assert "dense-right reading" in row["value_text"] and "high" in row["evidence"]
     # tiered_exact keeps the strict rule: `low` is exact on every prompt, `high` is not a candidate
@@ -306,7 +306,9 @@ def test_peers_verdict_pairs_the_prompts(results_dir, verdicts, ours, peer, offs
         ({"tiered": 1.2, "snapkv": 0.9, "streaming_llm": 0.5}, "rejected"),
     ],
 )
-def test_peers_faster_compares_with_the_fastest_press_at_least_as_exact(results_dir, verdicts, tpot, expected):
+def test_peers_faster_compares_with_the_fastest_press_at_least_as_exact(
+    results_dir, verdicts, tpot, expected
+):
     """Ours and snapkv equally exact, streaming_llm less: the comparator is snapkv, however fast
     streaming_llm is; the verdict follows ours' TPOT ratio over snapkv's."""
     synth.write_peers(results_dir, ours_rate=0.75, peer_rate=0.75, tpot=tpot)

@@ -96,3 +96,30 @@ def test_a_press_that_fails_lands_in_its_rows_and_the_others_run(prompt_file, tm
     assert (good["ttft_s"] > 0).all() and (good["tpot_s"] > 0).all()
     assert bad["error"].str.contains("no_such_option").all() and bad["exact"].isna().all()
     assert good["error"].isna().all() and good["exact"].notna().all()
+
+
+def test_masking_wrapping_and_own_call_presses_run_and_leave_nothing_behind(prompt_file, tmp_path):
+    """AdaKV and KVzip mask instead of freeing (the cache holds everything, attention reads the
+    target fraction); CriticalKV and Merging wrap KeyDiff; Random draws the same when replayed as
+    in kvpress's own call (seeded); KVzip runs through its own call.  A press after a masking one
+    that removes nothing stays exact: the masks do not leak into the next run.  Timed: every row
+    has TTFT and TPOT ratios to the dense runs around the presses."""
+    names = ["adakv_keydiff", "kvzip", "criticalkv_keydiff", "merging_keydiff", "random"]
+    pts = [point(p, 0.6, m) for p in names for m in MODES] + [point("knorm", 0.0, m) for m in MODES]
+    rows = run_peer(dict(job(prompt_file, pts, check=1), timed=True), tmp_path)
+    assert rows["error"].isna().all(), rows["error"].dropna().tolist()
+    masked = rows[rows["press"].isin(["adakv_keydiff", "kvzip"])]
+    assert masked["masks"].astype(bool).all()
+    assert (masked["stored_fraction"] > 0.99).all()  # what the cache really holds
+    assert (masked["effective_stored_fraction"] - 0.4).abs().max() < 0.02
+    freed = rows[rows["press"].isin(["criticalkv_keydiff", "merging_keydiff", "random"])]
+    assert not freed["masks"].astype(bool).any() and (freed["stored_fraction"] - 0.4).abs().max() < 0.01
+    first = rows[rows["prompt_id"] == rows["prompt_id"].iloc[0]]
+    aware = first[(first["query_mode"] == MODES[0]) & (first["press"] != "kvzip")]
+    assert aware["hook_equal"].astype(bool).all()  # random included: the same seeded draw
+    assert first.loc[first["press"] == "kvzip", "hook_equal"].isna().all()  # its own call: no replay
+    agnostic = first[first["query_mode"] == MODES[1]]
+    assert agnostic["pipeline_equal"].astype(bool).all()
+    assert rows.loc[rows["press"] == "knorm", "exact"].astype(bool).all()
+    assert (rows["tpot_ratio"] > 0).all() and (rows["ttft_ratio"] > 0).all()
+    assert (rows["dense_tpot_s"] > 0).all()

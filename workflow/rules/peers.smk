@@ -40,7 +40,7 @@ rule peers_run:
         benchmark_path("peers_run", "{workload}")
     log:
         "logs/peers/{workload}.log",
-    threads: TIMED_THREADS if config["peers"].get("timed") else THREADS
+    threads: lambda w: TIMED_THREADS if peers_plan.timed(config, w.workload) else THREADS
     resources:
         runtime=120,
         mem_mb=32000,
