@@ -185,7 +185,7 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     press_rows = peers[peers["press"] != "tiered"]
     assert set(press_rows["press"]) == {"snapkv", "streaming_llm"} and press_rows["prompt_id"].notna().all()
     assert press_rows["error"].str.contains("exit 3: broken interpreter").all()
-    assert set(press_rows["workload"]) == {"needle", "scattered"} and set(peers["context"]) == {1024}
+    assert set(press_rows["workload"]) == {"needle", "scattered"} and set(press_rows["context"]) == {1024}
     assert (peers["press"] == "tiered").any() and peers.loc[peers["press"] == "tiered", "error"].isna().all()
     ledger = pd.read_parquet(results / "ledger.parquet")
     verdicts = ledger[ledger["claim"] == "peers_equal_fraction"]

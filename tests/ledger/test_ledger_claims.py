@@ -312,14 +312,14 @@ def test_peers_faster_compares_with_the_fastest_press_at_least_as_exact(
     """Ours and snapkv equally exact, streaming_llm less: the comparator is snapkv, however fast
     streaming_llm is; the verdict follows ours' TPOT ratio over snapkv's."""
     synth.write_peers(results_dir, ours_rate=0.75, peer_rate=0.75, tpot=tpot)
-    row = verdicts(results_dir)["peers_faster_at_equal_fraction[question_aware]"]
+    row = verdicts(results_dir)["peers_faster[question_aware]"]
     assert row["verdict"] == expected, row["reason"]
     assert "snapkv" in row["reason"] and row["value"] == pytest.approx(tpot["tiered"] / 0.9, rel=1e-6)
 
 
 def test_peers_faster_has_nothing_to_compare_when_no_press_is_as_exact(results_dir, verdicts):
     synth.write_peers(results_dir, ours_rate=1.0, peer_rate=0.5, tpot={"tiered": 0.5})
-    row = verdicts(results_dir)["peers_faster_at_equal_fraction[question_aware]"]
+    row = verdicts(results_dir)["peers_faster[question_aware]"]
     assert row["verdict"] == "not yet" and "no press is exact on as many prompts as ours" in row["reason"]
 
 
