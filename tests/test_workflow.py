@@ -188,7 +188,7 @@ def test_tiny_pipeline_end_to_end_and_code_hash_reruns(tmp_path):
     assert set(press_rows["workload"]) == {"needle", "scattered"} and set(press_rows["context"]) == {1024}
     assert (peers["press"] == "tiered").any() and peers.loc[peers["press"] == "tiered", "error"].isna().all()
     ledger = pd.read_parquet(results / "ledger.parquet")
-    verdicts = ledger[ledger["claim"] == "peers_equal_fraction"]
+    verdicts = ledger[ledger["claim"] == "peers_equal"]
     assert len(verdicts) and (verdicts["verdict"] == "not yet").all()
     assert verdicts["reason"].str.contains("broken interpreter").all()
     assert "broken interpreter" in (results / "site" / "peers" / "index.html").read_text()

@@ -265,18 +265,18 @@ def test_cache_ops_cells_within_their_bounds_of_the_threshold_are_undecided(
 def test_peers_verdict(results_dir, verdicts, ours, peer, expected):
     synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer)
     for mode in ("question_aware", "question_agnostic"):
-        assert verdicts(results_dir)[f"peers_equal_fraction[needle, {mode}]"]["verdict"] == expected
+        assert verdicts(results_dir)[f"peers_equal[needle, {mode}]"]["verdict"] == expected
 
 
 def test_peers_verdict_is_per_mode_and_needs_its_prompts(results_dir, verdicts):
     synth.write_peers(results_dir, modes=("question_aware",))
     got = verdicts(results_dir)
-    assert got["peers_equal_fraction[needle, question_aware]"]["verdict"] == "supported"
-    assert got["peers_equal_fraction[needle, question_agnostic]"]["verdict"] == "not yet"
+    assert got["peers_equal[needle, question_aware]"]["verdict"] == "supported"
+    assert got["peers_equal[needle, question_agnostic]"]["verdict"] == "not yet"
     # per family: the scattered family has no rows here
-    assert got["peers_equal_fraction[scattered, question_aware]"]["verdict"] == "not yet"
+    assert got["peers_equal[scattered, question_aware]"]["verdict"] == "not yet"
     synth.write_peers(results_dir, ours_rate=1.0, peer_rate=1.0, n=8)  # a tie, but under min_n 16
-    row = verdicts(results_dir)["peers_equal_fraction[needle, question_aware]"]
+    row = verdicts(results_dir)["peers_equal[needle, question_aware]"]
     assert row["verdict"] == "not yet" and "minimum 16" in row["reason"]
 
 
@@ -294,7 +294,7 @@ def test_peers_verdict_pairs_the_prompts(results_dir, verdicts, ours, peer, offs
     """The claim reads paired outcomes: only the prompts one arm gets right and the other not count,
     and a press ahead on one of them is a tie within chance, not a defeat."""
     synth.write_peers(results_dir, ours_rate=ours, peer_rate=peer, peer_offset=offset)
-    row = verdicts(results_dir)["peers_equal_fraction[needle, question_aware]"]
+    row = verdicts(results_dir)["peers_equal[needle, question_aware]"]
     assert row["verdict"] == expected, row["reason"]
     assert discordant in row["reason"], row["reason"]
 
@@ -325,7 +325,7 @@ def test_peers_faster_has_nothing_to_compare_when_no_press_is_as_exact(results_d
 
 def test_peers_verdict_says_why_when_every_press_failed(results_dir, verdicts):
     synth.write_peers(results_dir, error="peer environment: build failed: step: pip install")
-    row = verdicts(results_dir)["peers_equal_fraction[needle, question_aware]"]
+    row = verdicts(results_dir)["peers_equal[needle, question_aware]"]
     assert row["verdict"] == "not yet" and "build failed" in row["reason"]
 
 
