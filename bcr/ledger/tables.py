@@ -451,6 +451,7 @@ def peers_table(df: pd.DataFrame | None) -> pd.DataFrame:
         ok = g[g["error"].isna()] if "error" in g else g
         k, n = int(ok[C.EXACT_ANSWER].astype(bool).sum()), len(ok)
         ci = exact_rate_interval(k, n)
+        tpot = _geomean_of(ok, "tpot_ratio")
         out.append(
             {
                 **dict(zip(keys, key, strict=True)),
@@ -470,9 +471,9 @@ def peers_table(df: pd.DataFrame | None) -> pd.DataFrame:
                     if n and "effective_stored_fraction" in ok
                     else math.nan
                 ),
-                "n_timed": _geomean_of(ok, "tpot_ratio")[0],
+                "n_timed": tpot[0],
                 "ttft_ratio": _geomean_of(ok, "ttft_ratio")[1],
-                "tpot_ratio": _geomean_of(ok, "tpot_ratio")[1],
+                "tpot_ratio": tpot[1],
             }
         )
     return pd.DataFrame(out, columns=PEERS_TABLE_COLUMNS)
